@@ -1,0 +1,179 @@
+//! `grpcoperator.io/v1alpha1`.
+//!
+//! Rules that a real API server can enforce before the controller sees an object
+//! (bounds, patterns, enums, list uniqueness, CEL) are declared here, on the
+//! type. `crate::reconcile::validate` repeats them and adds the checks a schema
+//! cannot express, because the controller must never trust that the CRD in the
+//! cluster is the current one.
+
+use std::collections::BTreeMap;
+
+use k8s_openapi::api::core::v1::{EnvVar, LocalObjectReference, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use kube::{CustomResource, KubeSchema};
+use serde::{Deserialize, Serialize};
+
+/// Default number of pods.
+pub const DEFAULT_REPLICAS: i32 = 1;
+/// Default gRPC port.
+pub const DEFAULT_PORT: i32 = 50051;
+/// Default admin (metrics, health) port.
+pub const DEFAULT_ADMIN_PORT: i32 = 9090;
+/// Upper bound of `spec.replicas`.
+pub const MAX_REPLICAS: i32 = 1000;
+/// Pattern of a fully-qualified gRPC service name: a protobuf package of at
+/// least one segment followed by the service name, e.g. `user.v1.UserService`.
+pub const SERVICE_NAME_PATTERN: &str = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$";
+
+/// Desired state of one gRPC microservice.
+#[derive(CustomResource, KubeSchema, Serialize, Deserialize, Clone, Debug, PartialEq)]
+#[kube(
+    group = "grpcoperator.io",
+    version = "v1alpha1",
+    kind = "GrpcService",
+    plural = "grpcservices",
+    singular = "grpcservice",
+    shortname = "grpcsvc",
+    namespaced,
+    doc = "A gRPC microservice. grpc-operator reconciles it into a Deployment and a Service that follow the workload contract (docs/workload-contract.md).",
+    status = "GrpcServiceStatus",
+    validation = Rule::new("size(self.metadata.name) <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be a DNS-1035 label (at most 63 lowercase letters, digits or '-', starting with a letter), because the Service is named after it"),
+    printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".status.readyReplicas"}"#,
+    printcolumn = r#"{"name":"Image","type":"string","jsonPath":".spec.image","priority":0}"#,
+    printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
+)]
+#[x_kube(validation = Rule::new("self.port != self.adminPort").message("port and adminPort must differ").field_path(".adminPort").reason(Reason::FieldValueInvalid))]
+#[serde(rename_all = "camelCase")]
+pub struct GrpcServiceSpec {
+    /// Container image of the workload, e.g. `registry.example.com/shop/user-service:1.4.2`.
+    #[schemars(length(min = 1, max = 1024))]
+    pub image: String,
+
+    /// When the kubelet pulls the image. Defaults to the Kubernetes default
+    /// (`Always` for `:latest`, `IfNotPresent` otherwise).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub image_pull_policy: Option<ImagePullPolicy>,
+
+    /// Secrets in the same namespace used to pull the image.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 16))]
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+
+    /// Number of pods.
+    #[serde(default = "default_replicas")]
+    #[schemars(range(min = 0, max = 1000))]
+    pub replicas: i32,
+
+    /// gRPC port (h2c, or TLS when mTLS is enabled). Exposed as the Service
+    /// port named `grpc` and given to the workload as `GRPC_PORT`.
+    #[serde(default = "default_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: i32,
+
+    /// Admin HTTP port serving `/metrics`, `/healthz` and `/readyz`. Exposed as
+    /// the Service port named `admin` and given to the workload as `ADMIN_PORT`.
+    /// Must differ from `port`.
+    #[serde(default = "default_admin_port")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub admin_port: i32,
+
+    /// Fully-qualified gRPC service names the workload serves, e.g.
+    /// `user.v1.UserService`. Health checks, metrics alerts and service
+    /// discovery are generated per service.
+    #[schemars(length(min = 1, max = 64), inner(length(max = 253), pattern(SERVICE_NAME_PATTERN)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub services: Vec<String>,
+
+    /// Extra environment variables for the workload container. Variables of
+    /// the workload contract (`GRPC_PORT`, `ADMIN_PORT`, `POD_*`, `OTEL_*`,
+    /// `LOG_FORMAT`, `TLS_*`, `GRPC_WEB_ORIGINS`, `CONSUL_*`) are set by the
+    /// operator and may not be set here.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 256))]
+    pub env: Vec<EnvVar>,
+
+    /// Compute resources of the workload container.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+
+    /// Service account the pods run as. Defaults to the namespace's `default`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253), pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"))]
+    pub service_account_name: Option<String>,
+
+    /// Annotations added to the pod template.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    pub pod_annotations: BTreeMap<String, String>,
+
+    /// Labels added to the pod template. The operator's selector labels
+    /// (`app.kubernetes.io/name`, `app.kubernetes.io/managed-by`,
+    /// `grpcoperator.io/service`) may not be set here.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 64))]
+    #[x_kube(validation = Rule::new("!('app.kubernetes.io/name' in self) && !('app.kubernetes.io/managed-by' in self) && !('grpcoperator.io/service' in self)").message("podLabels may not set the operator's selector labels app.kubernetes.io/name, app.kubernetes.io/managed-by or grpcoperator.io/service"))]
+    pub pod_labels: BTreeMap<String, String>,
+}
+
+/// Image pull policy of the workload container.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum ImagePullPolicy {
+    /// Pull on every pod start.
+    Always,
+    /// Pull only when the image is not on the node.
+    IfNotPresent,
+    /// Never pull; the image must be on the node.
+    Never,
+}
+
+impl ImagePullPolicy {
+    /// The Kubernetes spelling.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Always => "Always",
+            Self::IfNotPresent => "IfNotPresent",
+            Self::Never => "Never",
+        }
+    }
+}
+
+/// Observed state, written only by the operator.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct GrpcServiceStatus {
+    /// The `metadata.generation` this status describes.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub observed_generation: Option<i64>,
+
+    /// `Ready` (everything below is true) and `DeploymentAvailable` (the
+    /// Deployment has rolled out the current spec and has the minimum available
+    /// pods).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
+    pub conditions: Vec<Condition>,
+
+    /// Pods of the current Deployment.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub replicas: Option<i32>,
+
+    /// Pods of the current Deployment that are ready.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub ready_replicas: Option<i32>,
+
+    /// In-cluster gRPC address, e.g. `user-service.shop.svc:50051`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub endpoint: Option<String>,
+}
+
+fn default_replicas() -> i32 {
+    DEFAULT_REPLICAS
+}
+
+fn default_port() -> i32 {
+    DEFAULT_PORT
+}
+
+fn default_admin_port() -> i32 {
+    DEFAULT_ADMIN_PORT
+}

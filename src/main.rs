@@ -1,0 +1,172 @@
+//! The `grpc-operator` binary: `crd`, `render`, `run`.
+
+use std::net::SocketAddr;
+use std::process::ExitCode;
+use std::time::Duration;
+
+use clap::{Parser, Subcommand, ValueEnum};
+use grpc_operator::admin::{self, Readiness};
+use grpc_operator::metrics::Metrics;
+use grpc_operator::reconcile::{ReconcileConfig, error_chain};
+use grpc_operator::render::{self, Source};
+use grpc_operator::run::{self, ControllerOptions};
+use tokio::sync::watch;
+use tracing::{error, info};
+
+#[derive(Parser)]
+#[command(name = "grpc-operator", version, about = "Kubernetes operator for gRPC microservices")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Print the GrpcService CustomResourceDefinition as YAML.
+    Crd,
+    /// Print, offline, the objects the controller would apply for GrpcService manifests.
+    Render {
+        /// A manifest file, a directory of manifests, or `-` for standard input. Repeatable.
+        #[arg(short = 'f', long = "filename", required = true)]
+        files: Vec<String>,
+    },
+    /// Run the controller against the cluster of the kubeconfig (or in-cluster config).
+    Run(RunArgs),
+}
+
+#[derive(clap::Args)]
+struct RunArgs {
+    /// Watch only this namespace (default: all namespaces).
+    #[arg(long, env = "WATCH_NAMESPACE")]
+    namespace: Option<String>,
+    /// Address of the admin server (/metrics, /healthz, /readyz).
+    #[arg(long, env = "ADMIN_ADDR", default_value = "0.0.0.0:8080")]
+    admin_addr: SocketAddr,
+    /// Log format.
+    #[arg(long, env = "LOG_FORMAT", value_enum, default_value_t = LogFormat::Json)]
+    log_format: LogFormat,
+    /// Maximum concurrent reconciles.
+    #[arg(long, default_value_t = 16)]
+    concurrency: u16,
+    /// Seconds between periodic re-checks of a healthy GrpcService.
+    #[arg(long, default_value_t = 3600)]
+    resync_seconds: u64,
+}
+
+#[derive(Clone, Copy, ValueEnum)]
+enum LogFormat {
+    Json,
+    Text,
+}
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Crd => match grpc_operator::crd::crd_yaml() {
+            Ok(yaml) => {
+                print!("{yaml}");
+                ExitCode::SUCCESS
+            }
+            Err(e) => fail(&e),
+        },
+        Command::Render { files } => {
+            let sources: Vec<Source> = files.iter().map(|f| Source::parse(f)).collect();
+            match render::render(&sources) {
+                Ok(yaml) => {
+                    print!("{yaml}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => fail(&e),
+            }
+        }
+        Command::Run(args) => {
+            init_logging(args.log_format);
+            let runtime = match tokio::runtime::Builder::new_multi_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => return fail(&e),
+            };
+            match runtime.block_on(run_operator(args)) {
+                Ok(()) => ExitCode::SUCCESS,
+                Err(e) => {
+                    error!(error = %error_chain(e.as_ref()), "grpc-operator failed");
+                    eprintln!("error: {}", error_chain(e.as_ref()));
+                    ExitCode::FAILURE
+                }
+            }
+        }
+    }
+}
+
+fn fail(e: &dyn std::error::Error) -> ExitCode {
+    eprintln!("error: {}", error_chain(e));
+    ExitCode::FAILURE
+}
+
+fn init_logging(format: LogFormat) {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,kube=warn"));
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    match format {
+        LogFormat::Json => builder.json().flatten_event(true).init(),
+        LogFormat::Text => builder.init(),
+    }
+}
+
+async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
+    let config = kube::Config::infer().await.map_err(|e| {
+        format!("no Kubernetes configuration found (set KUBECONFIG, or run in a pod): {}", error_chain(&e))
+    })?;
+    let cluster_url = config.cluster_url.to_string();
+    let client = kube::Client::try_from(config)?;
+    run::preflight(&client, &cluster_url, args.namespace.as_deref()).await?;
+
+    let (stop_tx, stop_rx) = watch::channel(false);
+    let stopped = |mut rx: watch::Receiver<bool>| async move {
+        let _ = rx.wait_for(|s| *s).await;
+    };
+    let metrics = Metrics::new()?;
+    let readiness = Readiness::default();
+    let (addr, admin_server) =
+        admin::serve(args.admin_addr, metrics.clone(), readiness.clone(), stopped(stop_rx.clone())).await?;
+    info!(%addr, %cluster_url, namespace = ?args.namespace, "grpc-operator starting");
+    let admin_task = tokio::spawn(admin_server);
+
+    tokio::spawn(async move {
+        shutdown_signal().await;
+        info!("shutdown signal received; draining");
+        let _ = stop_tx.send(true);
+    });
+
+    let opts = ControllerOptions {
+        namespace: args.namespace,
+        reconcile: ReconcileConfig { resync: Duration::from_secs(args.resync_seconds), ..ReconcileConfig::default() },
+        concurrency: args.concurrency,
+        instance: std::env::var("POD_NAME").ok(),
+    };
+    run::run_controller(client, opts, metrics, readiness, stopped(stop_rx)).await;
+    admin_task.await??;
+    info!("grpc-operator stopped");
+    Ok(())
+}
+
+async fn shutdown_signal() {
+    #[cfg(unix)]
+    {
+        use tokio::signal::unix::{SignalKind, signal};
+        match signal(SignalKind::terminate()) {
+            Ok(mut term) => {
+                tokio::select! {
+                    _ = term.recv() => {}
+                    _ = tokio::signal::ctrl_c() => {}
+                }
+            }
+            Err(_) => {
+                let _ = tokio::signal::ctrl_c().await;
+            }
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = tokio::signal::ctrl_c().await;
+    }
+}

@@ -1,0 +1,214 @@
+//! apply: server-side apply of the desired children, one field manager, and
+//! only when something differs, so that an idle object causes no writes.
+
+use std::fmt::Debug;
+use std::sync::Arc;
+
+use kube::api::{Api, Patch, PatchParams};
+use kube::{Client, Resource, ResourceExt};
+use serde::Serialize;
+use serde::de::DeserializeOwned;
+use serde_json::Value;
+
+use super::desired::labels::{APPLIED_DIGEST_ANNOTATION, MANAGER};
+
+/// Applying a child failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApplyError {
+    /// A same-named object exists that this GrpcService does not control. It
+    /// is left untouched.
+    #[error("{kind} {namespace}/{name} exists and is not owned by this GrpcService{}", owner.as_ref().map(|o| format!(" (controlled by {o})")).unwrap_or_default())]
+    NotOwned {
+        /// Kind of the child.
+        kind: &'static str,
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// `Kind/name` of its controller, if it has one.
+        owner: Option<String>,
+    },
+    /// The server-side apply request failed.
+    #[error("failed to apply {kind} {namespace}/{name}")]
+    Patch {
+        /// Kind of the child.
+        kind: &'static str,
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// The desired object could not be serialized.
+    #[error("failed to serialize the desired {kind}")]
+    Serialize {
+        /// Kind of the child.
+        kind: &'static str,
+        /// The serialization error.
+        #[source]
+        source: serde_json::Error,
+    },
+}
+
+impl ApplyError {
+    /// The underlying API error, if any.
+    pub fn api_error(&self) -> Option<&kube::Error> {
+        match self {
+            Self::Patch { source, .. } => Some(source),
+            _ => None,
+        }
+    }
+}
+
+/// What applying one child did.
+#[derive(Clone, Debug)]
+pub enum Applied<K> {
+    /// The live object already matched; no request was sent.
+    Unchanged(Arc<K>),
+    /// The object was created or updated; this is the server's answer.
+    Written(Arc<K>),
+}
+
+impl<K> Applied<K> {
+    /// The live object after this step.
+    pub fn object(&self) -> &Arc<K> {
+        match self {
+            Self::Unchanged(o) | Self::Written(o) => o,
+        }
+    }
+
+    /// True when a write was sent.
+    pub fn written(&self) -> bool {
+        matches!(self, Self::Written(_))
+    }
+}
+
+/// Applies `desired` unless `live` already matches it.
+///
+/// `live` is refused when it is not controlled by `owner_uid`: a same-named
+/// object that someone else created is never taken over.
+pub async fn apply_child<K>(
+    client: &Client,
+    kind: &'static str,
+    desired: &K,
+    live: Option<&Arc<K>>,
+    owner_uid: &str,
+) -> Result<Applied<K>, ApplyError>
+where
+    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
+        + Clone
+        + Serialize
+        + DeserializeOwned
+        + Debug,
+{
+    let namespace = desired.namespace().unwrap_or_default();
+    let name = desired.name_any();
+    if let Some(live) = live {
+        check_owned(kind, Some(live.as_ref()), owner_uid)?;
+        if !needs_apply(desired, live).map_err(|source| ApplyError::Serialize { kind, source })? {
+            return Ok(Applied::Unchanged(Arc::clone(live)));
+        }
+    }
+    let api: Api<K> = Api::namespaced(client.clone(), &namespace);
+    let params = PatchParams::apply(MANAGER).force();
+    api.patch(&name, &params, &Patch::Apply(desired))
+        .await
+        .map(|o| Applied::Written(Arc::new(o)))
+        .map_err(|source| ApplyError::Patch { kind, namespace, name, source })
+}
+
+/// True when applying `desired` would change `live`: the operator changed
+/// what it wants (the digest annotation differs — this catches removed
+/// fields), or someone else changed or removed a field the operator sets.
+pub fn needs_apply<K: Resource + Serialize>(desired: &K, live: &K) -> Result<bool, serde_json::Error> {
+    let digest = |o: &K| o.meta().annotations.as_ref().and_then(|a| a.get(APPLIED_DIGEST_ANNOTATION)).cloned();
+    if digest(desired) != digest(live) {
+        return Ok(true);
+    }
+    Ok(!is_subset(&serde_json::to_value(desired)?, &serde_json::to_value(live)?))
+}
+
+/// True when every field of `want` is present in `have` with the same value.
+/// Lists match when the elements of `want` match distinct elements of `have`
+/// in order, so entries other managers added (sidecars, extra owner
+/// references) do not make the operator re-apply forever.
+pub fn is_subset(want: &Value, have: &Value) -> bool {
+    match (want, have) {
+        (Value::Object(w), Value::Object(h)) => {
+            w.iter().all(|(k, wv)| h.get(k).is_some_and(|hv| is_subset(wv, hv)))
+        }
+        (Value::Array(w), Value::Array(h)) => {
+            let mut rest = h.iter();
+            w.iter().all(|wv| rest.any(|hv| is_subset(wv, hv)))
+        }
+        (Value::Number(w), Value::Number(h)) => w.as_f64() == h.as_f64(),
+        _ => want == have,
+    }
+}
+
+/// The children after the apply step.
+#[derive(Clone, Debug)]
+pub struct AppliedChildren {
+    /// The Deployment.
+    pub deployment: Applied<k8s_openapi::api::apps::v1::Deployment>,
+    /// The Service.
+    pub service: Applied<k8s_openapi::api::core::v1::Service>,
+}
+
+impl AppliedChildren {
+    /// Kinds that were written.
+    pub fn written_kinds(&self) -> Vec<&'static str> {
+        let mut kinds = Vec::new();
+        if self.deployment.written() {
+            kinds.push("Deployment");
+        }
+        if self.service.written() {
+            kinds.push("Service");
+        }
+        kinds
+    }
+
+    /// Kinds that existed before and were written (updates, not creations).
+    pub fn updated_kinds(&self, observed: &super::fetch::Observed) -> Vec<&'static str> {
+        let mut kinds = Vec::new();
+        if self.deployment.written() && observed.deployment.is_some() {
+            kinds.push("Deployment");
+        }
+        if self.service.written() && observed.service.is_some() {
+            kinds.push("Service");
+        }
+        kinds
+    }
+}
+
+/// Applies every child. Ownership of all of them is checked before anything
+/// is written, so a foreign object blocks the whole set rather than leaving it
+/// half-applied.
+pub async fn apply_all(
+    client: &Client,
+    desired: &super::desired::Desired,
+    observed: &super::fetch::Observed,
+    owner_uid: &str,
+) -> Result<AppliedChildren, ApplyError> {
+    check_owned("Deployment", observed.deployment.as_deref(), owner_uid)?;
+    check_owned("Service", observed.service.as_deref(), owner_uid)?;
+    let deployment = apply_child(client, "Deployment", &desired.deployment, observed.deployment.as_ref(), owner_uid).await?;
+    let service = apply_child(client, "Service", &desired.service, observed.service.as_ref(), owner_uid).await?;
+    Ok(AppliedChildren { deployment, service })
+}
+
+fn check_owned<K: Resource>(kind: &'static str, live: Option<&K>, owner_uid: &str) -> Result<(), ApplyError> {
+    let Some(live) = live else { return Ok(()) };
+    let controller = live.meta().owner_references.iter().flatten().find(|o| o.controller == Some(true));
+    if controller.is_some_and(|c| c.uid == owner_uid) {
+        return Ok(());
+    }
+    Err(ApplyError::NotOwned {
+        kind,
+        namespace: live.meta().namespace.clone().unwrap_or_default(),
+        name: live.meta().name.clone().unwrap_or_default(),
+        owner: controller.map(|c| format!("{}/{}", c.kind, c.name)),
+    })
+}

@@ -1,0 +1,338 @@
+//! validate: defaulting and every cross-field check, producing the only value
+//! the builders in `desired/` accept.
+//!
+//! The CRD schema and its CEL rules reject most bad input at the API server,
+//! but the controller cannot rely on that: the installed CRD may be older than
+//! the operator, `render` runs with no API server at all, and some rules cannot
+//! be expressed cheaply in CEL (reserved env names, label syntax). So every
+//! rule is checked here too, and all violations are reported at once.
+
+use std::collections::{BTreeMap, BTreeSet};
+use std::fmt;
+use std::sync::LazyLock;
+
+use k8s_openapi::api::core::v1::{EnvVar, LocalObjectReference, ResourceRequirements};
+use regex::Regex;
+
+use crate::api::v1alpha1::{MAX_REPLICAS, SERVICE_NAME_PATTERN};
+use crate::api::{GrpcService, ImagePullPolicy};
+use crate::contract::RESERVED_ENV;
+use crate::reconcile::desired::labels::RESERVED_POD_LABELS;
+
+/// A `GrpcService` that passed validation, with every default applied.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidatedService {
+    /// `metadata.name`; also the name of every child object.
+    pub name: String,
+    /// `metadata.namespace`.
+    pub namespace: String,
+    /// `metadata.uid`; `None` only when rendering offline a manifest that was
+    /// never stored, in which case children carry no ownerReference.
+    pub uid: Option<String>,
+    /// `metadata.generation` (0 offline).
+    pub generation: i64,
+    /// Container image.
+    pub image: String,
+    /// Image pull policy; `None` leaves the Kubernetes default.
+    pub image_pull_policy: Option<ImagePullPolicy>,
+    /// Image pull secrets.
+    pub image_pull_secrets: Vec<LocalObjectReference>,
+    /// Number of pods.
+    pub replicas: i32,
+    /// gRPC port.
+    pub port: i32,
+    /// Admin HTTP port.
+    pub admin_port: i32,
+    /// Fully-qualified gRPC service names, in spec order, unique.
+    pub services: Vec<String>,
+    /// User environment variables (none of them reserved).
+    pub env: Vec<EnvVar>,
+    /// Container resources.
+    pub resources: Option<ResourceRequirements>,
+    /// Service account name.
+    pub service_account_name: Option<String>,
+    /// Extra pod template annotations.
+    pub pod_annotations: BTreeMap<String, String>,
+    /// Extra pod template labels (none of them reserved).
+    pub pod_labels: BTreeMap<String, String>,
+}
+
+impl ValidatedService {
+    /// In-cluster gRPC address of the Service.
+    pub fn endpoint(&self) -> String {
+        format!("{}.{}.svc:{}", self.name, self.namespace, self.port)
+    }
+}
+
+/// One rule a field broke.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FieldError {
+    /// Path in the object, in the API server's notation: `spec.services[1]`,
+    /// `spec.podLabels[team]`.
+    pub path: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl fmt::Display for FieldError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: {}", self.path, self.reason)
+    }
+}
+
+/// The spec is invalid; nothing may be applied until it changes.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub struct InvalidSpec {
+    /// Every violation found, in field order.
+    pub errors: Vec<FieldError>,
+}
+
+impl fmt::Display for InvalidSpec {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let parts: Vec<String> = self.errors.iter().map(ToString::to_string).collect();
+        f.write_str(&parts.join("; "))
+    }
+}
+
+impl InvalidSpec {
+    /// Bounded label for metrics and events.
+    pub fn category(&self) -> &'static str {
+        "invalid_spec"
+    }
+}
+
+/// Where the validated object comes from, for the two fields the API server
+/// normally fills in.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Origin {
+    /// Read from the API server: namespace and uid must be present.
+    Cluster,
+    /// A manifest read offline by `render`: a missing namespace means
+    /// `default` (as `kubectl apply` would), and there is no uid yet.
+    Manifest,
+}
+
+static SERVICE_NAME: LazyLock<Regex> = LazyLock::new(|| compile(SERVICE_NAME_PATTERN));
+static DNS1035_LABEL: LazyLock<Regex> = LazyLock::new(|| compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$"));
+static DNS1123_SUBDOMAIN: LazyLock<Regex> = LazyLock::new(|| {
+    compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
+});
+static QUALIFIED_NAME: LazyLock<Regex> =
+    LazyLock::new(|| compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$"));
+static LABEL_VALUE: LazyLock<Regex> =
+    LazyLock::new(|| compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"));
+
+/// The patterns are literals covered by the unit tests, so failing to compile
+/// one is a programming error caught before release.
+fn compile(pattern: &str) -> Regex {
+    Regex::new(pattern).expect("static regex compiles")
+}
+
+/// Kubernetes limits pod annotations to 256 KiB in total.
+const MAX_ANNOTATIONS_BYTES: usize = 256 * 1024;
+
+/// Validates `obj` and applies every default.
+pub fn validate(obj: &GrpcService, origin: Origin) -> Result<ValidatedService, InvalidSpec> {
+    let mut errs = Errors::default();
+    let meta = &obj.metadata;
+    let spec = &obj.spec;
+
+    let name = meta.name.clone().unwrap_or_default();
+    if name.is_empty() {
+        errs.push("metadata.name", "Required value");
+    } else if name.len() > 63 || !DNS1035_LABEL.is_match(&name) {
+        errs.push(
+            "metadata.name",
+            format!(
+                "Invalid value: {name:?}: must be a DNS-1035 label (at most 63 lowercase letters, digits or '-', starting with a letter), because the Service is named after it"
+            ),
+        );
+    }
+    let namespace = match (&meta.namespace, origin) {
+        (Some(ns), _) if !ns.is_empty() => ns.clone(),
+        (_, Origin::Manifest) => "default".to_owned(),
+        (_, Origin::Cluster) => {
+            errs.push("metadata.namespace", "Required value");
+            String::new()
+        }
+    };
+    let uid = meta.uid.clone().filter(|u| !u.is_empty());
+    if origin == Origin::Cluster && uid.is_none() {
+        errs.push("metadata.uid", "Required value: the object must come from the API server");
+    }
+
+    let image = spec.image.trim();
+    if image.is_empty() {
+        errs.push("spec.image", "Required value");
+    } else if image.len() != spec.image.len() || image.chars().any(char::is_whitespace) {
+        errs.push("spec.image", format!("Invalid value: {:?}: must not contain whitespace", spec.image));
+    } else if image.len() > 1024 {
+        errs.push("spec.image", "Too long: may not be more than 1024 bytes");
+    }
+
+    for (i, secret) in spec.image_pull_secrets.iter().enumerate() {
+        if !DNS1123_SUBDOMAIN.is_match(&secret.name) || secret.name.len() > 253 {
+            errs.push(
+                format!("spec.imagePullSecrets[{i}].name"),
+                format!("Invalid value: {:?}: must be the name of a Secret (a DNS-1123 subdomain)", secret.name),
+            );
+        }
+    }
+
+    if !(0..=MAX_REPLICAS).contains(&spec.replicas) {
+        errs.push(
+            "spec.replicas",
+            format!("Invalid value: {}: must be between 0 and {MAX_REPLICAS}", spec.replicas),
+        );
+    }
+    check_port(&mut errs, "spec.port", spec.port);
+    check_port(&mut errs, "spec.adminPort", spec.admin_port);
+    if spec.port == spec.admin_port {
+        errs.push(
+            "spec.adminPort",
+            format!("Invalid value: {}: port and adminPort must differ", spec.admin_port),
+        );
+    }
+
+    if spec.services.is_empty() {
+        errs.push("spec.services", "Required value: at least one fully-qualified gRPC service name");
+    }
+    let mut seen = BTreeSet::new();
+    for (i, svc) in spec.services.iter().enumerate() {
+        let path = format!("spec.services[{i}]");
+        if svc.len() > 253 || !SERVICE_NAME.is_match(svc) {
+            errs.push(
+                path,
+                format!(
+                    "Invalid value: {svc:?}: must be a fully-qualified gRPC service name such as user.v1.UserService"
+                ),
+            );
+        } else if !seen.insert(svc.as_str()) {
+            errs.push(path, format!("Duplicate value: {svc:?}"));
+        }
+    }
+
+    let mut env_names = BTreeSet::new();
+    for (i, var) in spec.env.iter().enumerate() {
+        let path = format!("spec.env[{i}].name");
+        if var.name.is_empty() {
+            errs.push(path, "Required value");
+        } else if var.name.contains('=') || var.name.chars().any(|c| !(' '..='~').contains(&c)) {
+            errs.push(
+                path,
+                format!("Invalid value: {:?}: must consist of printable ASCII characters except '='", var.name),
+            );
+        } else if RESERVED_ENV.contains(&var.name.as_str()) {
+            errs.push(
+                path,
+                format!(
+                    "Forbidden: {:?} is part of the workload contract and set by the operator",
+                    var.name
+                ),
+            );
+        } else if !env_names.insert(var.name.as_str()) {
+            errs.push(path, format!("Duplicate value: {:?}", var.name));
+        }
+        if var.value.as_deref().is_some_and(|v| !v.is_empty()) && var.value_from.is_some() {
+            errs.push(
+                format!("spec.env[{i}].valueFrom"),
+                "Invalid value: may not be specified when `value` is not empty",
+            );
+        }
+    }
+
+    if let Some(sa) = &spec.service_account_name
+        && (sa.len() > 253 || !DNS1123_SUBDOMAIN.is_match(sa))
+    {
+        errs.push(
+            "spec.serviceAccountName",
+            format!("Invalid value: {sa:?}: must be a DNS-1123 subdomain"),
+        );
+    }
+
+    let mut annotation_bytes = 0;
+    for (key, value) in &spec.pod_annotations {
+        check_qualified_key(&mut errs, &format!("spec.podAnnotations[{key}]"), key);
+        annotation_bytes += key.len() + value.len();
+    }
+    if annotation_bytes > MAX_ANNOTATIONS_BYTES {
+        errs.push("spec.podAnnotations", "Too long: must have at most 262144 bytes");
+    }
+    for (key, value) in &spec.pod_labels {
+        let path = format!("spec.podLabels[{key}]");
+        check_qualified_key(&mut errs, &path, key);
+        if RESERVED_POD_LABELS.contains(&key.as_str()) {
+            errs.push(
+                path.clone(),
+                format!("Forbidden: {key:?} is a selector label set by the operator"),
+            );
+        }
+        if value.len() > 63 || !LABEL_VALUE.is_match(value) {
+            errs.push(
+                path,
+                format!(
+                    "Invalid value: {value:?}: a label value must be at most 63 characters: letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
+                ),
+            );
+        }
+    }
+
+    errs.into_result()?;
+    Ok(ValidatedService {
+        name,
+        namespace,
+        uid,
+        generation: meta.generation.unwrap_or(0),
+        image: spec.image.clone(),
+        image_pull_policy: spec.image_pull_policy,
+        image_pull_secrets: spec.image_pull_secrets.clone(),
+        replicas: spec.replicas,
+        port: spec.port,
+        admin_port: spec.admin_port,
+        services: spec.services.clone(),
+        env: spec.env.clone(),
+        resources: spec.resources.clone(),
+        service_account_name: spec.service_account_name.clone(),
+        pod_annotations: spec.pod_annotations.clone(),
+        pod_labels: spec.pod_labels.clone(),
+    })
+}
+
+fn check_port(errs: &mut Errors, path: &str, port: i32) {
+    if !(1..=65535).contains(&port) {
+        errs.push(path, format!("Invalid value: {port}: must be between 1 and 65535"));
+    }
+}
+
+/// A label or annotation key: an optional DNS-1123 subdomain prefix and `/`,
+/// then a name of at most 63 characters.
+fn check_qualified_key(errs: &mut Errors, path: &str, key: &str) {
+    let (prefix, name) = match key.split_once('/') {
+        Some((p, n)) => (Some(p), n),
+        None => (None, key),
+    };
+    let prefix_ok = prefix.is_none_or(|p| p.len() <= 253 && DNS1123_SUBDOMAIN.is_match(p));
+    let name_ok = name.len() <= 63 && QUALIFIED_NAME.is_match(name);
+    if !prefix_ok || !name_ok {
+        errs.push(
+            path,
+            format!(
+                "Invalid value: {key:?}: must be a qualified name: an optional DNS subdomain prefix and '/', then at most 63 letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
+            ),
+        );
+    }
+}
+
+/// Accumulates every violation so that one round trip shows them all.
+#[derive(Default)]
+struct Errors(Vec<FieldError>);
+
+impl Errors {
+    fn push(&mut self, path: impl Into<String>, reason: impl Into<String>) {
+        self.0.push(FieldError { path: path.into(), reason: reason.into() });
+    }
+
+    fn into_result(self) -> Result<(), InvalidSpec> {
+        if self.0.is_empty() { Ok(()) } else { Err(InvalidSpec { errors: self.0 }) }
+    }
+}

@@ -1,0 +1,239 @@
+//! `grpc-operator render`: the children the controller would apply, computed
+//! offline from GrpcService manifests with the same validate and desired code.
+//!
+//! Differences from the controller, by necessity: no uid exists yet, so the
+//! children carry no ownerReference; a manifest without a namespace renders
+//! into `default`, as `kubectl apply` would place it.
+
+use std::fmt;
+use std::io::Read;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+
+use crate::api::GrpcService;
+use crate::reconcile::desired;
+use crate::reconcile::validate::{self, Origin};
+
+/// Where manifests are read from.
+#[derive(Clone, Debug)]
+pub enum Source {
+    /// A file, or every `.yaml`, `.yml` and `.json` file below a directory
+    /// (sorted, so the output is deterministic).
+    Path(PathBuf),
+    /// Standard input.
+    Stdin,
+}
+
+impl Source {
+    /// `-` means standard input.
+    pub fn parse(arg: &str) -> Self {
+        if arg == "-" { Self::Stdin } else { Self::Path(PathBuf::from(arg)) }
+    }
+}
+
+/// One problem with the input.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct RenderProblem {
+    /// The file (`-` for standard input).
+    pub file: String,
+    /// 1-based index of the YAML document in the file.
+    pub document: usize,
+    /// `namespace/name` of the GrpcService, when known.
+    pub object: Option<String>,
+    /// Field path, when the problem is about one field.
+    pub field: Option<String>,
+    /// What is wrong.
+    pub reason: String,
+}
+
+impl fmt::Display for RenderProblem {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}: document {}", self.file, self.document)?;
+        if let Some(o) = &self.object {
+            write!(f, " (GrpcService {o})")?;
+        }
+        f.write_str(": ")?;
+        if let Some(field) = &self.field {
+            write!(f, "{field}: ")?;
+        }
+        f.write_str(&self.reason)
+    }
+}
+
+/// Rendering failed.
+#[derive(Debug, thiserror::Error)]
+pub enum RenderError {
+    /// Some input could not be read.
+    #[error("cannot read {path}")]
+    Read {
+        /// The path.
+        path: String,
+        /// The I/O error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Some manifests are invalid; nothing is printed.
+    #[error("{} invalid manifest(s):\n{}", .0.len(), .0.iter().map(|p| format!("  {p}")).collect::<Vec<_>>().join("\n"))]
+    Invalid(Vec<RenderProblem>),
+    /// No GrpcService was found in the input.
+    #[error("no GrpcService (apiVersion grpcoperator.io/v1alpha1) found in the input")]
+    Empty,
+    /// The output could not be serialized.
+    #[error("failed to serialize the rendered objects")]
+    Serialize(#[source] Box<dyn std::error::Error + Send + Sync>),
+}
+
+/// Renders every GrpcService in `sources` into a multi-document YAML stream
+/// of its children. Either every manifest is valid and the whole stream is
+/// returned, or nothing is and every problem is reported.
+pub fn render(sources: &[Source]) -> Result<String, RenderError> {
+    let mut inputs = Vec::new();
+    for source in sources {
+        match source {
+            Source::Stdin => {
+                let mut text = String::new();
+                std::io::stdin()
+                    .read_to_string(&mut text)
+                    .map_err(|source| RenderError::Read { path: "-".into(), source })?;
+                inputs.push(("-".to_owned(), text));
+            }
+            Source::Path(p) => {
+                for file in manifest_files(p)? {
+                    let text = std::fs::read_to_string(&file)
+                        .map_err(|source| RenderError::Read { path: file.display().to_string(), source })?;
+                    inputs.push((file.display().to_string(), text));
+                }
+            }
+        }
+    }
+    render_texts(&inputs)
+}
+
+/// Renders `(file name, content)` pairs; see [`render`].
+pub fn render_texts(inputs: &[(String, String)]) -> Result<String, RenderError> {
+    let mut problems = Vec::new();
+    let mut objects = Vec::new();
+    for (file, text) in inputs {
+        let docs: Vec<Value> = match serde_saphyr::from_multiple(text) {
+            Ok(d) => d,
+            Err(e) => {
+                problems.push(RenderProblem {
+                    file: file.clone(),
+                    document: 1,
+                    object: None,
+                    field: None,
+                    reason: format!("not valid YAML: {e}"),
+                });
+                continue;
+            }
+        };
+        for (i, doc) in docs.into_iter().enumerate() {
+            match render_document(doc) {
+                Ok(children) => objects.extend(children),
+                Err(mut ps) => {
+                    for p in &mut ps {
+                        p.file.clone_from(file);
+                        p.document = i + 1;
+                    }
+                    problems.extend(ps);
+                }
+            }
+        }
+    }
+    if !problems.is_empty() {
+        return Err(RenderError::Invalid(problems));
+    }
+    if objects.is_empty() {
+        return Err(RenderError::Empty);
+    }
+    let mut out = String::new();
+    for obj in &objects {
+        out.push_str("---\n");
+        out.push_str(&serde_saphyr::to_string(obj).map_err(|e| RenderError::Serialize(Box::new(e)))?);
+    }
+    Ok(out)
+}
+
+fn is_grpc_service(doc: &Value) -> bool {
+    doc.get("apiVersion").and_then(Value::as_str) == Some("grpcoperator.io/v1alpha1")
+        && doc.get("kind").and_then(Value::as_str) == Some("GrpcService")
+}
+
+/// Children of one YAML document; other kinds render to nothing.
+fn render_document(doc: Value) -> Result<Vec<Value>, Vec<RenderProblem>> {
+    if doc.is_null() || !is_grpc_service(&doc) {
+        return Ok(Vec::new());
+    }
+    let object = object_name(&doc);
+    let problem = |field: Option<String>, reason: String| RenderProblem {
+        file: String::new(),
+        document: 0,
+        object: object.clone(),
+        field,
+        reason,
+    };
+    let (obj, unknown) = parse_grpc_service(doc).map_err(|(field, reason)| vec![problem(field, reason)])?;
+    let mut problems: Vec<RenderProblem> =
+        unknown.into_iter().map(|f| problem(Some(f), "unknown field".to_owned())).collect();
+    match validate::validate(&obj, Origin::Manifest) {
+        Err(invalid) => problems.extend(invalid.errors.into_iter().map(|e| problem(Some(e.path), e.reason))),
+        Ok(valid) if problems.is_empty() => {
+            return desired::desired(&valid)
+                .to_values()
+                .map_err(|e| vec![problem(None, format!("failed to build the children: {e}"))]);
+        }
+        Ok(_) => {}
+    }
+    Err(problems)
+}
+
+fn object_name(doc: &Value) -> Option<String> {
+    let meta = doc.get("metadata")?;
+    let name = meta.get("name").and_then(Value::as_str)?;
+    let ns = meta.get("namespace").and_then(Value::as_str).unwrap_or("default");
+    Some(format!("{ns}/{name}"))
+}
+
+/// Deserializes a GrpcService, reporting the path of a mistyped field, and
+/// returns the unknown `spec` fields: a typo such as `replica:` would
+/// otherwise be silently dropped and the preview would not match the
+/// author's intent.
+fn parse_grpc_service(doc: Value) -> Result<(GrpcService, Vec<String>), (Option<String>, String)> {
+    let mut unknown = Vec::new();
+    let mut on_unknown = |path: serde_ignored::Path<'_>| unknown.push(path.to_string());
+    let de = serde_ignored::Deserializer::new(&doc, &mut on_unknown);
+    let parsed: Result<GrpcService, _> = serde_path_to_error::deserialize(de);
+    let obj = parsed.map_err(|e| {
+        let path = e.path().to_string();
+        (if path == "." { None } else { Some(path) }, e.into_inner().to_string())
+    })?;
+    // `metadata` and `status` are free-form as far as rendering is concerned.
+    unknown.retain(|p| p.starts_with("spec."));
+    Ok((obj, unknown))
+}
+
+fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, RenderError> {
+    let read_err = |source| RenderError::Read { path: path.display().to_string(), source };
+    let meta = std::fs::metadata(path).map_err(read_err)?;
+    if !meta.is_dir() {
+        return Ok(vec![path.to_path_buf()]);
+    }
+    let mut files = Vec::new();
+    let mut dirs = vec![path.to_path_buf()];
+    while let Some(dir) = dirs.pop() {
+        let entries = std::fs::read_dir(&dir)
+            .map_err(|source| RenderError::Read { path: dir.display().to_string(), source })?;
+        for entry in entries {
+            let entry = entry.map_err(|source| RenderError::Read { path: dir.display().to_string(), source })?;
+            let p = entry.path();
+            if p.is_dir() {
+                dirs.push(p);
+            } else if p.extension().is_some_and(|e| e == "yaml" || e == "yml" || e == "json") {
+                files.push(p);
+            }
+        }
+    }
+    files.sort();
+    Ok(files)
+}

@@ -1,0 +1,181 @@
+//! `grpc-operator run`: wires the reconcile pipeline into a kube-runtime
+//! `Controller` with shared caches for the children.
+
+use std::hash::{DefaultHasher, Hash, Hasher};
+use std::sync::Arc;
+
+use futures::{StreamExt, future};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, ListParams};
+use kube::runtime::controller::{Config as ControllerConfig, Controller};
+use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::reflector::{self, Store};
+use kube::runtime::utils::{PredicateConfig, predicates};
+use kube::runtime::{WatchStreamExt, watcher};
+use kube::{Client, Resource};
+use tracing::{debug, info, warn};
+
+use crate::admin::Readiness;
+use crate::api::GrpcService;
+use crate::metrics::Metrics;
+use crate::reconcile::desired::labels::{MANAGED_BY_LABEL, MANAGER};
+use crate::reconcile::{self, Context, ReconcileConfig};
+
+/// Options of the controller.
+#[derive(Clone, Debug)]
+pub struct ControllerOptions {
+    /// Watch only this namespace; `None` watches all namespaces.
+    pub namespace: Option<String>,
+    /// Reconciler tunables.
+    pub reconcile: ReconcileConfig,
+    /// Maximum concurrent reconciles (0 = unbounded).
+    pub concurrency: u16,
+    /// `instance` of the Event reporter, usually the pod name.
+    pub instance: Option<String>,
+}
+
+impl Default for ControllerOptions {
+    fn default() -> Self {
+        Self { namespace: None, reconcile: ReconcileConfig::default(), concurrency: 16, instance: None }
+    }
+}
+
+/// The controller could not start.
+#[derive(Debug, thiserror::Error)]
+pub enum RunError {
+    /// The API server did not answer.
+    #[error("cannot reach the Kubernetes API server at {url}")]
+    Unreachable {
+        /// Its URL.
+        url: String,
+        /// The error.
+        #[source]
+        source: kube::Error,
+    },
+    /// The GrpcService CRD is not installed.
+    #[error(
+        "the GrpcService CustomResourceDefinition is not installed in the cluster (install it with `kubectl apply -f crds/`)"
+    )]
+    CrdMissing,
+    /// Listing GrpcServices failed for another reason (often RBAC).
+    #[error("cannot list GrpcServices")]
+    List(#[source] kube::Error),
+}
+
+/// Checks that the API server answers and serves GrpcServices, so that a
+/// misconfiguration is a clear message at start rather than a retry loop.
+pub async fn preflight(client: &Client, cluster_url: &str, namespace: Option<&str>) -> Result<(), RunError> {
+    if let Err(source) = client.apiserver_version().await {
+        return Err(RunError::Unreachable { url: cluster_url.to_owned(), source });
+    }
+    let api: Api<GrpcService> = match namespace {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    match api.list_metadata(&ListParams::default().limit(1)).await {
+        Ok(_) => Ok(()),
+        Err(kube::Error::Api(s)) if s.code == 404 => Err(RunError::CrdMissing),
+        Err(e) => Err(RunError::List(e)),
+    }
+}
+
+/// Triggers a reconcile only when the spec changed (generation) or deletion
+/// started: status and finalizer writes, most of them the operator's own, do
+/// not cause another run.
+fn spec_or_deletion(obj: &GrpcService) -> Option<u64> {
+    let mut h = DefaultHasher::new();
+    obj.meta().generation.hash(&mut h);
+    obj.meta().deletion_timestamp.is_some().hash(&mut h);
+    Some(h.finish())
+}
+
+/// Runs the controller until `shutdown` resolves. `readiness` is set once
+/// every cache has synced.
+pub async fn run_controller(
+    client: Client,
+    opts: ControllerOptions,
+    metrics: Metrics,
+    readiness: Readiness,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let (grpc_api, deploy_api, svc_api): (Api<GrpcService>, Api<Deployment>, Api<Service>) = match &opts.namespace {
+        Some(ns) => (
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+            Api::namespaced(client.clone(), ns),
+        ),
+        None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
+    };
+    let children = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
+
+    let (grpc_store, grpc_writer) = reflector::store();
+    let grpc_stream = watcher(grpc_api, watcher::Config::default())
+        .default_backoff()
+        .reflect(grpc_writer)
+        .applied_objects()
+        .predicate_filter(spec_or_deletion, PredicateConfig::default());
+    let (deploy_store, deploy_writer) = reflector::store();
+    let deploy_stream = watcher(deploy_api, children.clone())
+        .default_backoff()
+        .reflect(deploy_writer)
+        .applied_objects()
+        .predicate_filter(predicates::resource_version, PredicateConfig::default());
+    let (svc_store, svc_writer) = reflector::store();
+    let svc_stream = watcher(svc_api, children)
+        .default_backoff()
+        .reflect(svc_writer)
+        .applied_objects()
+        .predicate_filter(predicates::resource_version, PredicateConfig::default());
+
+    let reporter = Reporter { controller: MANAGER.to_owned(), instance: opts.instance.clone() };
+    let recorder = Recorder::new(client.clone(), reporter);
+    let ctx = Arc::new(Context::new(
+        client,
+        (grpc_store.clone(), deploy_store.clone(), svc_store.clone()),
+        recorder,
+        metrics,
+        opts.reconcile.clone(),
+    ));
+
+    let ready = mark_ready(readiness.clone(), grpc_store.clone(), deploy_store, svc_store);
+    tokio::spawn(ready);
+
+    Controller::for_stream(grpc_stream, grpc_store)
+        .owns_stream(deploy_stream)
+        .owns_stream(svc_stream)
+        .with_config(ControllerConfig::default().concurrency(opts.concurrency))
+        .graceful_shutdown_on(shutdown)
+        .run(reconcile::reconcile, reconcile::error_policy, ctx)
+        .for_each(|res| {
+            match res {
+                Ok((obj, _)) => debug!(name = %obj.name, namespace = ?obj.namespace, "reconcile done"),
+                Err(kube::runtime::controller::Error::ReconcilerFailed(e, obj)) => {
+                    debug!(name = %obj.name, namespace = ?obj.namespace, category = e.category(), "reconcile failed");
+                }
+                Err(e) => warn!(error = %reconcile::error_chain(&e), "controller error"),
+            }
+            future::ready(())
+        })
+        .await;
+    readiness.set(false);
+    info!("controller stopped");
+}
+
+async fn mark_ready(
+    readiness: Readiness,
+    grpc: Store<GrpcService>,
+    deployments: Store<Deployment>,
+    services: Store<Service>,
+) {
+    let synced = futures::future::try_join3(
+        grpc.wait_until_ready(),
+        deployments.wait_until_ready(),
+        services.wait_until_ready(),
+    )
+    .await;
+    if synced.is_ok() {
+        info!("caches synced; controller ready");
+        readiness.set(true);
+    }
+}
