@@ -67,10 +67,7 @@ pub async fn serve(
 }
 
 async fn metrics_handler(State(state): State<AdminState>) -> impl IntoResponse {
-    (
-        [(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")],
-        state.metrics.encode(),
-    )
+    ([(header::CONTENT_TYPE, "text/plain; version=0.0.4; charset=utf-8")], state.metrics.encode())
 }
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {

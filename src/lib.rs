@@ -6,11 +6,11 @@
 //! of the validated spec, shared by the controller and by the offline `render`
 //! command, so a preview is exactly what the controller would apply.
 
+pub mod admin;
 pub mod api;
 pub mod contract;
 pub mod crd;
 pub mod metrics;
 pub mod reconcile;
-pub mod admin;
 pub mod render;
 pub mod run;

@@ -139,7 +139,10 @@ async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error + S
 
     let opts = ControllerOptions {
         namespace: args.namespace,
-        reconcile: ReconcileConfig { resync: Duration::from_secs(args.resync_seconds), ..ReconcileConfig::default() },
+        reconcile: ReconcileConfig {
+            resync: Duration::from_secs(args.resync_seconds),
+            ..ReconcileConfig::default()
+        },
         concurrency: args.concurrency,
         instance: std::env::var("POD_NAME").ok(),
     };

@@ -225,7 +225,8 @@ fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, RenderError> {
         let entries = std::fs::read_dir(&dir)
             .map_err(|source| RenderError::Read { path: dir.display().to_string(), source })?;
         for entry in entries {
-            let entry = entry.map_err(|source| RenderError::Read { path: dir.display().to_string(), source })?;
+            let entry =
+                entry.map_err(|source| RenderError::Read { path: dir.display().to_string(), source })?;
             let p = entry.path();
             if p.is_dir() {
                 dirs.push(p);
@@ -236,4 +237,67 @@ fn manifest_files(path: &Path) -> Result<Vec<PathBuf>, RenderError> {
     }
     files.sort();
     Ok(files)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn sample_file() -> String {
+        std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("config/samples").display().to_string()
+    }
+
+    #[test]
+    fn sample_renders_to_a_deployment_and_a_service() {
+        let out = render(&[Source::Path(sample_file().into())]).expect("renders");
+        insta::assert_snapshot!(out);
+    }
+
+    #[test]
+    fn rendering_is_deterministic() {
+        let a = render(&[Source::Path(sample_file().into())]).expect("renders");
+        let b = render(&[Source::Path(sample_file().into())]).expect("renders");
+        assert_eq!(a, b);
+    }
+
+    #[test]
+    fn other_kinds_are_ignored_and_every_document_is_rendered() {
+        let text = "apiVersion: v1\nkind: ConfigMap\nmetadata: {name: c}\n---\n\
+            apiVersion: grpcoperator.io/v1alpha1\nkind: GrpcService\nmetadata: {name: a, namespace: shop}\nspec: {image: i, services: [a.v1.A]}\n---\n\
+            apiVersion: grpcoperator.io/v1alpha1\nkind: GrpcService\nmetadata: {name: b}\nspec: {image: i, services: [b.v1.B]}\n";
+        let out = render_texts(&[("in.yaml".into(), text.into())]).expect("renders");
+        assert_eq!(out.matches("kind: Deployment").count(), 2);
+        assert_eq!(out.matches("kind: Service\n").count(), 2);
+        assert!(out.contains("namespace: shop") && out.contains("namespace: default"));
+        assert!(!out.contains("ConfigMap"));
+    }
+
+    #[test]
+    fn invalid_manifest_names_file_document_object_and_field() {
+        let text = "apiVersion: grpcoperator.io/v1alpha1\nkind: GrpcService\nmetadata: {name: ok, namespace: shop}\nspec: {image: i, services: [a.v1.A]}\n---\n\
+            apiVersion: grpcoperator.io/v1alpha1\nkind: GrpcService\nmetadata: {name: bad, namespace: shop}\nspec: {image: i, replicas: 1001, services: [a.v1.A], replica: 2}\n";
+        let err = render_texts(&[("svc.yaml".into(), text.into())]).expect_err("invalid");
+        let RenderError::Invalid(problems) = &err else { panic!("unexpected error {err}") };
+        let lines: Vec<String> = problems.iter().map(ToString::to_string).collect();
+        assert_eq!(
+            lines,
+            [
+                "svc.yaml: document 2 (GrpcService shop/bad): spec.replica: unknown field",
+                "svc.yaml: document 2 (GrpcService shop/bad): spec.replicas: Invalid value: 1001: must be between 0 and 1000",
+            ]
+        );
+    }
+
+    #[test]
+    fn mistyped_field_reports_its_path() {
+        let text = "apiVersion: grpcoperator.io/v1alpha1\nkind: GrpcService\nmetadata: {name: a}\nspec: {image: i, replicas: three, services: [a.v1.A]}\n";
+        let err = render_texts(&[("a.yaml".into(), text.into())]).expect_err("invalid");
+        assert!(err.to_string().contains("a.yaml: document 1 (GrpcService default/a): spec.replicas: invalid type"), "{err}");
+    }
+
+    #[test]
+    fn input_without_grpc_services_is_an_error() {
+        let err = render_texts(&[("a.yaml".into(), "apiVersion: v1\nkind: ConfigMap\n".into())]).expect_err("empty");
+        assert!(matches!(err, RenderError::Empty));
+    }
 }

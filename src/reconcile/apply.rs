@@ -123,7 +123,8 @@ where
 /// what it wants (the digest annotation differs — this catches removed
 /// fields), or someone else changed or removed a field the operator sets.
 pub fn needs_apply<K: Resource + Serialize>(desired: &K, live: &K) -> Result<bool, serde_json::Error> {
-    let digest = |o: &K| o.meta().annotations.as_ref().and_then(|a| a.get(APPLIED_DIGEST_ANNOTATION)).cloned();
+    let digest =
+        |o: &K| o.meta().annotations.as_ref().and_then(|a| a.get(APPLIED_DIGEST_ANNOTATION)).cloned();
     if digest(desired) != digest(live) {
         return Ok(true);
     }
@@ -194,8 +195,11 @@ pub async fn apply_all(
 ) -> Result<AppliedChildren, ApplyError> {
     check_owned("Deployment", observed.deployment.as_deref(), owner_uid)?;
     check_owned("Service", observed.service.as_deref(), owner_uid)?;
-    let deployment = apply_child(client, "Deployment", &desired.deployment, observed.deployment.as_ref(), owner_uid).await?;
-    let service = apply_child(client, "Service", &desired.service, observed.service.as_ref(), owner_uid).await?;
+    let deployment =
+        apply_child(client, "Deployment", &desired.deployment, observed.deployment.as_ref(), owner_uid)
+            .await?;
+    let service =
+        apply_child(client, "Service", &desired.service, observed.service.as_ref(), owner_uid).await?;
     Ok(AppliedChildren { deployment, service })
 }
 
@@ -211,4 +215,39 @@ fn check_owned<K: Resource>(kind: &'static str, live: Option<&K>, owner_uid: &st
         name: live.meta().name.clone().unwrap_or_default(),
         owner: controller.map(|c| format!("{}/{}", c.kind, c.name)),
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    #[test]
+    fn fields_added_by_the_server_or_others_do_not_force_an_apply() {
+        let want = json!({"spec": {"replicas": 2, "ports": [{"name": "grpc", "port": 1}]}});
+        let have = json!({"spec": {"replicas": 2, "revisionHistoryLimit": 10,
+            "ports": [{"name": "grpc", "port": 1, "protocol": "TCP"}, {"name": "sidecar", "port": 2}]},
+            "status": {}});
+        assert!(is_subset(&want, &have));
+    }
+
+    #[test]
+    fn a_changed_or_missing_field_forces_an_apply() {
+        let want = json!({"spec": {"replicas": 2, "ports": [{"name": "grpc", "port": 1}]}});
+        assert!(!is_subset(&want, &json!({"spec": {"replicas": 3, "ports": [{"name": "grpc", "port": 1}]}})));
+        assert!(!is_subset(&want, &json!({"spec": {"replicas": 2}})));
+        assert!(!is_subset(&want, &json!({"spec": {"replicas": 2, "ports": []}})));
+    }
+
+    #[test]
+    fn list_order_matters_because_the_server_keeps_it() {
+        let want = json!([{"name": "a"}, {"name": "b"}]);
+        assert!(is_subset(&want, &json!([{"name": "a"}, {"name": "x"}, {"name": "b"}])));
+        assert!(!is_subset(&want, &json!([{"name": "b"}, {"name": "a"}])));
+    }
+
+    #[test]
+    fn numbers_compare_by_value() {
+        assert!(is_subset(&json!({"a": 1}), &json!({"a": 1.0})));
+    }
 }

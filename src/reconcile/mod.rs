@@ -381,15 +381,23 @@ impl Observation {
 
 /// Writes the status and emits an Event when the Ready condition changes
 /// reason (a notable transition); unchanged states write nothing.
-async fn report(ctx: &Context, api: &Api<GrpcService>, obj: &GrpcService, obs: Observation) -> Result<(), StatusError> {
-    let previous = status::find(obj.status.as_ref(), status::READY).map(|c| (c.status.clone(), c.reason.clone()));
+async fn report(
+    ctx: &Context,
+    api: &Api<GrpcService>,
+    obj: &GrpcService,
+    obs: Observation,
+) -> Result<(), StatusError> {
+    let previous =
+        status::find(obj.status.as_ref(), status::READY).map(|c| (c.status.clone(), c.reason.clone()));
     let now = Time(jiff::Timestamp::now());
     let next = status::next_status(obj.status.as_ref(), &obs, &now);
     status::write(api, obj, &next).await?;
-    let changed = previous.as_ref().is_none_or(|(s, r)| (s == "True") != obs.ready.ok || r != obs.ready.reason);
+    let changed =
+        previous.as_ref().is_none_or(|(s, r)| (s == "True") != obs.ready.ok || r != obs.ready.reason);
     // The first "not ready yet" state of a new object is not worth an Event:
     // the status shows it, and Events are writes too.
-    let notable = obs.ready.ok || !matches!(obs.ready.reason, reason::ROLLOUT_IN_PROGRESS | reason::MINIMUM_REPLICAS_UNAVAILABLE);
+    let notable = obs.ready.ok
+        || !matches!(obs.ready.reason, reason::ROLLOUT_IN_PROGRESS | reason::MINIMUM_REPLICAS_UNAVAILABLE);
     if changed && notable {
         let type_ = if obs.ready.ok { EventType::Normal } else { EventType::Warning };
         publish(ctx, obj, type_, obs.ready.reason, obs.ready.message.clone()).await;
@@ -408,5 +416,45 @@ async fn publish(ctx: &Context, obj: &GrpcService, type_: EventType, reason: &st
     };
     if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
         warn!(name = %obj.name_any(), error = %error_chain(&e), "failed to publish event");
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn backoff_grows_exponentially_with_jitter_and_is_capped() {
+        let config = ReconcileConfig {
+            backoff_base: Duration::from_secs(1),
+            backoff_max: Duration::from_secs(60),
+            ..ReconcileConfig::default()
+        };
+        for _ in 0..50 {
+            let first = backoff(&config, 1);
+            assert!(first >= Duration::from_millis(500) && first <= Duration::from_secs(1), "{first:?}");
+            let fourth = backoff(&config, 4);
+            assert!(fourth >= Duration::from_secs(4) && fourth <= Duration::from_secs(8), "{fourth:?}");
+            let many = backoff(&config, 40);
+            assert!(many >= Duration::from_secs(30) && many <= Duration::from_secs(60), "{many:?}");
+        }
+    }
+
+    #[test]
+    fn error_categories_are_bounded_labels() {
+        let api = |code| {
+            kube::Error::Api(Box::new(kube::core::Status { code, ..kube::core::Status::default() }))
+        };
+        assert_eq!(api_category(&api(409)), "conflict");
+        assert_eq!(api_category(&api(429)), "throttled");
+        assert_eq!(api_category(&api(503)), "server_error");
+        assert_eq!(api_category(&api(422)), "rejected");
+        let not_owned = ReconcileError::Apply(ApplyError::NotOwned {
+            kind: "Deployment",
+            namespace: "n".into(),
+            name: "a".into(),
+            owner: None,
+        });
+        assert_eq!((not_owned.step(), not_owned.category()), ("apply", "not_owned"));
     }
 }

@@ -111,10 +111,9 @@ pub fn deployment_available(deployment: &Deployment) -> Verdict {
     let available = status.available_replicas.unwrap_or(0);
     let available_condition = conditions.iter().find(|c| c.type_.as_deref() == Some("Available"));
     match available_condition {
-        Some(c) if c.status.as_deref() == Some("True") => Verdict::ok(
-            reason::MINIMUM_REPLICAS_AVAILABLE,
-            format!("{available} of {want} pods available"),
-        ),
+        Some(c) if c.status.as_deref() == Some("True") => {
+            Verdict::ok(reason::MINIMUM_REPLICAS_AVAILABLE, format!("{available} of {want} pods available"))
+        }
         Some(c) => Verdict::not_ok(
             reason::MINIMUM_REPLICAS_UNAVAILABLE,
             c.message.clone().unwrap_or_else(|| format!("{available} of {want} pods available")),
@@ -153,8 +152,12 @@ pub fn next_status(previous: Option<&GrpcServiceStatus>, obs: &Observation, now:
     let mut conditions = Vec::new();
     conditions.push(condition(&previous.conditions, READY, &obs.ready, obs.generation, now));
     match &obs.deployment {
-        Some(v) => conditions.push(condition(&previous.conditions, DEPLOYMENT_AVAILABLE, v, obs.generation, now)),
-        None => conditions.extend(previous.conditions.iter().find(|c| c.type_ == DEPLOYMENT_AVAILABLE).cloned()),
+        Some(v) => {
+            conditions.push(condition(&previous.conditions, DEPLOYMENT_AVAILABLE, v, obs.generation, now))
+        }
+        None => {
+            conditions.extend(previous.conditions.iter().find(|c| c.type_ == DEPLOYMENT_AVAILABLE).cloned())
+        }
     }
     GrpcServiceStatus {
         observed_generation: Some(obs.generation),
@@ -188,7 +191,11 @@ pub fn find<'a>(status: Option<&'a GrpcServiceStatus>, type_: &str) -> Option<&'
 
 /// Writes `next` with server-side apply on the status subresource, unless it
 /// equals what the object already has. Returns whether it wrote.
-pub async fn write(api: &Api<GrpcService>, obj: &GrpcService, next: &GrpcServiceStatus) -> Result<bool, StatusError> {
+pub async fn write(
+    api: &Api<GrpcService>,
+    obj: &GrpcService,
+    next: &GrpcServiceStatus,
+) -> Result<bool, StatusError> {
     if obj.status.as_ref() == Some(next) {
         return Ok(false);
     }
@@ -206,4 +213,126 @@ pub async fn write(api: &Api<GrpcService>, obj: &GrpcService, next: &GrpcService
             name,
             source,
         })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::api::apps::v1::{DeploymentCondition, DeploymentSpec, DeploymentStatus};
+    use kube::api::ObjectMeta;
+
+    fn deployment(replicas: i32, generation: i64, status: Option<DeploymentStatus>) -> Deployment {
+        Deployment {
+            metadata: ObjectMeta { generation: Some(generation), ..ObjectMeta::default() },
+            spec: DeploymentSpec { replicas: Some(replicas), ..DeploymentSpec::default() },
+            status,
+        }
+    }
+
+    fn dep_status(observed: i64, updated: i32, available: i32, available_cond: &str) -> DeploymentStatus {
+        DeploymentStatus {
+            observed_generation: Some(observed),
+            replicas: Some(updated),
+            updated_replicas: Some(updated),
+            ready_replicas: Some(available),
+            available_replicas: Some(available),
+            conditions: Some(vec![DeploymentCondition {
+                type_: Some("Available".into()),
+                status: Some(available_cond.into()),
+                ..DeploymentCondition::default()
+            }]),
+            ..DeploymentStatus::default()
+        }
+    }
+
+    #[test]
+    fn new_deployment_is_rolling_out() {
+        let v = deployment_available(&deployment(2, 1, None));
+        assert_eq!((v.ok, v.reason), (false, reason::ROLLOUT_IN_PROGRESS));
+    }
+
+    #[test]
+    fn deployment_that_has_not_observed_its_generation_is_rolling_out() {
+        let v = deployment_available(&deployment(2, 2, Some(dep_status(1, 2, 2, "True"))));
+        assert_eq!((v.ok, v.reason), (false, reason::ROLLOUT_IN_PROGRESS));
+    }
+
+    #[test]
+    fn rolled_out_deployment_with_available_pods_is_available() {
+        let v = deployment_available(&deployment(2, 2, Some(dep_status(2, 2, 2, "True"))));
+        assert_eq!((v.ok, v.reason), (true, reason::MINIMUM_REPLICAS_AVAILABLE));
+        assert_eq!(v.message, "2 of 2 pods available");
+    }
+
+    #[test]
+    fn deployment_without_minimum_available_pods_is_unavailable() {
+        let v = deployment_available(&deployment(2, 2, Some(dep_status(2, 2, 0, "False"))));
+        assert_eq!((v.ok, v.reason), (false, reason::MINIMUM_REPLICAS_UNAVAILABLE));
+    }
+
+    #[test]
+    fn progress_deadline_is_reported() {
+        let mut s = dep_status(2, 1, 1, "True");
+        s.conditions.get_or_insert_default().push(DeploymentCondition {
+            type_: Some("Progressing".into()),
+            status: Some("False".into()),
+            reason: Some("ProgressDeadlineExceeded".into()),
+            message: Some("ReplicaSet \"x\" has timed out progressing.".into()),
+            ..DeploymentCondition::default()
+        });
+        let v = deployment_available(&deployment(2, 2, Some(s)));
+        assert_eq!((v.ok, v.reason), (false, reason::PROGRESS_DEADLINE_EXCEEDED));
+    }
+
+    fn obs(ok: bool, reason: &'static str) -> Observation {
+        Observation {
+            generation: 4,
+            ready: Verdict { ok, reason, message: "m".into() },
+            deployment: Some(Verdict { ok, reason, message: "m".into() }),
+            replicas: Some(2),
+            ready_replicas: Some(if ok { 2 } else { 0 }),
+            endpoint: Some("a.b.svc:1".into()),
+        }
+    }
+
+    fn at(secs: i64) -> Time {
+        Time(jiff::Timestamp::from_second(secs).expect("valid timestamp"))
+    }
+
+    #[test]
+    fn recomputing_an_unchanged_state_yields_an_equal_status() {
+        let first = next_status(None, &obs(false, reason::ROLLOUT_IN_PROGRESS), &at(100));
+        let again = next_status(Some(&first), &obs(false, reason::ROLLOUT_IN_PROGRESS), &at(200));
+        assert_eq!(first, again, "only timestamps would differ, and they are kept");
+    }
+
+    #[test]
+    fn transition_time_moves_only_when_the_status_flips() {
+        let first = next_status(None, &obs(false, reason::ROLLOUT_IN_PROGRESS), &at(100));
+        let second = next_status(Some(&first), &obs(false, reason::MINIMUM_REPLICAS_UNAVAILABLE), &at(200));
+        assert_eq!(find(Some(&second), READY).map(|c| c.last_transition_time.clone()), Some(at(100)));
+        let third = next_status(Some(&second), &obs(true, reason::READY), &at(300));
+        let ready = find(Some(&third), READY).expect("ready");
+        assert_eq!((ready.status.as_str(), ready.last_transition_time.clone()), ("True", at(300)));
+        assert_eq!(ready.observed_generation, Some(4));
+        assert_eq!(third.observed_generation, Some(4));
+    }
+
+    #[test]
+    fn invalid_spec_keeps_the_previous_deployment_condition() {
+        let first = next_status(None, &obs(true, reason::READY), &at(100));
+        let invalid = Observation {
+            generation: 5,
+            ready: Verdict::not_ok(reason::INVALID_SPEC, "spec.replicas: bad"),
+            deployment: None,
+            replicas: None,
+            ready_replicas: None,
+            endpoint: None,
+        };
+        let next = next_status(Some(&first), &invalid, &at(200));
+        assert_eq!(find(Some(&next), DEPLOYMENT_AVAILABLE), find(Some(&first), DEPLOYMENT_AVAILABLE));
+        assert_eq!(find(Some(&next), READY).map(|c| c.reason.as_str()), Some(reason::INVALID_SPEC));
+        assert_eq!(next.ready_replicas, Some(2));
+        assert_eq!(next.observed_generation, Some(5));
+    }
 }

@@ -114,9 +114,8 @@ pub enum Origin {
 
 static SERVICE_NAME: LazyLock<Regex> = LazyLock::new(|| compile(SERVICE_NAME_PATTERN));
 static DNS1035_LABEL: LazyLock<Regex> = LazyLock::new(|| compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$"));
-static DNS1123_SUBDOMAIN: LazyLock<Regex> = LazyLock::new(|| {
-    compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-});
+static DNS1123_SUBDOMAIN: LazyLock<Regex> =
+    LazyLock::new(|| compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"));
 static QUALIFIED_NAME: LazyLock<Regex> =
     LazyLock::new(|| compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$"));
 static LABEL_VALUE: LazyLock<Regex> =
@@ -174,7 +173,10 @@ pub fn validate(obj: &GrpcService, origin: Origin) -> Result<ValidatedService, I
         if !DNS1123_SUBDOMAIN.is_match(&secret.name) || secret.name.len() > 253 {
             errs.push(
                 format!("spec.imagePullSecrets[{i}].name"),
-                format!("Invalid value: {:?}: must be the name of a Secret (a DNS-1123 subdomain)", secret.name),
+                format!(
+                    "Invalid value: {:?}: must be the name of a Secret (a DNS-1123 subdomain)",
+                    secret.name
+                ),
             );
         }
     }
@@ -220,15 +222,15 @@ pub fn validate(obj: &GrpcService, origin: Origin) -> Result<ValidatedService, I
         } else if var.name.contains('=') || var.name.chars().any(|c| !(' '..='~').contains(&c)) {
             errs.push(
                 path,
-                format!("Invalid value: {:?}: must consist of printable ASCII characters except '='", var.name),
+                format!(
+                    "Invalid value: {:?}: must consist of printable ASCII characters except '='",
+                    var.name
+                ),
             );
         } else if RESERVED_ENV.contains(&var.name.as_str()) {
             errs.push(
                 path,
-                format!(
-                    "Forbidden: {:?} is part of the workload contract and set by the operator",
-                    var.name
-                ),
+                format!("Forbidden: {:?} is part of the workload contract and set by the operator", var.name),
             );
         } else if !env_names.insert(var.name.as_str()) {
             errs.push(path, format!("Duplicate value: {:?}", var.name));
@@ -244,10 +246,7 @@ pub fn validate(obj: &GrpcService, origin: Origin) -> Result<ValidatedService, I
     if let Some(sa) = &spec.service_account_name
         && (sa.len() > 253 || !DNS1123_SUBDOMAIN.is_match(sa))
     {
-        errs.push(
-            "spec.serviceAccountName",
-            format!("Invalid value: {sa:?}: must be a DNS-1123 subdomain"),
-        );
+        errs.push("spec.serviceAccountName", format!("Invalid value: {sa:?}: must be a DNS-1123 subdomain"));
     }
 
     let mut annotation_bytes = 0;
@@ -262,10 +261,7 @@ pub fn validate(obj: &GrpcService, origin: Origin) -> Result<ValidatedService, I
         let path = format!("spec.podLabels[{key}]");
         check_qualified_key(&mut errs, &path, key);
         if RESERVED_POD_LABELS.contains(&key.as_str()) {
-            errs.push(
-                path.clone(),
-                format!("Forbidden: {key:?} is a selector label set by the operator"),
-            );
+            errs.push(path.clone(), format!("Forbidden: {key:?} is a selector label set by the operator"));
         }
         if value.len() > 63 || !LABEL_VALUE.is_match(value) {
             errs.push(
@@ -334,5 +330,153 @@ impl Errors {
 
     fn into_result(self) -> Result<(), InvalidSpec> {
         if self.0.is_empty() { Ok(()) } else { Err(InvalidSpec { errors: self.0 }) }
+    }
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::api::GrpcServiceSpec;
+    use kube::api::ObjectMeta;
+
+    /// A valid GrpcService as the API server would hand it to the controller.
+    pub(crate) fn sample() -> GrpcService {
+        let mut obj = GrpcService::new(
+            "user-service",
+            GrpcServiceSpec {
+                image: "registry.example.com/shop/user-service:1.4.2".into(),
+                image_pull_policy: None,
+                image_pull_secrets: vec![],
+                replicas: 2,
+                port: 50051,
+                admin_port: 9090,
+                services: vec!["user.v1.UserService".into()],
+                env: vec![],
+                resources: None,
+                service_account_name: None,
+                pod_annotations: BTreeMap::new(),
+                pod_labels: BTreeMap::new(),
+            },
+        );
+        obj.metadata = ObjectMeta {
+            name: Some("user-service".into()),
+            namespace: Some("shop".into()),
+            uid: Some("0b9e4f1c-5f1e-4a7a-9d43-1f0f3c2a7b10".into()),
+            generation: Some(3),
+            ..ObjectMeta::default()
+        };
+        obj
+    }
+
+    fn paths(err: &InvalidSpec) -> Vec<&str> {
+        err.errors.iter().map(|e| e.path.as_str()).collect()
+    }
+
+    #[test]
+    fn valid_object_keeps_its_identity_and_spec() {
+        let v = validate(&sample(), Origin::Cluster).expect("valid");
+        assert_eq!(v.name, "user-service");
+        assert_eq!(v.namespace, "shop");
+        assert_eq!(v.generation, 3);
+        assert_eq!(v.replicas, 2);
+        assert_eq!(v.endpoint(), "user-service.shop.svc:50051");
+    }
+
+    #[test]
+    fn spec_defaults_come_from_the_schema_when_fields_are_omitted() {
+        let obj: GrpcService = serde_json::from_value(serde_json::json!({
+            "apiVersion": "grpcoperator.io/v1alpha1", "kind": "GrpcService",
+            "metadata": {"name": "a", "namespace": "n", "uid": "u"},
+            "spec": {"image": "img:1", "services": ["a.v1.A"]}
+        }))
+        .expect("parses");
+        let v = validate(&obj, Origin::Cluster).expect("valid");
+        assert_eq!((v.replicas, v.port, v.admin_port), (1, 50051, 9090));
+    }
+
+    #[test]
+    fn every_violation_is_reported_with_its_field_path() {
+        let mut obj = sample();
+        obj.metadata.name = Some("User_Service".into());
+        obj.spec.image = String::new();
+        obj.spec.replicas = 1001;
+        obj.spec.port = 70000;
+        obj.spec.services = vec!["UserService".into(), "a.B".into(), "a.B".into()];
+        let err = validate(&obj, Origin::Cluster).expect_err("invalid");
+        assert_eq!(
+            paths(&err),
+            ["metadata.name", "spec.image", "spec.replicas", "spec.port", "spec.services[0]", "spec.services[2]"]
+        );
+        assert!(err.to_string().contains("spec.services[2]: Duplicate value: \"a.B\""), "{err}");
+    }
+
+    #[test]
+    fn equal_ports_are_rejected_on_admin_port() {
+        let mut obj = sample();
+        obj.spec.admin_port = obj.spec.port;
+        let err = validate(&obj, Origin::Cluster).expect_err("invalid");
+        assert_eq!(paths(&err), ["spec.adminPort"]);
+        assert!(err.errors[0].reason.contains("must differ"));
+    }
+
+    #[test]
+    fn workload_contract_env_vars_cannot_be_overridden() {
+        let mut obj = sample();
+        obj.spec.env = vec![
+            EnvVar { name: "FEATURE_X".into(), value: Some("1".into()), value_from: None },
+            EnvVar { name: "GRPC_PORT".into(), value: Some("1".into()), value_from: None },
+            EnvVar { name: "FEATURE_X".into(), value: Some("2".into()), value_from: None },
+            EnvVar { name: "A=B".into(), value: None, value_from: None },
+        ];
+        let err = validate(&obj, Origin::Cluster).expect_err("invalid");
+        assert_eq!(paths(&err), ["spec.env[1].name", "spec.env[2].name", "spec.env[3].name"]);
+        assert!(err.errors[0].reason.starts_with("Forbidden"));
+    }
+
+    #[test]
+    fn selector_labels_and_malformed_keys_in_pod_labels_are_rejected() {
+        let mut obj = sample();
+        obj.spec.pod_labels = BTreeMap::from([
+            ("grpcoperator.io/service".into(), "x".into()),
+            ("team".into(), "not a valid value".into()),
+            ("-bad".into(), "v".into()),
+        ]);
+        let err = validate(&obj, Origin::Cluster).expect_err("invalid");
+        assert_eq!(
+            paths(&err),
+            ["spec.podLabels[-bad]", "spec.podLabels[grpcoperator.io/service]", "spec.podLabels[team]"]
+        );
+    }
+
+    #[test]
+    fn service_account_and_pull_secret_names_must_be_dns_subdomains() {
+        let mut obj = sample();
+        obj.spec.service_account_name = Some("Bad SA".into());
+        obj.spec.image_pull_secrets = vec![LocalObjectReference { name: "ok".into() }, LocalObjectReference { name: "NO".into() }];
+        let err = validate(&obj, Origin::Cluster).expect_err("invalid");
+        assert_eq!(paths(&err), ["spec.imagePullSecrets[1].name", "spec.serviceAccountName"]);
+    }
+
+    #[test]
+    fn manifest_without_namespace_or_uid_is_valid_offline_only() {
+        let mut obj = sample();
+        obj.metadata.namespace = None;
+        obj.metadata.uid = None;
+        let v = validate(&obj, Origin::Manifest).expect("valid offline");
+        assert_eq!(v.namespace, "default");
+        assert_eq!(v.uid, None);
+        let err = validate(&obj, Origin::Cluster).expect_err("a stored object has both");
+        assert_eq!(paths(&err), ["metadata.namespace", "metadata.uid"]);
+    }
+
+    #[test]
+    fn static_patterns_compile_and_match_what_they_should() {
+        assert!(SERVICE_NAME.is_match("user.v1.UserService"));
+        assert!(!SERVICE_NAME.is_match("UserService"));
+        assert!(DNS1035_LABEL.is_match("user-service"));
+        assert!(!DNS1035_LABEL.is_match("1user"));
+        assert!(DNS1123_SUBDOMAIN.is_match("a.b-c"));
+        assert!(QUALIFIED_NAME.is_match("a_b.c-d"));
+        assert!(LABEL_VALUE.is_match(""));
     }
 }

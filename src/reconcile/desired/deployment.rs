@@ -2,9 +2,9 @@
 
 use k8s_openapi::api::apps::v1::{Deployment, DeploymentSpec};
 use k8s_openapi::api::core::v1::{
-    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource,
-    HTTPGetAction, ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe,
-    SeccompProfile, SecurityContext, Volume, VolumeMount,
+    Capabilities, Container, ContainerPort, EmptyDirVolumeSource, EnvVar, EnvVarSource, HTTPGetAction,
+    ObjectFieldSelector, PodSecurityContext, PodSpec, PodTemplateSpec, Probe, SeccompProfile,
+    SecurityContext, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{LabelSelector, ObjectMeta};
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -12,8 +12,8 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use super::labels::{MANAGED_BY_LABEL, MANAGER, child_meta, selector_labels};
 use crate::contract::{
     ADMIN_PORT_NAME, ENV_ADMIN_PORT, ENV_GRPC_PORT, ENV_LOG_FORMAT, ENV_OTEL_RESOURCE_ATTRIBUTES,
-    ENV_OTEL_SERVICE_NAME, ENV_POD_IP, ENV_POD_NAME, ENV_POD_NAMESPACE, GRPC_PORT_NAME,
-    LIVENESS_PATH, READINESS_PATH,
+    ENV_OTEL_SERVICE_NAME, ENV_POD_IP, ENV_POD_NAME, ENV_POD_NAMESPACE, GRPC_PORT_NAME, LIVENESS_PATH,
+    READINESS_PATH,
 };
 use crate::reconcile::validate::ValidatedService;
 
@@ -31,15 +31,11 @@ pub fn deployment(svc: &ValidatedService) -> Deployment {
         metadata: child_meta(svc),
         spec: DeploymentSpec {
             replicas: Some(svc.replicas),
-            selector: LabelSelector {
-                match_labels: Some(selector_labels(svc)),
-                match_expressions: None,
-            },
+            selector: LabelSelector { match_labels: Some(selector_labels(svc)), match_expressions: None },
             template: PodTemplateSpec {
                 metadata: Some(ObjectMeta {
                     labels: Some(pod_labels),
-                    annotations: (!svc.pod_annotations.is_empty())
-                        .then(|| svc.pod_annotations.clone()),
+                    annotations: (!svc.pod_annotations.is_empty()).then(|| svc.pod_annotations.clone()),
                     ..ObjectMeta::default()
                 }),
                 spec: Some(pod_spec(svc)),
@@ -53,8 +49,7 @@ pub fn deployment(svc: &ValidatedService) -> Deployment {
 fn pod_spec(svc: &ValidatedService) -> PodSpec {
     PodSpec {
         service_account_name: svc.service_account_name.clone(),
-        image_pull_secrets: (!svc.image_pull_secrets.is_empty())
-            .then(|| svc.image_pull_secrets.clone()),
+        image_pull_secrets: (!svc.image_pull_secrets.is_empty()).then(|| svc.image_pull_secrets.clone()),
         // Pod Security Standard "restricted".
         security_context: Some(PodSecurityContext {
             run_as_non_root: Some(true),
@@ -101,10 +96,7 @@ fn container(svc: &ValidatedService) -> Container {
             run_as_non_root: Some(true),
             allow_privilege_escalation: Some(false),
             read_only_root_filesystem: Some(true),
-            capabilities: Some(Capabilities {
-                drop: Some(vec!["ALL".to_owned()]),
-                add: None,
-            }),
+            capabilities: Some(Capabilities { drop: Some(vec!["ALL".to_owned()]), add: None }),
             seccomp_profile: Some(runtime_default_seccomp()),
             ..SecurityContext::default()
         }),

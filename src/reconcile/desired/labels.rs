@@ -27,10 +27,7 @@ pub const RESERVED_POD_LABELS: &[&str] = &[NAME_LABEL, MANAGED_BY_LABEL, SERVICE
 /// existing GrpcService (a Deployment selector is immutable), so it only
 /// depends on the name.
 pub fn selector_labels(svc: &ValidatedService) -> BTreeMap<String, String> {
-    BTreeMap::from([
-        (NAME_LABEL.to_owned(), svc.name.clone()),
-        (SERVICE_LABEL.to_owned(), svc.name.clone()),
-    ])
+    BTreeMap::from([(NAME_LABEL.to_owned(), svc.name.clone()), (SERVICE_LABEL.to_owned(), svc.name.clone())])
 }
 
 /// Labels of every child object. The GrpcService's own labels are deliberately

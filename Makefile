@@ -1,0 +1,46 @@
+# Developer entry points. The README's two commands are `make render-sample`
+# (the main job, no cluster) and `./scripts/test-all.sh` (every test on a
+# fresh Debian machine; .ci/run calls it).
+
+CARGO ?= cargo
+CRD_FILE := crds/grpcservices.grpcoperator.io.yaml
+
+.PHONY: all build test lint fmt crds render-sample test-all e2e-fake bench
+
+all: build
+
+build:
+	$(CARGO) build --workspace --all-targets
+
+## Unit and integration tests (needs no cluster; kubectl is used when present).
+test:
+	$(CARGO) test --workspace
+
+## fmt check + clippy with warnings denied.
+lint:
+	$(CARGO) fmt --all -- --check
+	$(CARGO) clippy --workspace --all-targets -- -D warnings
+
+fmt:
+	$(CARGO) fmt --all
+
+## Regenerate the CRD from the Rust types (and the copy kustomize loads).
+crds:
+	$(CARGO) run --quiet --bin grpc-operator -- crd > $(CRD_FILE)
+	cp $(CRD_FILE) config/crd/bases/
+
+## The main job with no cluster: render the sample into the objects the controller applies.
+render-sample:
+	$(CARGO) run --quiet --bin grpc-operator -- render -f config/samples/user-service.yaml
+
+## Every test, as CI runs it (installs what it needs).
+test-all:
+	./scripts/test-all.sh
+
+## End-to-end test against the Kubernetes API double.
+e2e-fake:
+	./e2e/run-against-fake.sh
+
+## Convergence benchmark (see docs/benchmarks.md).
+bench:
+	$(CARGO) run --release -p grpc-operator --example converge-bench -- --objects 1000
