@@ -292,12 +292,17 @@ mod tests {
     fn mistyped_field_reports_its_path() {
         let text = "apiVersion: grpcoperator.io/v1alpha1\nkind: GrpcService\nmetadata: {name: a}\nspec: {image: i, replicas: three, services: [a.v1.A]}\n";
         let err = render_texts(&[("a.yaml".into(), text.into())]).expect_err("invalid");
-        assert!(err.to_string().contains("a.yaml: document 1 (GrpcService default/a): spec.replicas: invalid type"), "{err}");
+        assert!(
+            err.to_string()
+                .contains("a.yaml: document 1 (GrpcService default/a): spec.replicas: invalid type"),
+            "{err}"
+        );
     }
 
     #[test]
     fn input_without_grpc_services_is_an_error() {
-        let err = render_texts(&[("a.yaml".into(), "apiVersion: v1\nkind: ConfigMap\n".into())]).expect_err("empty");
+        let err = render_texts(&[("a.yaml".into(), "apiVersion: v1\nkind: ConfigMap\n".into())])
+            .expect_err("empty");
         assert!(matches!(err, RenderError::Empty));
     }
 }

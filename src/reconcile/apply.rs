@@ -37,9 +37,10 @@ pub enum ApplyError {
         namespace: String,
         /// Name.
         name: String,
-        /// The API error.
+        /// The API error (boxed: `kube::Error` is large and this type is
+        /// returned on every reconcile).
         #[source]
-        source: kube::Error,
+        source: Box<kube::Error>,
     },
     /// The desired object could not be serialized.
     #[error("failed to serialize the desired {kind}")]
@@ -56,7 +57,7 @@ impl ApplyError {
     /// The underlying API error, if any.
     pub fn api_error(&self) -> Option<&kube::Error> {
         match self {
-            Self::Patch { source, .. } => Some(source),
+            Self::Patch { source, .. } => Some(source.as_ref()),
             _ => None,
         }
     }
@@ -116,7 +117,7 @@ where
     api.patch(&name, &params, &Patch::Apply(desired))
         .await
         .map(|o| Applied::Written(Arc::new(o)))
-        .map_err(|source| ApplyError::Patch { kind, namespace, name, source })
+        .map_err(|source| ApplyError::Patch { kind, namespace, name, source: Box::new(source) })
 }
 
 /// True when applying `desired` would change `live`: the operator changed

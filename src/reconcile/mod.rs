@@ -366,10 +366,13 @@ async fn pipeline(obj: &GrpcService, ctx: &Context) -> Result<Outcome, Reconcile
 fn reportable_apply_failure(e: &ApplyError) -> Option<Verdict> {
     match e {
         ApplyError::NotOwned { .. } => Some(Verdict::not_ok(reason::NOT_OWNED, e.to_string())),
-        ApplyError::Patch { source: kube::Error::Api(s), .. } if matches!(s.code, 400 | 403 | 422) => {
-            Some(Verdict::not_ok(reason::APPLY_FAILED, format!("{e}: {}", s.message)))
-        }
-        _ => None,
+        ApplyError::Patch { source, .. } => match source.as_ref() {
+            kube::Error::Api(s) if matches!(s.code, 400 | 403 | 422) => {
+                Some(Verdict::not_ok(reason::APPLY_FAILED, format!("{e}: {}", s.message)))
+            }
+            _ => None,
+        },
+        ApplyError::Serialize { .. } => None,
     }
 }
 
@@ -442,9 +445,8 @@ mod tests {
 
     #[test]
     fn error_categories_are_bounded_labels() {
-        let api = |code| {
-            kube::Error::Api(Box::new(kube::core::Status { code, ..kube::core::Status::default() }))
-        };
+        let api =
+            |code| kube::Error::Api(Box::new(kube::core::Status { code, ..kube::core::Status::default() }));
         assert_eq!(api_category(&api(409)), "conflict");
         assert_eq!(api_category(&api(429)), "throttled");
         assert_eq!(api_category(&api(503)), "server_error");

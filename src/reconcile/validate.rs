@@ -405,7 +405,14 @@ pub(crate) mod tests {
         let err = validate(&obj, Origin::Cluster).expect_err("invalid");
         assert_eq!(
             paths(&err),
-            ["metadata.name", "spec.image", "spec.replicas", "spec.port", "spec.services[0]", "spec.services[2]"]
+            [
+                "metadata.name",
+                "spec.image",
+                "spec.replicas",
+                "spec.port",
+                "spec.services[0]",
+                "spec.services[2]"
+            ]
         );
         assert!(err.to_string().contains("spec.services[2]: Duplicate value: \"a.B\""), "{err}");
     }
@@ -452,7 +459,8 @@ pub(crate) mod tests {
     fn service_account_and_pull_secret_names_must_be_dns_subdomains() {
         let mut obj = sample();
         obj.spec.service_account_name = Some("Bad SA".into());
-        obj.spec.image_pull_secrets = vec![LocalObjectReference { name: "ok".into() }, LocalObjectReference { name: "NO".into() }];
+        obj.spec.image_pull_secrets =
+            vec![LocalObjectReference { name: "ok".into() }, LocalObjectReference { name: "NO".into() }];
         let err = validate(&obj, Origin::Cluster).expect_err("invalid");
         assert_eq!(paths(&err), ["spec.imagePullSecrets[1].name", "spec.serviceAccountName"]);
     }

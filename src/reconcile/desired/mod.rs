@@ -170,7 +170,9 @@ mod tests {
         let before = build(&obj);
         obj.spec.env.clear();
         let after = build(&obj);
-        let digest = |d: &Desired| d.deployment.metadata.annotations.clone().expect("annotations")[APPLIED_DIGEST_ANNOTATION].clone();
+        let digest = |d: &Desired| {
+            d.deployment.metadata.annotations.clone().expect("annotations")[APPLIED_DIGEST_ANNOTATION].clone()
+        };
         assert_ne!(digest(&before), digest(&after));
         assert_eq!(digest(&after), digest(&build(&obj)), "the digest is deterministic");
     }

@@ -1,0 +1,273 @@
+//! Convergence benchmark: N GrpcServices created at once against the API
+//! double, the real operator binary reconciling them as a separate process.
+//!
+//! ```sh
+//! cargo build --release --bin grpc-operator
+//! cargo run --release --example converge-bench -- --objects 1000 --idle-seconds 60
+//! ```
+//!
+//! The harness plays the Deployment controller (marks each Deployment
+//! available once it exists), measures time to converge (every GrpcService
+//! `Ready=True` at its current generation), API requests per object by verb,
+//! reconciles per object (from the operator's own metrics), writes during an
+//! idle period, and the operator's peak RSS and RSS per object (from
+//! /proc/PID/status). Prints a Markdown table for docs/benchmarks.md.
+
+use std::collections::{BTreeMap, HashSet};
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, stream};
+use grpc_operator::api::GrpcService;
+use grpc_operator_testkit::{FakeApiServer, RequestRecord};
+use k8s_openapi::api::core::v1::Namespace;
+use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
+use kube::api::{Api, ObjectMeta, PostParams};
+use kube::{Client, CustomResourceExt};
+use serde_json::json;
+
+const NS: &str = "bench";
+const HARNESS_AGENT: &str = "converge-bench-harness";
+
+struct Args {
+    objects: usize,
+    idle_seconds: u64,
+    operator: PathBuf,
+}
+
+fn parse_args() -> anyhow::Result<Args> {
+    let mut objects = 1000;
+    let mut idle_seconds = 60;
+    let mut operator = std::env::current_exe()?
+        .parent()
+        .and_then(|p| p.parent())
+        .map(|p| p.join("grpc-operator"))
+        .unwrap_or_else(|| PathBuf::from("target/release/grpc-operator"));
+    let mut it = std::env::args().skip(1);
+    while let Some(a) = it.next() {
+        match a.as_str() {
+            "--objects" => objects = it.next().unwrap_or_default().parse()?,
+            "--idle-seconds" => idle_seconds = it.next().unwrap_or_default().parse()?,
+            "--operator" => operator = PathBuf::from(it.next().unwrap_or_default()),
+            other => {
+                anyhow::bail!("unknown argument {other}; use --objects N --idle-seconds S --operator PATH")
+            }
+        }
+    }
+    Ok(Args { objects, idle_seconds, operator })
+}
+
+fn rss_kib(pid: u32, field: &str) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find(|l| l.starts_with(field))
+                .and_then(|l| l.split_whitespace().nth(1).and_then(|v| v.parse().ok()))
+        })
+        .unwrap_or(0)
+}
+
+async fn harness_client(server: &FakeApiServer) -> anyhow::Result<Client> {
+    let kc = kube::config::Kubeconfig::from_yaml(&server.kubeconfig_yaml())?;
+    let mut config =
+        kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?;
+    config.headers.push((http::header::USER_AGENT, http::HeaderValue::from_static(HARNESS_AGENT)));
+    Ok(Client::try_from(config)?)
+}
+
+fn operator_requests(records: &[RequestRecord]) -> Vec<&RequestRecord> {
+    records.iter().filter(|r| r.user_agent.as_deref() != Some(HARNESS_AGENT)).collect()
+}
+
+async fn scrape(port: u16, metric: &str) -> f64 {
+    let Ok(body) = http_get_metrics(port).await else { return f64::NAN };
+    body.lines()
+        .filter(|l| l.starts_with(metric) && !l.starts_with('#'))
+        .filter_map(|l| l.rsplit(' ').next().and_then(|v| v.parse::<f64>().ok()))
+        .sum()
+}
+
+/// A minimal HTTP/1.1 GET of /metrics, to avoid an HTTP client dependency
+/// in a benchmark.
+async fn http_get_metrics(port: u16) -> std::io::Result<String> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
+    s.write_all(b"GET /metrics HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: close\r\n\r\n").await?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await?;
+    Ok(out)
+}
+
+struct Operator(Child);
+
+impl Drop for Operator {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
+    let args = parse_args()?;
+    anyhow::ensure!(
+        args.operator.exists(),
+        "operator binary {} not found: cargo build --release --bin grpc-operator",
+        args.operator.display()
+    );
+    let server = FakeApiServer::start().await?;
+    let client = harness_client(&server).await?;
+    let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
+    crds.create(&PostParams::default(), &GrpcService::crd()).await?;
+    let namespaces: Api<Namespace> = Api::all(client.clone());
+    namespaces
+        .create(
+            &PostParams::default(),
+            &Namespace {
+                metadata: ObjectMeta { name: Some(NS.into()), ..ObjectMeta::default() },
+                ..Namespace::default()
+            },
+        )
+        .await?;
+
+    let dir = tempfile::tempdir()?;
+    let kubeconfig = dir.path().join("kubeconfig");
+    server.write_kubeconfig(&kubeconfig)?;
+    let admin_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.port()
+    };
+    let child = Command::new(&args.operator)
+        .args(["run", "--admin-addr", &format!("127.0.0.1:{admin_port}"), "--log-format", "text"])
+        .env("KUBECONFIG", &kubeconfig)
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .stderr(Stdio::inherit())
+        .spawn()?;
+    let pid = child.id();
+    let _operator = Operator(child);
+    let start_wait = Instant::now();
+    while scrape(admin_port, "process_resident_memory_bytes").await.is_nan() {
+        anyhow::ensure!(start_wait.elapsed() < Duration::from_secs(30), "operator did not start");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let baseline_rss = rss_kib(pid, "VmRSS:");
+    server.clear_requests();
+
+    // Create every object at once (64 in flight, like a kubectl apply of a big directory).
+    let api: Api<GrpcService> = Api::namespaced(client.clone(), NS);
+    let t0 = Instant::now();
+    let created: Vec<anyhow::Result<()>> = stream::iter(0..args.objects)
+        .map(|i| {
+            let api = api.clone();
+            async move {
+                let obj: GrpcService = serde_json::from_value(json!({
+                    "apiVersion": "grpcoperator.io/v1alpha1", "kind": "GrpcService",
+                    "metadata": {"name": format!("svc-{i:04}"), "namespace": NS},
+                    "spec": {"image": format!("registry.example.com/svc-{i}:1.0.0"), "services": [format!("svc{i}.v1.Service")]}
+                }))?;
+                api.create(&PostParams::default(), &obj).await?;
+                Ok(())
+            }
+        })
+        .buffer_unordered(64)
+        .collect()
+        .await;
+    for r in created {
+        r?;
+    }
+    let created_in = t0.elapsed();
+
+    // Play the Deployment controller until every GrpcService is Ready.
+    let mut marked: HashSet<(String, i64)> = HashSet::new();
+    let converged_in = loop {
+        for dep in server.list_objects("apps", "deployments", Some(NS)) {
+            let name = dep["metadata"]["name"].as_str().unwrap_or_default().to_owned();
+            let generation = dep["metadata"]["generation"].as_i64().unwrap_or(1);
+            if marked.insert((name.clone(), generation)) {
+                let replicas = dep["spec"]["replicas"].as_i64().unwrap_or(1);
+                server.set_status("apps", "deployments", Some(NS), &name, json!({
+                    "observedGeneration": generation, "replicas": replicas, "updatedReplicas": replicas,
+                    "readyReplicas": replicas, "availableReplicas": replicas,
+                    "conditions": [{"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"}]
+                }))?;
+            }
+        }
+        let ready = server
+            .list_objects("grpcoperator.io", "grpcservices", Some(NS))
+            .iter()
+            .filter(|o| {
+                o["status"]["conditions"]
+                    .as_array()
+                    .is_some_and(|cs| cs.iter().any(|c| c["type"] == "Ready" && c["status"] == "True"))
+                    && o["status"]["observedGeneration"] == o["metadata"]["generation"]
+            })
+            .count();
+        if ready == args.objects {
+            break t0.elapsed();
+        }
+        anyhow::ensure!(
+            t0.elapsed() < Duration::from_secs(600),
+            "not converged after 600 s: {ready}/{}",
+            args.objects
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    // Let trailing reconciles (triggered by the last status writes) finish.
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let converge_records = server.requests();
+    let reconciles = scrape(admin_port, "grpc_operator_reconcile_total").await;
+    let converged_rss = rss_kib(pid, "VmRSS:");
+
+    server.clear_requests();
+    tokio::time::sleep(Duration::from_secs(args.idle_seconds)).await;
+    let idle_records = server.requests();
+    let idle_writes = operator_requests(&idle_records).iter().filter(|r| r.verb.is_write()).count();
+    let peak_rss = rss_kib(pid, "VmHWM:");
+
+    let ops = operator_requests(&converge_records);
+    let n = args.objects as f64;
+    let mut by_verb: BTreeMap<String, usize> = BTreeMap::new();
+    for r in &ops {
+        *by_verb
+            .entry(format!(
+                "{:?} {}{}",
+                r.verb,
+                r.resource,
+                r.subresource.as_ref().map(|s| format!("/{s}")).unwrap_or_default()
+            ))
+            .or_default() += 1;
+    }
+    let writes = ops.iter().filter(|r| r.verb.is_write()).count();
+    let event_writes = ops.iter().filter(|r| r.verb.is_write() && r.resource == "events").count();
+    let failed = ops.iter().filter(|r| r.status >= 400 && r.status != 404).count();
+
+    println!("| metric | value |");
+    println!("|---|---|");
+    println!("| objects | {} |", args.objects);
+    println!("| created in (harness, 64 in flight) | {:.2} s |", created_in.as_secs_f64());
+    println!("| time to converge (all Ready=True) | {:.2} s |", converged_in.as_secs_f64());
+    println!("| reconciles per object | {:.2} |", reconciles / n);
+    println!("| write requests per object (all) | {:.2} |", writes as f64 / n);
+    println!("| of which Events | {:.2} |", event_writes as f64 / n);
+    println!("| operator requests answered >= 400 (not 404) | {failed} |");
+    println!("| writes during {} s idle | {idle_writes} |", args.idle_seconds);
+    println!("| operator RSS before objects | {:.1} MiB |", baseline_rss as f64 / 1024.0);
+    println!("| operator RSS converged | {:.1} MiB |", converged_rss as f64 / 1024.0);
+    println!("| operator peak RSS (VmHWM) | {:.1} MiB |", peak_rss as f64 / 1024.0);
+    println!(
+        "| RSS per object ((converged - before) / N) | {:.2} KiB |",
+        (converged_rss.saturating_sub(baseline_rss)) as f64 / n
+    );
+    println!();
+    println!("| operator requests during convergence | total | per object |");
+    println!("|---|---|---|");
+    for (k, v) in &by_verb {
+        println!("| {k} | {v} | {:.2} |", *v as f64 / n);
+    }
+    server.shutdown().await;
+    Ok(())
+}

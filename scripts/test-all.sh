@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Runs every test of the project on a fresh Debian machine of the project's
+# kind (Rust toolchain present), installing the tools the tests need.
+# .ci/run calls this; so can a person: ./scripts/test-all.sh
+set -euo pipefail
+root=$(cd "$(dirname "$0")/.." && pwd)
+cd "$root"
+export CI="${CI:-true}"   # tests needing an external tool fail instead of skipping
+export PATH="$root/.tools/bin:$PATH"
+
+echo "==> installing test tools"
+./scripts/install-tools.sh
+
+echo "==> format and lints"
+cargo fmt --all -- --check
+cargo clippy --workspace --all-targets --locked -- -D warnings
+
+echo "==> kustomize builds"
+kubectl kustomize config/default >/dev/null
+
+echo "==> end-to-end against the Kubernetes API double"
+./e2e/run-against-fake.sh
+
+echo "==> unit and integration tests"
+log=$(mktemp)
+trap 'rm -f "$log"' EXIT
+set +e
+cargo test --workspace --locked 2>&1 | tee "$log"
+rc=${PIPESTATUS[0]}
+set -e
+# One closing line with the totals over every test binary.
+passed=$(grep -Eo '^test result: [A-Za-z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
+failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')
+echo
+echo "all tests: $passed passed, $failed failed"
+exit "$rc"

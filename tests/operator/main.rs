@@ -1,0 +1,7 @@
+//! Integration tests of the operator against the Kubernetes API double: the
+//! real kube client and the real kube-runtime Controller over HTTP.
+//! One test binary (builds are slow on small machines); modules by topic.
+
+mod crd_validation;
+mod harness;
+mod scenarios;
