@@ -34,6 +34,8 @@ struct Args {
     objects: usize,
     idle_seconds: u64,
     operator: PathBuf,
+    /// Extra operator arguments, after `--`.
+    extra: Vec<String>,
 }
 
 fn parse_args() -> anyhow::Result<Args> {
@@ -44,18 +46,20 @@ fn parse_args() -> anyhow::Result<Args> {
         .and_then(|p| p.parent())
         .map(|p| p.join("grpc-operator"))
         .unwrap_or_else(|| PathBuf::from("target/release/grpc-operator"));
+    let mut extra = Vec::new();
     let mut it = std::env::args().skip(1);
     while let Some(a) = it.next() {
         match a.as_str() {
             "--objects" => objects = it.next().unwrap_or_default().parse()?,
             "--idle-seconds" => idle_seconds = it.next().unwrap_or_default().parse()?,
             "--operator" => operator = PathBuf::from(it.next().unwrap_or_default()),
+            "--" => extra.extend(it.by_ref()),
             other => {
                 anyhow::bail!("unknown argument {other}; use --objects N --idle-seconds S --operator PATH")
             }
         }
     }
-    Ok(Args { objects, idle_seconds, operator })
+    Ok(Args { objects, idle_seconds, operator, extra })
 }
 
 fn rss_kib(pid: u32, field: &str) -> u64 {
@@ -103,7 +107,17 @@ async fn http_get_metrics(port: u16) -> std::io::Result<String> {
 struct Operator(Child);
 
 impl Drop for Operator {
+    /// SIGTERM first (the operator shuts down gracefully, and profilers
+    /// wrapping it write their output), SIGKILL after 10 s.
     fn drop(&mut self) {
+        let _ = Command::new("kill").args(["-TERM", &self.0.id().to_string()]).status();
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while Instant::now() < deadline {
+            if let Ok(Some(_)) = self.0.try_wait() {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
         let _ = self.0.kill();
         let _ = self.0.wait();
     }
@@ -141,6 +155,7 @@ async fn main() -> anyhow::Result<()> {
     };
     let child = Command::new(&args.operator)
         .args(["run", "--admin-addr", &format!("127.0.0.1:{admin_port}"), "--log-format", "text"])
+        .args(&args.extra)
         .env("KUBECONFIG", &kubeconfig)
         .env("RUST_LOG", "warn")
         .stdout(Stdio::null())

@@ -51,6 +51,9 @@ struct RunArgs {
     /// Seconds between periodic re-checks of a healthy GrpcService.
     #[arg(long, default_value_t = 3600)]
     resync_seconds: u64,
+    /// Milliseconds to wait after a trigger before reconciling, merging bursts of events.
+    #[arg(long, default_value_t = 100)]
+    debounce_ms: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -145,6 +148,7 @@ async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error + S
         },
         concurrency: args.concurrency,
         instance: std::env::var("POD_NAME").ok(),
+        debounce: Duration::from_millis(args.debounce_ms),
     };
     run::run_controller(client, opts, metrics, readiness, stopped(stop_rx)).await;
     admin_task.await??;

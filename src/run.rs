@@ -33,13 +33,26 @@ pub struct ControllerOptions {
     pub concurrency: u16,
     /// `instance` of the Event reporter, usually the pod name.
     pub instance: Option<String>,
+    /// Quiet period before a triggered reconcile runs; triggers arriving in
+    /// it (a child created, then another) are merged into one run.
+    pub debounce: std::time::Duration,
 }
 
 impl Default for ControllerOptions {
     fn default() -> Self {
-        Self { namespace: None, reconcile: ReconcileConfig::default(), concurrency: 16, instance: None }
+        Self {
+            namespace: None,
+            reconcile: ReconcileConfig::default(),
+            concurrency: 16,
+            instance: None,
+            debounce: DEFAULT_DEBOUNCE,
+        }
     }
 }
+
+/// Default [`ControllerOptions::debounce`]: long enough to merge the watch
+/// events of one reconcile's own writes, short enough not to be noticed.
+pub const DEFAULT_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(100);
 
 /// The controller could not start.
 #[derive(Debug, thiserror::Error)]
@@ -80,6 +93,13 @@ pub async fn preflight(client: &Client, cluster_url: &str, namespace: Option<&st
     }
 }
 
+/// managedFields are the largest part of a cached object and the reconciler
+/// never reads them; dropping them before the cache keeps memory per object
+/// low.
+fn strip_managed_fields<K: Resource>(obj: &mut K) {
+    obj.meta_mut().managed_fields = None;
+}
+
 /// Triggers a reconcile only when the spec changed (generation) or deletion
 /// started: status and finalizer writes, most of them the operator's own, do
 /// not cause another run.
@@ -113,18 +133,24 @@ pub async fn run_controller(
     let (grpc_store, grpc_writer) = reflector::store();
     let grpc_stream = watcher(grpc_api, watcher::Config::default())
         .default_backoff()
+        .modify(strip_managed_fields)
         .reflect(grpc_writer)
         .applied_objects()
         .predicate_filter(spec_or_deletion, PredicateConfig::default());
     let (deploy_store, deploy_writer) = reflector::store();
     let deploy_stream = watcher(deploy_api, children.clone())
         .default_backoff()
+        .modify(|d: &mut Deployment| {
+            strip_managed_fields(d);
+            reconcile::apply::slim_deployment(d);
+        })
         .reflect(deploy_writer)
         .applied_objects()
         .predicate_filter(predicates::resource_version, PredicateConfig::default());
     let (svc_store, svc_writer) = reflector::store();
     let svc_stream = watcher(svc_api, children)
         .default_backoff()
+        .modify(strip_managed_fields)
         .reflect(svc_writer)
         .applied_objects()
         .predicate_filter(predicates::resource_version, PredicateConfig::default());
@@ -145,7 +171,7 @@ pub async fn run_controller(
     Controller::for_stream(grpc_stream, grpc_store)
         .owns_stream(deploy_stream)
         .owns_stream(svc_stream)
-        .with_config(ControllerConfig::default().concurrency(opts.concurrency))
+        .with_config(ControllerConfig::default().concurrency(opts.concurrency).debounce(opts.debounce))
         .graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
         .for_each(|res| {

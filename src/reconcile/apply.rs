@@ -96,6 +96,7 @@ pub async fn apply_child<K>(
     desired: &K,
     live: Option<&Arc<K>>,
     owner_uid: &str,
+    slim: Option<&Slim>,
 ) -> Result<Applied<K>, ApplyError>
 where
     K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
@@ -106,18 +107,126 @@ where
 {
     let namespace = desired.namespace().unwrap_or_default();
     let name = desired.name_any();
+    let api: Api<K> = Api::namespaced(client.clone(), &namespace);
+    let ser = |source| ApplyError::Serialize { kind, source };
     if let Some(live) = live {
         check_owned(kind, Some(live.as_ref()), owner_uid)?;
-        if !needs_apply(desired, live).map_err(|source| ApplyError::Serialize { kind, source })? {
+        let unchanged = match slim {
+            None => !needs_apply(desired, live).map_err(ser)?,
+            Some(slim) => match slim.decide(desired, live, owner_uid).map_err(ser)? {
+                SlimDecision::Apply => false,
+                SlimDecision::Unchanged => true,
+                SlimDecision::Verify => {
+                    // The cached copy lacks the stripped fields and no apply
+                    // of ours vouches for them: read the whole object once.
+                    let full = api.get(&name).await.map_err(|source| ApplyError::Patch {
+                        kind,
+                        namespace: namespace.clone(),
+                        name: name.clone(),
+                        source: Box::new(source),
+                    })?;
+                    if needs_apply(desired, &full).map_err(ser)? {
+                        false
+                    } else {
+                        slim.remember(owner_uid, &full);
+                        return Ok(Applied::Unchanged(Arc::new(full)));
+                    }
+                }
+            },
+        };
+        if unchanged {
             return Ok(Applied::Unchanged(Arc::clone(live)));
         }
     }
-    let api: Api<K> = Api::namespaced(client.clone(), &namespace);
     let params = PatchParams::apply(MANAGER).force();
-    api.patch(&name, &params, &Patch::Apply(desired))
+    let written = api
+        .patch(&name, &params, &Patch::Apply(desired))
         .await
-        .map(|o| Applied::Written(Arc::new(o)))
-        .map_err(|source| ApplyError::Patch { kind, namespace, name, source: Box::new(source) })
+        .map_err(|source| ApplyError::Patch { kind, namespace, name, source: Box::new(source) })?;
+    if let Some(slim) = slim {
+        slim.remember(owner_uid, &written);
+    }
+    Ok(Applied::Written(Arc::new(written)))
+}
+
+/// Paths stripped from cached Deployments: the pod template is most of a
+/// Deployment's size and the reconciler only needs it to detect drift.
+pub const SLIM_DEPLOYMENT_PATHS: &[&str] = &["/spec/template"];
+
+/// Drops the fields the cache does not keep (see [`SLIM_DEPLOYMENT_PATHS`]).
+pub fn slim_deployment(d: &mut k8s_openapi::api::apps::v1::Deployment) {
+    d.spec.template = Default::default();
+}
+
+/// Drift detection for children cached without some fields.
+///
+/// Any change to a Deployment's spec increments its `metadata.generation`,
+/// so when the live generation is the one our last apply (or a full
+/// comparison) produced, the stripped fields still hold what we applied.
+/// Otherwise the object is read in full once.
+#[derive(Default)]
+pub struct Slim {
+    /// Per owner uid: (child uid, child generation) last known to match.
+    verified: std::sync::Mutex<std::collections::HashMap<String, (String, i64)>>,
+}
+
+/// What [`Slim::decide`] concluded.
+#[derive(Debug, PartialEq, Eq)]
+pub enum SlimDecision {
+    /// Something visible in the slim copy differs.
+    Apply,
+    /// Nothing differs.
+    Unchanged,
+    /// The slim copy matches, but the stripped fields are not vouched for.
+    Verify,
+}
+
+impl Slim {
+    fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (String, i64)>> {
+        self.verified.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+    }
+
+    /// Compares `desired` with a slim `live` copy.
+    pub fn decide<K: Resource + Serialize>(
+        &self,
+        desired: &K,
+        live: &K,
+        owner_uid: &str,
+    ) -> Result<SlimDecision, serde_json::Error> {
+        let digest =
+            |o: &K| o.meta().annotations.as_ref().and_then(|a| a.get(APPLIED_DIGEST_ANNOTATION)).cloned();
+        if digest(desired) != digest(live) {
+            return Ok(SlimDecision::Apply);
+        }
+        let mut want = serde_json::to_value(desired)?;
+        for path in SLIM_DEPLOYMENT_PATHS {
+            remove_pointer(&mut want, path);
+        }
+        if !is_subset(&want, &serde_json::to_value(live)?) {
+            return Ok(SlimDecision::Apply);
+        }
+        let known = self.lock().get(owner_uid).cloned();
+        let live_id = (live.meta().uid.clone().unwrap_or_default(), live.meta().generation.unwrap_or(0));
+        Ok(if known == Some(live_id) { SlimDecision::Unchanged } else { SlimDecision::Verify })
+    }
+
+    /// Records that `live` (a full object) matches what the operator wants.
+    pub fn remember<K: Resource>(&self, owner_uid: &str, live: &K) {
+        let id = (live.meta().uid.clone().unwrap_or_default(), live.meta().generation.unwrap_or(0));
+        self.lock().insert(owner_uid.to_owned(), id);
+    }
+
+    /// Forgets an owner (it was deleted).
+    pub fn forget(&self, owner_uid: &str) {
+        self.lock().remove(owner_uid);
+    }
+}
+
+fn remove_pointer(value: &mut Value, pointer: &str) {
+    let Some((parent, key)) = pointer.rsplit_once('/') else { return };
+    if let Some(Value::Object(map)) = value.pointer_mut(parent) {
+        map.remove(key);
+    }
 }
 
 /// True when applying `desired` would change `live`: the operator changed
@@ -193,14 +302,21 @@ pub async fn apply_all(
     desired: &super::desired::Desired,
     observed: &super::fetch::Observed,
     owner_uid: &str,
+    slim_deployments: &Slim,
 ) -> Result<AppliedChildren, ApplyError> {
     check_owned("Deployment", observed.deployment.as_deref(), owner_uid)?;
     check_owned("Service", observed.service.as_deref(), owner_uid)?;
-    let deployment =
-        apply_child(client, "Deployment", &desired.deployment, observed.deployment.as_ref(), owner_uid)
-            .await?;
+    let deployment = apply_child(
+        client,
+        "Deployment",
+        &desired.deployment,
+        observed.deployment.as_ref(),
+        owner_uid,
+        Some(slim_deployments),
+    )
+    .await?;
     let service =
-        apply_child(client, "Service", &desired.service, observed.service.as_ref(), owner_uid).await?;
+        apply_child(client, "Service", &desired.service, observed.service.as_ref(), owner_uid, None).await?;
     Ok(AppliedChildren { deployment, service })
 }
 
@@ -250,5 +366,47 @@ mod tests {
     #[test]
     fn numbers_compare_by_value() {
         assert!(is_subset(&json!({"a": 1}), &json!({"a": 1.0})));
+    }
+}
+
+#[cfg(test)]
+mod slim_tests {
+    use super::*;
+    use crate::reconcile::desired::desired;
+    use crate::reconcile::validate::tests::sample;
+    use crate::reconcile::validate::{Origin, validate};
+    use k8s_openapi::api::apps::v1::Deployment;
+
+    const OWNER: &str = "0b9e4f1c-5f1e-4a7a-9d43-1f0f3c2a7b10";
+
+    fn live(generation: i64) -> (Deployment, Deployment) {
+        let want = desired(&validate(&sample(), Origin::Cluster).expect("valid")).deployment;
+        let mut full = want.clone();
+        full.metadata.uid = Some("dep-uid".into());
+        full.metadata.generation = Some(generation);
+        let mut slim = full.clone();
+        slim_deployment(&mut slim);
+        (want, slim)
+    }
+
+    #[test]
+    fn slim_copy_is_verified_in_full_until_an_apply_vouches_for_its_generation() {
+        let (want, slim_live) = live(3);
+        let slim = Slim::default();
+        assert_eq!(slim.decide(&want, &slim_live, OWNER).expect("decides"), SlimDecision::Verify);
+        let mut full = want.clone();
+        full.metadata.uid = Some("dep-uid".into());
+        full.metadata.generation = Some(3);
+        slim.remember(OWNER, &full);
+        assert_eq!(slim.decide(&want, &slim_live, OWNER).expect("decides"), SlimDecision::Unchanged);
+        let (_, edited) = live(4);
+        assert_eq!(slim.decide(&want, &edited, OWNER).expect("decides"), SlimDecision::Verify);
+    }
+
+    #[test]
+    fn visible_difference_in_a_slim_copy_means_apply() {
+        let (want, mut slim_live) = live(3);
+        slim_live.spec.replicas = Some(9);
+        assert_eq!(Slim::default().decide(&want, &slim_live, OWNER).expect("decides"), SlimDecision::Apply);
     }
 }

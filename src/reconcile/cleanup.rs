@@ -40,10 +40,31 @@ pub fn has_finalizer(obj: &GrpcService) -> bool {
 }
 
 /// Adds the finalizer. A JSON patch with a `test` of the current list makes a
-/// concurrent change by someone else fail with a conflict instead of being
-/// overwritten.
+/// concurrent change by someone else fail instead of being overwritten.
+///
+/// `obj` comes from the controller's cache, which can lag behind the server
+/// (our own earlier patch may not have arrived yet). When the `test` fails,
+/// the fresh object is read once: if it already has the finalizer there is
+/// nothing to do, otherwise the patch is retried against the fresh list.
 pub async fn add(api: &Api<GrpcService>, obj: &GrpcService, name: &str) -> Result<(), FinalizerError> {
-    let patch = match &obj.metadata.finalizers {
+    match add_patch(api, obj.metadata.finalizers.as_ref(), name).await {
+        Err(FinalizerError::Add(kube::Error::Api(s))) if s.code == 422 || s.code == 409 => {
+            let fresh = api.get(name).await.map_err(FinalizerError::Add)?;
+            if has_finalizer(&fresh) {
+                return Ok(());
+            }
+            add_patch(api, fresh.metadata.finalizers.as_ref(), name).await
+        }
+        other => other,
+    }
+}
+
+async fn add_patch(
+    api: &Api<GrpcService>,
+    current: Option<&Vec<String>>,
+    name: &str,
+) -> Result<(), FinalizerError> {
+    let patch = match current {
         None => json!([
             { "op": "test", "path": "/metadata/finalizers", "value": null },
             { "op": "add", "path": "/metadata/finalizers", "value": [FINALIZER] },
@@ -62,7 +83,24 @@ pub async fn add(api: &Api<GrpcService>, obj: &GrpcService, name: &str) -> Resul
 
 /// Removes the finalizer, releasing the object for deletion.
 pub async fn remove(api: &Api<GrpcService>, obj: &GrpcService, name: &str) -> Result<(), FinalizerError> {
-    let Some(current) = &obj.metadata.finalizers else { return Ok(()) };
+    match remove_patch(api, obj.metadata.finalizers.as_ref(), name).await {
+        // A stale cached list: retry once against the fresh object.
+        Err(FinalizerError::Remove(kube::Error::Api(s))) if s.code == 422 || s.code == 409 => {
+            match api.get_opt(name).await.map_err(FinalizerError::Remove)? {
+                Some(fresh) => remove_patch(api, fresh.metadata.finalizers.as_ref(), name).await,
+                None => Ok(()),
+            }
+        }
+        other => other,
+    }
+}
+
+async fn remove_patch(
+    api: &Api<GrpcService>,
+    current: Option<&Vec<String>>,
+    name: &str,
+) -> Result<(), FinalizerError> {
+    let Some(current) = current else { return Ok(()) };
     let Some(index) = current.iter().position(|f| f == FINALIZER) else { return Ok(()) };
     let patch = json!([
         { "op": "test", "path": "/metadata/finalizers", "value": current },

@@ -26,7 +26,7 @@ use kube::{Client, Resource, ResourceExt};
 use rand::Rng;
 use tracing::{debug, info, warn};
 
-use crate::api::GrpcService;
+use crate::api::{GrpcService, GrpcServiceStatus};
 use crate::metrics::Metrics;
 use apply::ApplyError;
 use cleanup::FinalizerError;
@@ -78,6 +78,15 @@ pub struct Context {
     pub config: ReconcileConfig,
     /// Consecutive failures per object, for exponential backoff.
     failures: Mutex<HashMap<ObjectRef<GrpcService>, u32>>,
+    /// The status last written per object uid. The cached object handed to a
+    /// reconcile can predate our own last status write (the watch event has
+    /// not arrived yet); comparing with this instead avoids rewriting the
+    /// same status and recomputing transition times from stale data. Only
+    /// the operator writes this status.
+    written_status: Mutex<HashMap<String, GrpcServiceStatus>>,
+    /// Drift bookkeeping for Deployments, which are cached without their pod
+    /// template (see [`apply::Slim`]).
+    slim_deployments: apply::Slim,
 }
 
 impl Context {
@@ -99,7 +108,25 @@ impl Context {
             metrics,
             config,
             failures: Mutex::new(HashMap::new()),
+            written_status: Mutex::new(HashMap::new()),
+            slim_deployments: apply::Slim::default(),
         }
+    }
+
+    /// The freshest known status of `obj`.
+    fn known_status(&self, obj: &GrpcService) -> Option<GrpcServiceStatus> {
+        let uid = obj.metadata.uid.as_deref()?;
+        let written = self.written_status.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        written.get(uid).cloned().or_else(|| obj.status.clone())
+    }
+
+    fn remember_status(&self, obj: &GrpcService, status: Option<GrpcServiceStatus>) {
+        let Some(uid) = obj.metadata.uid.clone() else { return };
+        let mut written = self.written_status.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        match status {
+            Some(s) => written.insert(uid, s),
+            None => written.remove(&uid),
+        };
     }
 
     /// Records a failure and returns the consecutive count.
@@ -289,6 +316,10 @@ async fn pipeline(obj: &GrpcService, ctx: &Context) -> Result<Outcome, Reconcile
         // Children are deleted by the garbage collector through their
         // ownerReferences; external state (later: Consul) is cleaned here.
         cleanup::remove(&api, obj, &name).await?;
+        ctx.remember_status(obj, None);
+        if let Some(uid) = &obj.metadata.uid {
+            ctx.slim_deployments.forget(uid);
+        }
         info!(%name, %namespace, "finalized");
         return Ok(Outcome::Deleted);
     }
@@ -310,7 +341,8 @@ async fn pipeline(obj: &GrpcService, ctx: &Context) -> Result<Outcome, Reconcile
     let desired = desired::desired(&valid);
     let observed = fetch::children(&ctx.client, &ctx.deployments, &ctx.services, &namespace, &name).await?;
     let uid = valid.uid.clone().unwrap_or_default();
-    let applied = match apply::apply_all(&ctx.client, &desired, &observed, &uid).await {
+    let applied = match apply::apply_all(&ctx.client, &desired, &observed, &uid, &ctx.slim_deployments).await
+    {
         Ok(a) => a,
         Err(e) => {
             if let Some(ready) = reportable_apply_failure(&e) {
@@ -390,11 +422,13 @@ async fn report(
     obj: &GrpcService,
     obs: Observation,
 ) -> Result<(), StatusError> {
+    let current = ctx.known_status(obj);
     let previous =
-        status::find(obj.status.as_ref(), status::READY).map(|c| (c.status.clone(), c.reason.clone()));
+        status::find(current.as_ref(), status::READY).map(|c| (c.status.clone(), c.reason.clone()));
     let now = Time(jiff::Timestamp::now());
-    let next = status::next_status(obj.status.as_ref(), &obs, &now);
-    status::write(api, obj, &next).await?;
+    let next = status::next_status(current.as_ref(), &obs, &now);
+    status::write(api, obj, current.as_ref(), &next).await?;
+    ctx.remember_status(obj, Some(next));
     let changed =
         previous.as_ref().is_none_or(|(s, r)| (s == "True") != obs.ready.ok || r != obs.ready.reason);
     // The first "not ready yet" state of a new object is not worth an Event:

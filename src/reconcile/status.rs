@@ -190,13 +190,15 @@ pub fn find<'a>(status: Option<&'a GrpcServiceStatus>, type_: &str) -> Option<&'
 }
 
 /// Writes `next` with server-side apply on the status subresource, unless it
-/// equals what the object already has. Returns whether it wrote.
+/// equals `current` (what the server is known to hold). Returns whether it
+/// wrote.
 pub async fn write(
     api: &Api<GrpcService>,
     obj: &GrpcService,
+    current: Option<&GrpcServiceStatus>,
     next: &GrpcServiceStatus,
 ) -> Result<bool, StatusError> {
-    if obj.status.as_ref() == Some(next) {
+    if current == Some(next) {
         return Ok(false);
     }
     let name = obj.metadata.name.clone().unwrap_or_default();

@@ -134,7 +134,7 @@ async fn run_reports_a_missing_crd_then_serves_admin_endpoints_and_stops_on_sigt
         .await
         .expect("CRD re-created");
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
-    let mut child = tokio::process::Command::new(BIN)
+    let child = tokio::process::Command::new(BIN)
         .args(["run", "--admin-addr", &format!("127.0.0.1:{port}")])
         .env("KUBECONFIG", &kubeconfig)
         .stderr(Stdio::piped())

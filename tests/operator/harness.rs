@@ -61,6 +61,7 @@ impl Harness {
             },
             concurrency: 4,
             instance: Some("test".into()),
+            debounce: Duration::from_millis(20),
         };
         self.readiness = Readiness::default();
         let task = tokio::spawn(run_controller(

@@ -266,3 +266,33 @@ async fn idle_grpc_service_causes_no_writes() {
     assert!(writes.is_empty(), "{writes:?}");
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn pod_template_edit_alone_is_detected_though_the_cache_omits_templates() {
+    let h = Harness::start().await;
+    create(&h, &sample("user-service")).await;
+    h.wait_ready("user-service", "False", "RolloutInProgress").await;
+
+    // Only the template changes: the operator's cache has no template, so it
+    // must notice the new generation and compare the full object.
+    let deployments: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+        kube::Api::namespaced(h.client.clone(), NS);
+    let edit =
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "server", "image": "evil:latest"}]}}}});
+    deployments
+        .patch(
+            "user-service",
+            &PatchParams { field_manager: Some("kubectl-edit".into()), ..PatchParams::default() },
+            &Patch::Strategic(&edit),
+        )
+        .await
+        .expect("someone edits the pod template");
+    eventually("image restored", || async {
+        let dep = h.deployment("user-service")?;
+        (dep["spec"]["template"]["spec"]["containers"][0]["image"]
+            == "registry.example.com/shop/user-service:1.0.0")
+            .then_some(())
+    })
+    .await;
+    h.shutdown().await;
+}
