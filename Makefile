@@ -43,4 +43,5 @@ e2e-fake:
 
 ## Convergence benchmark (see docs/benchmarks.md).
 bench:
-	$(CARGO) run --release -p grpc-operator --example converge-bench -- --objects 1000
+	$(CARGO) build --release --bin grpc-operator
+	$(CARGO) run --release -p grpc-operator --example converge-bench -- --objects 1000 --idle-seconds 60

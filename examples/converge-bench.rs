@@ -162,7 +162,7 @@ async fn main() -> anyhow::Result<()> {
         .stderr(Stdio::inherit())
         .spawn()?;
     let pid = child.id();
-    let _operator = Operator(child);
+    let operator = Operator(child);
     let start_wait = Instant::now();
     while scrape(admin_port, "process_resident_memory_bytes").await.is_nan() {
         anyhow::ensure!(start_wait.elapsed() < Duration::from_secs(30), "operator did not start");
@@ -283,6 +283,8 @@ async fn main() -> anyhow::Result<()> {
     for (k, v) in &by_verb {
         println!("| {k} | {v} | {:.2} |", *v as f64 / n);
     }
+    // Stop the operator first so it does not log the double going away.
+    drop(operator);
     server.shutdown().await;
     Ok(())
 }
