@@ -6,7 +6,7 @@ use crate::managed_fields::{
     Entry, FieldPath, FieldSet, Pe, Scope, field_set, get_at, read_entries, remove_at, render_path,
     tracked_view, write_entries,
 };
-use crate::merge_keys::{ListType, child_schema, item_key, items_schema, list_type, matches_key};
+use crate::merge_keys::{ListType, child_schema, item_key, items_schema, list_type, matches_key, union_set};
 use serde_json::{Map, Value, json};
 use std::collections::BTreeMap;
 
@@ -198,15 +198,7 @@ fn merge_applied(target: &mut Value, src: &Value, schema: Option<&Value>, parent
             Value::Array(items) => {
                 let existing = tm.get(k).and_then(Value::as_array).cloned().unwrap_or_default();
                 let merged = match list_type(cs, parents, k) {
-                    ListType::Set => {
-                        let mut out = existing;
-                        for it in items {
-                            if !out.contains(it) {
-                                out.push(it.clone());
-                            }
-                        }
-                        out
-                    }
+                    ListType::Set => union_set(existing, items),
                     ListType::Map(keys) if items.iter().all(|i| item_key(i, &keys).is_some()) => {
                         let mut out = existing;
                         parents.push(k.clone());

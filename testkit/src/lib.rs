@@ -168,11 +168,7 @@ impl FakeApiServer {
         obj: serde_json::Value,
     ) -> anyhow::Result<serde_json::Value> {
         let mut store = lock(&self.shared.store);
-        let def = store
-            .registry
-            .get(group, resource)
-            .cloned()
-            .ok_or_else(|| anyhow::anyhow!("unknown resource {resource}.{group}"))?;
+        let def = resource_def(&store, group, resource)?;
         let api_version = obj
             .get("apiVersion")
             .and_then(serde_json::Value::as_str)
@@ -211,11 +207,7 @@ impl FakeApiServer {
         status: serde_json::Value,
     ) -> anyhow::Result<()> {
         let mut store = lock(&self.shared.store);
-        let def = store
-            .registry
-            .get(group, resource)
-            .cloned()
-            .ok_or_else(|| anyhow::anyhow!("unknown resource {resource}.{group}"))?;
+        let def = resource_def(&store, group, resource)?;
         let mut obj = store
             .get(group, resource, namespace, name)
             .cloned()
@@ -232,4 +224,13 @@ impl FakeApiServer {
             .map(|_| ())
             .map_err(|e| anyhow::anyhow!("{} ({})", e.message, e.code))
     }
+}
+
+/// The definition of a served resource, for the back-door helpers.
+fn resource_def(store: &Store, group: &str, resource: &str) -> anyhow::Result<registry::ResourceDef> {
+    store
+        .registry
+        .get(group, resource)
+        .cloned()
+        .ok_or_else(|| anyhow::anyhow!("unknown resource {resource}.{group}"))
 }

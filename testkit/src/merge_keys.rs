@@ -85,3 +85,14 @@ pub(crate) fn item_key(item: &Value, keys: &[String]) -> Option<serde_json::Map<
 pub(crate) fn matches_key(item: &Value, key: &serde_json::Map<String, Value>) -> bool {
     item.as_object().is_some_and(|o| key.iter().all(|(k, v)| o.get(k) == Some(v)))
 }
+
+/// A set-typed list merged with new items: existing order kept, items not
+/// yet present appended.
+pub(crate) fn union_set(mut existing: Vec<Value>, items: &[Value]) -> Vec<Value> {
+    for it in items {
+        if !existing.contains(it) {
+            existing.push(it.clone());
+        }
+    }
+    existing
+}

@@ -1,7 +1,7 @@
 //! JSON merge patch, JSON patch and an approximation of strategic merge patch.
 
 use crate::errors::{ApiError, ApiResult};
-use crate::merge_keys::{ListType, child_schema, item_key, items_schema, list_type, matches_key};
+use crate::merge_keys::{ListType, child_schema, item_key, items_schema, list_type, matches_key, union_set};
 use serde_json::Value;
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
@@ -137,15 +137,7 @@ fn strategic_merge(target: &mut Value, patch: &Value, schema: Option<&Value>, pa
                 let existing = tm.get(k).and_then(Value::as_array).cloned().unwrap_or_default();
                 let merged = match lt {
                     ListType::Atomic => items.iter().map(strip_directives).collect(),
-                    ListType::Set => {
-                        let mut out = existing;
-                        for it in items {
-                            if !out.contains(it) {
-                                out.push(it.clone());
-                            }
-                        }
-                        out
-                    }
+                    ListType::Set => union_set(existing, items),
                     ListType::Map(keys) => {
                         let mut out = existing;
                         parents.push(k.clone());

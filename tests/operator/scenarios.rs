@@ -11,6 +11,17 @@ use serde_json::{Value, json};
 
 use crate::harness::{Harness, NS, condition, count, create, eventually, sample};
 
+/// Someone else (`kubectl edit`) changes the Deployment with a strategic merge patch.
+async fn edit_deployment(h: &Harness, patch: Value) {
+    let deployments: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
+        kube::Api::namespaced(h.client.clone(), NS);
+    let params = PatchParams { field_manager: Some("kubectl-edit".into()), ..PatchParams::default() };
+    deployments
+        .patch("user-service", &params, &Patch::Strategic(&patch))
+        .await
+        .expect("someone edits the Deployment");
+}
+
 fn owner_uid(obj: &Value) -> Option<&str> {
     obj["metadata"]["ownerReferences"].as_array()?.iter().find(|o| o["controller"] == true)?["uid"].as_str()
 }
@@ -85,17 +96,7 @@ async fn managed_field_edited_by_someone_else_is_corrected() {
     create(&h, &sample("user-service")).await;
     h.wait_ready("user-service", "False", "RolloutInProgress").await;
 
-    let deployments: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
-        kube::Api::namespaced(h.client.clone(), NS);
-    let edit = json!({"spec": {"replicas": 7, "template": {"spec": {"containers": [{"name": "server", "image": "evil:latest"}]}}}});
-    deployments
-        .patch(
-            "user-service",
-            &PatchParams { field_manager: Some("kubectl-edit".into()), ..PatchParams::default() },
-            &Patch::Strategic(&edit),
-        )
-        .await
-        .expect("someone edits the Deployment");
+    edit_deployment(&h, json!({"spec": {"replicas": 7, "template": {"spec": {"containers": [{"name": "server", "image": "evil:latest"}]}}}})).await;
 
     eventually("replicas and image restored", || async {
         let dep = h.deployment("user-service")?;
@@ -275,18 +276,11 @@ async fn pod_template_edit_alone_is_detected_though_the_cache_omits_templates() 
 
     // Only the template changes: the operator's cache has no template, so it
     // must notice the new generation and compare the full object.
-    let deployments: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
-        kube::Api::namespaced(h.client.clone(), NS);
-    let edit =
-        json!({"spec": {"template": {"spec": {"containers": [{"name": "server", "image": "evil:latest"}]}}}});
-    deployments
-        .patch(
-            "user-service",
-            &PatchParams { field_manager: Some("kubectl-edit".into()), ..PatchParams::default() },
-            &Patch::Strategic(&edit),
-        )
-        .await
-        .expect("someone edits the pod template");
+    edit_deployment(
+        &h,
+        json!({"spec": {"template": {"spec": {"containers": [{"name": "server", "image": "evil:latest"}]}}}}),
+    )
+    .await;
     eventually("image restored", || async {
         let dep = h.deployment("user-service")?;
         (dep["spec"]["template"]["spec"]["containers"][0]["image"]
