@@ -242,6 +242,7 @@ async fn main() -> anyhow::Result<()> {
     let idle_records = server.requests();
     let idle_writes = operator_requests(&idle_records).iter().filter(|r| r.verb.is_write()).count();
     let peak_rss = rss_kib(pid, "VmHWM:");
+    let idle_rss = rss_kib(pid, "VmRSS:");
 
     let ops = operator_requests(&converge_records);
     let n = args.objects as f64;
@@ -272,6 +273,7 @@ async fn main() -> anyhow::Result<()> {
     println!("| writes during {} s idle | {idle_writes} |", args.idle_seconds);
     println!("| operator RSS before objects | {:.1} MiB |", baseline_rss as f64 / 1024.0);
     println!("| operator RSS converged | {:.1} MiB |", converged_rss as f64 / 1024.0);
+    println!("| operator RSS after idle | {:.1} MiB |", idle_rss as f64 / 1024.0);
     println!("| operator peak RSS (VmHWM) | {:.1} MiB |", peak_rss as f64 / 1024.0);
     println!(
         "| RSS per object ((converged - before) / N) | {:.2} KiB |",

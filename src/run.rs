@@ -9,7 +9,7 @@ use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
-use kube::runtime::events::{Recorder, Reporter};
+use kube::runtime::events::Reporter;
 use kube::runtime::reflector::{self, Store};
 use kube::runtime::utils::{PredicateConfig, predicates};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -156,11 +156,10 @@ pub async fn run_controller(
         .predicate_filter(predicates::resource_version, PredicateConfig::default());
 
     let reporter = Reporter { controller: MANAGER.to_owned(), instance: opts.instance.clone() };
-    let recorder = Recorder::new(client.clone(), reporter);
     let ctx = Arc::new(Context::new(
         client,
         (grpc_store.clone(), deploy_store.clone(), svc_store.clone()),
-        recorder,
+        reporter,
         metrics,
         opts.reconcile.clone(),
     ));

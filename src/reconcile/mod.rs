@@ -20,7 +20,7 @@ use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
 use kube::runtime::controller::Action;
-use kube::runtime::events::{Event, EventType, Recorder};
+use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::reflector::{ObjectRef, Store};
 use kube::{Client, Resource, ResourceExt};
 use rand::Rng;
@@ -70,8 +70,8 @@ pub struct Context {
     pub services: Store<Service>,
     /// Cache of GrpcServices (for the managed-objects gauge).
     pub grpc_services: Store<GrpcService>,
-    /// Event recorder.
-    pub recorder: Recorder,
+    /// Identity of the operator in the Events it publishes.
+    pub reporter: Reporter,
     /// Metrics.
     pub metrics: Metrics,
     /// Tunables.
@@ -94,7 +94,7 @@ impl Context {
     pub fn new(
         client: Client,
         stores: (Store<GrpcService>, Store<Deployment>, Store<Service>),
-        recorder: Recorder,
+        reporter: Reporter,
         metrics: Metrics,
         config: ReconcileConfig,
     ) -> Self {
@@ -104,7 +104,7 @@ impl Context {
             deployments,
             services,
             grpc_services,
-            recorder,
+            reporter,
             metrics,
             config,
             failures: Mutex::new(HashMap::new()),
@@ -451,7 +451,13 @@ async fn publish(ctx: &Context, obj: &GrpcService, type_: EventType, reason: &st
         action: "Reconcile".to_owned(),
         secondary: None,
     };
-    if let Err(e) = ctx.recorder.publish(&event, &obj.object_ref(&())).await {
+    // A Recorder per Event: kube-runtime's Recorder keeps every Event it
+    // published for six minutes to merge repeats into a series, which costs
+    // several KiB per object after a burst. The operator only publishes on
+    // transitions, which do not repeat in quick succession, so the cache
+    // would hold memory without merging anything.
+    let recorder = Recorder::new(ctx.client.clone(), ctx.reporter.clone());
+    if let Err(e) = recorder.publish(&event, &obj.object_ref(&())).await {
         warn!(name = %obj.name_any(), error = %error_chain(&e), "failed to publish event");
     }
 }
