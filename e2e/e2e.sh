@@ -25,7 +25,7 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 export KUBECONFIG
 bin=${OPERATOR_BIN:-$root/target/debug/grpc-operator}
 ns=${E2E_NAMESPACE:-grpc-operator-e2e}
-image=${E2E_IMAGE:-ghcr.io/grpc-operator/user-service:0.1.0}
+image=${E2E_IMAGE:-$(sed -n 's/^  image: //p' "$root/config/samples/user-service.yaml")}
 validate=${E2E_KUBECTL_VALIDATE:-strict}
 timeout=${E2E_TIMEOUT:-120}
 name=user-service
@@ -74,19 +74,11 @@ for _ in $(seq 1 "$timeout"); do
 done
 curl -fsS "http://127.0.0.1:$admin_port/readyz" >/dev/null || fail "operator not ready after ${timeout}s"
 
-step "applying GrpcService $ns/$name"
-cat <<YAML | k apply --validate="$validate" -f -
-apiVersion: grpcoperator.io/v1alpha1
-kind: GrpcService
-metadata:
-  name: $name
-  namespace: $ns
-spec:
-  image: $image
-  replicas: 1
-  services:
-    - user.v1.UserService
-YAML
+step "applying the sample GrpcService as $ns/$name"
+# The sample itself (config/samples), moved to the test namespace and, when
+# E2E_IMAGE is set, to an image that implements the workload contract.
+sed -e "s/^  namespace: .*/  namespace: $ns/" -e "s|^  image: .*|  image: $image|" \
+  "$root/config/samples/user-service.yaml" | k apply --validate="$validate" -f -
 
 step "waiting for the Deployment and Service"
 for _ in $(seq 1 "$timeout"); do
@@ -103,7 +95,8 @@ app_protocol=$(k -n "$ns" get service "$name" -o jsonpath='{.spec.ports[?(@.name
 if [ "${E2E_FAKE_KUBELET:-0}" = 1 ]; then
   step "marking the Deployment available (no kubelet on the API double)"
   generation=$(k -n "$ns" get deployment "$name" -o jsonpath='{.metadata.generation}')
-  k -n "$ns" patch deployment "$name" --subresource=status --type=merge -p "{\"status\":{\"observedGeneration\":$generation,\"replicas\":1,\"updatedReplicas\":1,\"readyReplicas\":1,\"availableReplicas\":1,\"conditions\":[{\"type\":\"Available\",\"status\":\"True\",\"reason\":\"MinimumReplicasAvailable\"}]}}"
+  replicas=$(k -n "$ns" get deployment "$name" -o jsonpath='{.spec.replicas}')
+  k -n "$ns" patch deployment "$name" --subresource=status --type=merge -p "{\"status\":{\"observedGeneration\":$generation,\"replicas\":$replicas,\"updatedReplicas\":$replicas,\"readyReplicas\":$replicas,\"availableReplicas\":$replicas,\"conditions\":[{\"type\":\"Available\",\"status\":\"True\",\"reason\":\"MinimumReplicasAvailable\"}]}}"
 fi
 
 step "waiting for Ready"
