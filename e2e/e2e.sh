@@ -102,6 +102,8 @@ fi
 step "waiting for Ready"
 k -n "$ns" wait --for=condition=Ready --timeout="${timeout}s" "grpcservice/$name"
 k -n "$ns" get grpcservice "$name"
+ready_column=$(k -n "$ns" get grpcservice "$name" --no-headers | awk '{print $2}')
+[ "$ready_column" = "True" ] || fail "printer column READY shows '$ready_column'"
 observed=$(k -n "$ns" get grpcservice "$name" -o jsonpath='{.status.observedGeneration}')
 generation=$(k -n "$ns" get grpcservice "$name" -o jsonpath='{.metadata.generation}')
 [ "$observed" = "$generation" ] || fail "observedGeneration $observed != generation $generation"

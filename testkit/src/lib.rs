@@ -19,6 +19,7 @@ mod schema_validation;
 mod selectors;
 mod server;
 mod store;
+mod table;
 mod watch;
 
 #[cfg(test)]

@@ -12,6 +12,34 @@ pub(crate) struct VersionDef {
     /// `openAPIV3Schema`; `None` for built-ins, which are never schema validated.
     pub schema: Option<Value>,
     pub has_status: bool,
+    /// `additionalPrinterColumns` of a CRD version (empty for built-ins).
+    pub printer_columns: Vec<PrinterColumn>,
+}
+
+/// One `additionalPrinterColumns` entry of a CRD version.
+#[derive(Clone, Debug, PartialEq)]
+pub(crate) struct PrinterColumn {
+    pub name: String,
+    /// `string`, `integer`, `number`, `boolean` or `date`.
+    pub col_type: String,
+    pub format: String,
+    pub description: String,
+    pub priority: i64,
+    pub json_path: String,
+}
+
+impl PrinterColumn {
+    fn from_crd(v: &Value) -> Option<Self> {
+        let s = |k: &str| v.get(k).and_then(Value::as_str).map(str::to_string);
+        Some(Self {
+            name: s("name")?,
+            col_type: s("type")?,
+            format: s("format").unwrap_or_default(),
+            description: s("description").unwrap_or_default(),
+            priority: v.get("priority").and_then(Value::as_i64).unwrap_or(0),
+            json_path: s("jsonPath")?,
+        })
+    }
 }
 
 #[derive(Clone, Debug)]
@@ -70,6 +98,7 @@ fn builtin(
             storage: true,
             schema: None,
             has_status,
+            printer_columns: Vec::new(),
         }],
         plural: plural.to_string(),
         singular: kind.to_lowercase(),
@@ -226,6 +255,11 @@ pub(crate) fn crd_to_def(crd: &Value) -> Result<ResourceDef, String> {
             storage: v.get("storage").and_then(Value::as_bool).unwrap_or(false),
             schema: v.pointer("/schema/openAPIV3Schema").cloned(),
             has_status: v.pointer("/subresources/status").is_some(),
+            printer_columns: v
+                .get("additionalPrinterColumns")
+                .and_then(Value::as_array)
+                .map(|cols| cols.iter().filter_map(PrinterColumn::from_crd).collect())
+                .unwrap_or_default(),
         });
     }
     if versions.is_empty() {

@@ -11,12 +11,13 @@ use crate::request_log::{RequestInfo, RequestRecord, Verb, derive_verb, parse_pa
 use crate::schema_validation::FieldValidation;
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::store::{Propagation, Store, WriteCtx};
-use crate::watch::{WatchRequest, serve as serve_watch};
+use crate::watch::{TableWatch, WatchRequest, serve as serve_watch};
 use axum::body::{Body, to_bytes};
 use axum::extract::{Request, State};
 use axum::response::Response;
 use serde_json::{Value, json};
 use std::net::SocketAddr;
+use std::sync::atomic::AtomicBool;
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
@@ -166,7 +167,6 @@ fn dispatch(shared: &Arc<Shared>, ctx: &Ctx) -> ApiResult<Response> {
             None => Err(ApiError::new(404, "NotFound", "the server could not find the requested resource")),
         };
     }
-    let _ = &ctx.accept;
     let info = &ctx.info;
     let def = {
         let store = lock(&shared.store);
@@ -208,6 +208,18 @@ fn dispatch(shared: &Arc<Shared>, ctx: &Ctx) -> ApiResult<Response> {
                 .get(&def.group, &def.plural, ns, name)
                 .cloned()
                 .ok_or_else(|| ApiError::not_found(&def.group, &def.plural, name))?;
+            if let Some(table_version) = table_wanted(ctx, &def) {
+                let rv = obj.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or("");
+                let rv = rv.to_string();
+                let table = crate::table::build(
+                    table_version,
+                    &printer_columns(&def, &info.version),
+                    &[versioned(obj)],
+                    &rv,
+                    crate::table::IncludeObject::from_query(ctx.q("includeObject"))?,
+                );
+                return Ok(json_response(200, &table, &[]));
+            }
             Ok(json_response(200, &versioned(obj), &[]))
         }
         Verb::List => {
@@ -220,6 +232,16 @@ fn dispatch(shared: &Arc<Shared>, ctx: &Ctx) -> ApiResult<Response> {
                 .filter(|o| labels.matches(o) && fields.matches(o))
                 .map(versioned)
                 .collect();
+            if let Some(table_version) = table_wanted(ctx, &def) {
+                let table = crate::table::build(
+                    table_version,
+                    &printer_columns(&def, &info.version),
+                    &items,
+                    &store.rv.to_string(),
+                    crate::table::IncludeObject::from_query(ctx.q("includeObject"))?,
+                );
+                return Ok(json_response(200, &table, &[]));
+            }
             let list = json!({
                 "kind": def.list_kind,
                 "apiVersion": api_version,
@@ -239,6 +261,15 @@ fn dispatch(shared: &Arc<Shared>, ctx: &Ctx) -> ApiResult<Response> {
                 timeout: ctx.q("timeoutSeconds").and_then(|t| t.parse::<u64>().ok()).map(Duration::from_secs),
                 labels: LabelSelector::parse(ctx.q("labelSelector").unwrap_or(""))?,
                 fields: FieldSelector::parse(ctx.q("fieldSelector").unwrap_or(""))?,
+                table: match table_wanted(ctx, &def) {
+                    Some(api_version) => Some(TableWatch {
+                        api_version,
+                        columns: printer_columns(&def, &info.version),
+                        include: crate::table::IncludeObject::from_query(ctx.q("includeObject"))?,
+                        headers_sent: AtomicBool::new(false),
+                    }),
+                    None => None,
+                },
             };
             serve_watch(shared.clone(), wr)
         }
@@ -334,6 +365,19 @@ fn dispatch(shared: &Arc<Shared>, ctx: &Ctx) -> ApiResult<Response> {
         }
         Verb::Discovery => Err(ApiError::internal("unreachable: handled above")),
     }
+}
+
+/// The Table group version to answer with: only custom resources are printed server-side;
+/// built-ins keep answering plain JSON (kubectl then prints NAME and AGE client-side).
+fn table_wanted(ctx: &Ctx, def: &ResourceDef) -> Option<&'static str> {
+    if !def.custom {
+        return None;
+    }
+    crate::table::requested(&ctx.accept)
+}
+
+fn printer_columns(def: &ResourceDef, version: &str) -> Vec<crate::registry::PrinterColumn> {
+    def.version(version).map(|v| v.printer_columns.clone()).unwrap_or_default()
 }
 
 fn propagation(ctx: &Ctx, opts: &Value) -> Propagation {

@@ -62,6 +62,13 @@ const WIDGET_CRD: &str = r#"{
     "versions": [{
       "name": "v1", "served": true, "storage": true,
       "subresources": {"status": {}},
+      "additionalPrinterColumns": [
+        {"name": "Ready", "type": "string", "jsonPath": ".status.conditions[?(@.type==\"Ready\")].status"},
+        {"name": "Replicas", "type": "integer", "jsonPath": ".spec.replicas"},
+        {"name": "Image", "type": "string", "jsonPath": ".spec.image", "description": "The image."},
+        {"name": "Policy", "type": "string", "jsonPath": ".spec.policy", "priority": 1},
+        {"name": "Age", "type": "date", "jsonPath": ".metadata.creationTimestamp"}
+      ],
       "schema": {"openAPIV3Schema": {
         "type": "object",
         "properties": {
@@ -596,7 +603,7 @@ async fn kubectl_applies_waits_and_deletes_against_the_double() -> TestResult {
     // A second apply goes through the patch path.
     std::fs::write(
         dir.join("widget.yaml"),
-        "apiVersion: example.test/v1\nkind: Widget\nmetadata:\n  name: w1\nspec:\n  image: app:1.1\n  replicas: 3\n",
+        "apiVersion: example.test/v1\nkind: Widget\nmetadata:\n  name: w1\nspec:\n  image: app:1.1\n  replicas: 3\n  policy: Always\n",
     )?;
     run(vec!["apply".into(), "--validate=false".into(), "-f".into(), p(&dir.join("widget.yaml"))]).await?;
     let got: Value = serde_json::from_str(
@@ -614,6 +621,22 @@ async fn kubectl_applies_waits_and_deletes_against_the_double() -> TestResult {
     )?;
     run(vec!["wait".into(), "--for=condition=Ready".into(), "--timeout=5s".into(), "widget/w1".into()])
         .await?;
+    // Server-side printing: the CRD's additionalPrinterColumns (priority 1 only with -o wide).
+    let words = |out: &str| -> Vec<Vec<String>> {
+        out.lines().map(|l| l.split_whitespace().map(str::to_string).collect()).collect()
+    };
+    let out = run(vec!["get".into(), "widgets".into()]).await?;
+    let lines = words(&out);
+    assert_eq!(lines[0], ["NAME", "READY", "REPLICAS", "IMAGE", "AGE"], "kubectl get printed:\n{out}");
+    assert_eq!(lines[1][..4], ["w1", "True", "3", "app:1.1"], "kubectl get printed:\n{out}");
+    let out = run(vec!["get".into(), "wd".into(), "-A".into(), "-o".into(), "wide".into()]).await?;
+    let lines = words(&out);
+    assert_eq!(
+        lines[0],
+        ["NAMESPACE", "NAME", "READY", "REPLICAS", "IMAGE", "POLICY", "AGE"],
+        "kubectl get -A -o wide printed:\n{out}"
+    );
+    assert_eq!(lines[1][..6], ["default", "w1", "True", "3", "app:1.1", "Always"], "printed:\n{out}");
     run(vec!["delete".into(), "widget".into(), "w1".into(), "--timeout=5s".into()]).await?;
     assert!(server.get_object("example.test", "widgets", Some("default"), "w1").is_none());
     let _ = std::fs::remove_dir_all(&dir);
@@ -649,5 +672,172 @@ async fn dry_run_writes_are_not_stored() -> TestResult {
     assert_eq!(answered.metadata.name.as_deref(), Some("dry"));
     assert!(server.get_object("", "configmaps", Some("default"), "dry").is_none());
     assert_eq!(server.resource_version(), rv);
+    Ok(())
+}
+
+const TABLE_ACCEPT: &str = "application/json;as=Table;v=v1;g=meta.k8s.io,application/json;as=Table;v=v1beta1;g=meta.k8s.io,application/json";
+
+async fn get_with_accept(client: &kube::Client, uri: &str, accept: &str) -> anyhow::Result<Value> {
+    let req = http::Request::get(uri).header(http::header::ACCEPT, accept).body(Vec::new())?;
+    Ok(serde_json::from_str(&client.request_text(req).await?)?)
+}
+
+fn column_names(table: &Value) -> Vec<&str> {
+    table["columnDefinitions"]
+        .as_array()
+        .map(|cs| cs.iter().filter_map(|c| c["name"].as_str()).collect())
+        .unwrap_or_default()
+}
+
+fn is_age(v: &Value) -> bool {
+    v.as_str().is_some_and(|s| s.ends_with('s') && s[..s.len() - 1].chars().all(|c| c.is_ascii_digit()))
+}
+
+#[tokio::test]
+async fn custom_resources_are_printed_as_tables_with_the_crds_printer_columns() -> TestResult {
+    let server = FakeApiServer::start().await?;
+    let client = server.client().await?;
+    install_widget_crd(&client).await?;
+    let widgets = widget_api(client.clone());
+    let w: DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "example.test/v1", "kind": "Widget",
+        "metadata": {"name": "w1"}, "spec": {"image": "app:1.0", "replicas": 2}
+    }))?;
+    widgets.create(&PostParams::default(), &w).await?;
+    widgets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "example.test/v1", "kind": "Widget",
+                "metadata": {"name": "w2"}, "spec": {"image": "app:2.0", "policy": "Never"}
+            }))?,
+        )
+        .await?;
+    server.set_status(
+        "example.test",
+        "widgets",
+        Some("default"),
+        "w1",
+        json!({"conditions": [
+            {"type": "Progressing", "status": "False", "reason": "Done", "message": "",
+             "lastTransitionTime": "2025-01-01T00:00:00Z"},
+            {"type": "Ready", "status": "True", "reason": "Done", "message": "",
+             "lastTransitionTime": "2025-01-01T00:00:00Z"}]}),
+    )?;
+
+    let list_uri = "/apis/example.test/v1/namespaces/default/widgets";
+    let table = get_with_accept(&client, list_uri, TABLE_ACCEPT).await?;
+    assert_eq!(
+        (table["kind"].as_str(), table["apiVersion"].as_str()),
+        (Some("Table"), Some("meta.k8s.io/v1"))
+    );
+    assert_eq!(table["metadata"]["resourceVersion"], json!(server.resource_version().to_string()));
+    assert_eq!(column_names(&table), ["Name", "Ready", "Replicas", "Image", "Policy", "Age"]);
+    let defs = &table["columnDefinitions"];
+    assert_eq!((defs[0]["type"].as_str(), defs[0]["format"].as_str()), (Some("string"), Some("name")));
+    assert_eq!(defs[2]["type"], json!("integer"));
+    assert_eq!(defs[3]["description"], json!("The image."));
+    assert_eq!(
+        defs[1]["description"],
+        json!(
+            r#"Custom resource definition column (in JSONPath format): .status.conditions[?(@.type=="Ready")].status"#
+        )
+    );
+    assert_eq!((defs[4]["priority"].as_i64(), defs[5]["type"].as_str()), (Some(1), Some("date")));
+    let rows = table["rows"].as_array().unwrap();
+    assert_eq!(rows.len(), 2);
+    let cells = rows[0]["cells"].as_array().unwrap();
+    assert_eq!(cells[..5], [json!("w1"), json!("True"), json!(2), json!("app:1.0"), Value::Null]);
+    assert!(is_age(&cells[5]), "age cell {}", cells[5]);
+    let cells = rows[1]["cells"].as_array().unwrap();
+    // No status yet: the Ready cell is null (kubectl leaves it blank); replicas was defaulted.
+    assert_eq!(cells[..5], [json!("w2"), Value::Null, json!(1), json!("app:2.0"), json!("Never")]);
+    let object = &rows[0]["object"];
+    assert_eq!(object["kind"], json!("PartialObjectMetadata"));
+    assert_eq!(object["apiVersion"], json!("meta.k8s.io/v1"));
+    assert_eq!(
+        (object["metadata"]["name"].as_str(), object["metadata"]["namespace"].as_str()),
+        (Some("w1"), Some("default"))
+    );
+    assert!(object.get("spec").is_none());
+
+    // includeObject=Object embeds the whole object; None embeds nothing.
+    let full = get_with_accept(&client, &format!("{list_uri}?includeObject=Object"), TABLE_ACCEPT).await?;
+    assert_eq!(full["rows"][0]["object"]["kind"], json!("Widget"));
+    assert_eq!(full["rows"][0]["object"]["spec"]["image"], json!("app:1.0"));
+    let none = get_with_accept(&client, &format!("{list_uri}?includeObject=None"), TABLE_ACCEPT).await?;
+    assert_eq!(none["rows"][0]["object"], Value::Null);
+
+    // A get answers a one-row table at the object's resourceVersion; all-namespace lists work.
+    let one = get_with_accept(&client, &format!("{list_uri}/w1"), TABLE_ACCEPT).await?;
+    assert_eq!(one["rows"].as_array().map(Vec::len), Some(1));
+    let w1 = server.get_object("example.test", "widgets", Some("default"), "w1").unwrap();
+    assert_eq!(one["metadata"]["resourceVersion"], w1["metadata"]["resourceVersion"]);
+    let all = get_with_accept(&client, "/apis/example.test/v1/widgets", TABLE_ACCEPT).await?;
+    assert_eq!(all["rows"].as_array().map(Vec::len), Some(2));
+
+    // Plain JSON when the client prefers it, and always for built-ins.
+    let plain = get_with_accept(&client, list_uri, "application/json").await?;
+    assert_eq!(plain["kind"], json!("WidgetList"));
+    let cms = get_with_accept(&client, "/api/v1/namespaces/default/configmaps", TABLE_ACCEPT).await?;
+    assert_eq!(cms["kind"], json!("ConfigMapList"));
+    server.shutdown().await;
+    Ok(())
+}
+
+#[tokio::test]
+async fn crds_without_printer_columns_get_name_and_age_and_table_watches_send_headers_once() -> TestResult {
+    let server = FakeApiServer::start().await?;
+    let client = server.client().await?;
+    let mut crd: Value = serde_json::from_str(WIDGET_CRD)?;
+    crd["spec"]["versions"][0].as_object_mut().unwrap().remove("additionalPrinterColumns");
+    let crds: Api<DynamicObject> = Api::all_with(
+        client.clone(),
+        &ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("apiextensions.k8s.io", "v1", "CustomResourceDefinition"),
+            "customresourcedefinitions",
+        ),
+    );
+    crds.create(&PostParams::default(), &serde_json::from_value(crd)?).await?;
+    let widgets = widget_api(client.clone());
+    widgets
+        .create(
+            &PostParams::default(),
+            &serde_json::from_value(json!({
+                "apiVersion": "example.test/v1", "kind": "Widget",
+                "metadata": {"name": "w1"}, "spec": {"image": "app:1.0"}
+            }))?,
+        )
+        .await?;
+    let list_uri = "/apis/example.test/v1/namespaces/default/widgets";
+    let table = get_with_accept(&client, list_uri, TABLE_ACCEPT).await?;
+    assert_eq!(column_names(&table), ["Name", "Age"]);
+    assert_eq!(table["columnDefinitions"][1]["type"], json!("date"));
+    assert_eq!(table["rows"][0]["cells"][0], json!("w1"));
+    assert!(is_age(&table["rows"][0]["cells"][1]));
+
+    // kubectl get -w: every event is a one-row Table, only the first with columnDefinitions.
+    let req = http::Request::get(format!("{list_uri}?watch=true"))
+        .header(http::header::ACCEPT, TABLE_ACCEPT)
+        .body(Vec::new())?;
+    let mut events = Box::pin(client.request_events::<Value>(req).await?);
+    for image in ["app:1.1", "app:1.2"] {
+        widgets
+            .patch("w1", &PatchParams::default(), &Patch::Merge(json!({"spec": {"image": image}})))
+            .await?;
+    }
+    let mut tables = Vec::new();
+    for _ in 0..2 {
+        match next_within(&mut events).await? {
+            WatchEvent::Modified(t) => tables.push(t),
+            other => panic!("unexpected event {other:?}"),
+        }
+    }
+    assert_eq!(tables[0]["kind"], json!("Table"));
+    assert_eq!(column_names(&tables[0]), ["Name", "Age"]);
+    assert_eq!(tables[1]["columnDefinitions"], Value::Null);
+    assert_eq!(tables[1]["rows"][0]["cells"][0], json!("w1"));
+    assert_eq!(tables[1]["rows"][0]["object"]["kind"], json!("PartialObjectMetadata"));
+    server.shutdown().await;
     Ok(())
 }

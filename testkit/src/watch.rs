@@ -1,15 +1,17 @@
 //! Watch streams: newline-delimited JSON events over a chunked response.
 
 use crate::errors::ApiError;
-use crate::registry::ResourceDef;
+use crate::registry::{PrinterColumn, ResourceDef};
 use crate::selectors::{FieldSelector, LabelSelector};
 use crate::server::{Shared, lock};
 use crate::store::{Event, EventType};
+use crate::table::IncludeObject;
 use axum::body::{Body, Bytes};
 use axum::response::Response;
 use serde_json::{Value, json};
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::Duration;
 use tokio::sync::mpsc;
 
@@ -27,6 +29,16 @@ pub(crate) struct WatchRequest {
     pub timeout: Option<Duration>,
     pub labels: LabelSelector,
     pub fields: FieldSelector,
+    /// Answer each event's object as a one-row Table (`as=Table` watches of custom resources).
+    pub table: Option<TableWatch>,
+}
+
+pub(crate) struct TableWatch {
+    pub api_version: &'static str,
+    pub columns: Vec<PrinterColumn>,
+    pub include: IncludeObject,
+    /// Like the real server, only the first Table carries `columnDefinitions`.
+    pub headers_sent: AtomicBool,
 }
 
 impl WatchRequest {
@@ -38,10 +50,17 @@ impl WatchRequest {
         ns_ok && self.labels.matches(obj) && self.fields.matches(obj)
     }
 
+    /// The object as the watcher receives it: with the served apiVersion, or as a Table.
     fn versioned(&self, obj: &Value) -> Value {
         let mut o = obj.clone();
         o["apiVersion"] = json!(self.api_version);
-        o
+        let Some(t) = &self.table else { return o };
+        let rv = o.pointer("/metadata/resourceVersion").and_then(Value::as_str).unwrap_or("").to_string();
+        let mut table = crate::table::build(t.api_version, &t.columns, &[o], &rv, t.include);
+        if t.headers_sent.swap(true, Ordering::Relaxed) {
+            table["columnDefinitions"] = Value::Null;
+        }
+        table
     }
 
     fn bookmark(&self, rv: u64, initial_end: bool) -> Value {
