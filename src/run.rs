@@ -93,11 +93,22 @@ pub async fn preflight(client: &Client, cluster_url: &str, namespace: Option<&st
     }
 }
 
-/// managedFields are the largest part of a cached object and the reconciler
-/// never reads them; dropping them before the cache keeps memory per object
-/// low.
-fn strip_managed_fields<K: Resource>(obj: &mut K) {
-    obj.meta_mut().managed_fields = None;
+/// Annotation `kubectl apply` (and Argo CD's default client-side apply)
+/// stores the whole last applied manifest in.
+const LAST_APPLIED_ANNOTATION: &str = "kubectl.kubernetes.io/last-applied-configuration";
+
+/// Drops what the reconciler never reads before an object enters a cache:
+/// managedFields (often the largest part of an object) and the
+/// last-applied-configuration annotation (a full copy of the manifest).
+pub fn trim_for_cache<K: Resource>(obj: &mut K) {
+    let meta = obj.meta_mut();
+    meta.managed_fields = None;
+    if let Some(annotations) = meta.annotations.as_mut() {
+        annotations.remove(LAST_APPLIED_ANNOTATION);
+        if annotations.is_empty() {
+            meta.annotations = None;
+        }
+    }
 }
 
 /// Triggers a reconcile only when the spec changed (generation) or deletion
@@ -133,7 +144,7 @@ pub async fn run_controller(
     let (grpc_store, grpc_writer) = reflector::store();
     let grpc_stream = watcher(grpc_api, watcher::Config::default())
         .default_backoff()
-        .modify(strip_managed_fields)
+        .modify(trim_for_cache)
         .reflect(grpc_writer)
         .applied_objects()
         .predicate_filter(spec_or_deletion, PredicateConfig::default());
@@ -141,7 +152,7 @@ pub async fn run_controller(
     let deploy_stream = watcher(deploy_api, children.clone())
         .default_backoff()
         .modify(|d: &mut Deployment| {
-            strip_managed_fields(d);
+            trim_for_cache(d);
             reconcile::apply::slim_deployment(d);
         })
         .reflect(deploy_writer)
@@ -150,7 +161,7 @@ pub async fn run_controller(
     let (svc_store, svc_writer) = reflector::store();
     let svc_stream = watcher(svc_api, children)
         .default_backoff()
-        .modify(strip_managed_fields)
+        .modify(trim_for_cache)
         .reflect(svc_writer)
         .applied_objects()
         .predicate_filter(predicates::resource_version, PredicateConfig::default());
@@ -203,5 +214,30 @@ async fn mark_ready(
     if synced.is_ok() {
         info!("caches synced; controller ready");
         readiness.set(true);
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use k8s_openapi::apimachinery::pkg::apis::meta::v1::ManagedFieldsEntry;
+
+    #[test]
+    fn cached_objects_lose_managed_fields_and_the_last_applied_manifest_only() {
+        let mut svc = Service::default();
+        svc.metadata.managed_fields = Some(vec![ManagedFieldsEntry::default()]);
+        svc.metadata.annotations = Some(
+            [
+                (LAST_APPLIED_ANNOTATION.to_owned(), "{...}".to_owned()),
+                ("grpcoperator.io/applied-digest".to_owned(), "abc".to_owned()),
+            ]
+            .into(),
+        );
+        trim_for_cache(&mut svc);
+        assert_eq!(svc.metadata.managed_fields, None);
+        assert_eq!(
+            svc.metadata.annotations,
+            Some([("grpcoperator.io/applied-digest".to_owned(), "abc".to_owned())].into())
+        );
     }
 }
