@@ -280,6 +280,14 @@ pub fn error_policy(obj: Arc<GrpcService>, err: &ReconcileError, ctx: Arc<Contex
                 error = %error_chain(err),
                 "reconcile failed"
             );
+            // One Event per failure streak (not per retry): enough for
+            // `kubectl describe`, without flooding the API while it is down.
+            if failures == 1 {
+                let note = truncate(format!("[{category}] {}", error_chain(err)), 1024);
+                tokio::spawn(async move {
+                    publish(&ctx, &obj, EventType::Warning, "ReconcileFailed", note).await;
+                });
+            }
             Action::requeue(delay)
         }
     }
@@ -293,6 +301,19 @@ pub fn backoff(config: &ReconcileConfig, failures: u32) -> Duration {
     let half = delay / 2;
     let jitter = rand::rng().random_range(0..=u64::try_from(half.as_millis()).unwrap_or(u64::MAX));
     half + Duration::from_millis(jitter)
+}
+
+/// `text` cut to at most `max` bytes, on a character boundary (Event notes
+/// are limited to 1 KiB).
+fn truncate(mut text: String, max: usize) -> String {
+    if text.len() > max {
+        let mut end = max;
+        while !text.is_char_boundary(end) {
+            end -= 1;
+        }
+        text.truncate(end);
+    }
+    text
 }
 
 /// `err` and its sources, joined with `: `.
@@ -481,6 +502,13 @@ mod tests {
             let many = backoff(&config, 40);
             assert!(many >= Duration::from_secs(30) && many <= Duration::from_secs(60), "{many:?}");
         }
+    }
+
+    #[test]
+    fn event_notes_are_cut_on_a_character_boundary() {
+        assert_eq!(truncate("abc".into(), 10), "abc");
+        assert_eq!(truncate("aé".into(), 2), "a");
+        assert_eq!(truncate("x".repeat(2000), 1024).len(), 1024);
     }
 
     #[test]

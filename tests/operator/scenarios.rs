@@ -219,6 +219,18 @@ async fn injected_api_errors_and_dropped_watches_still_converge() {
     h.mark_available("user-service");
     h.wait_ready("user-service", "True", "Ready").await;
 
+    let warnings: Vec<String> = h
+        .server
+        .list_objects("events.k8s.io", "events", Some(NS))
+        .iter()
+        .filter(|e| e["type"] == "Warning" && e["reason"] == "ReconcileFailed")
+        .map(|e| e["note"].as_str().unwrap_or_default().to_owned())
+        .collect();
+    assert!(
+        warnings.iter().any(|n| n.starts_with("apply step failed: failed to apply Deployment")
+            && n.ends_with("[server_error]")),
+        "{warnings:?}"
+    );
     let failed: Vec<u16> =
         h.server.requests().iter().map(|r| r.status).filter(|s| *s >= 400 && *s != 404).collect();
     assert!(
