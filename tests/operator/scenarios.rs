@@ -227,8 +227,9 @@ async fn injected_api_errors_and_dropped_watches_still_converge() {
         .map(|e| e["note"].as_str().unwrap_or_default().to_owned())
         .collect();
     assert!(
-        warnings.iter().any(|n| n.starts_with("apply step failed: failed to apply Deployment")
-            && n.ends_with("[server_error]")),
+        warnings
+            .iter()
+            .any(|n| n.starts_with("[server_error] apply step failed: failed to apply Deployment")),
         "{warnings:?}"
     );
     let failed: Vec<u16> =
