@@ -21,6 +21,9 @@ pub const DEFAULT_PORT: i32 = 50051;
 pub const DEFAULT_ADMIN_PORT: i32 = 9090;
 /// Upper bound of `spec.replicas`.
 pub const MAX_REPLICAS: i32 = 1000;
+/// Pattern of a DNS-1123 subdomain (Kubernetes object names).
+pub const DNS1123_SUBDOMAIN_PATTERN: &str =
+    r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
 /// Pattern of a fully-qualified gRPC service name: a protobuf package of at
 /// least one segment followed by the service name, e.g. `user.v1.UserService`.
 pub const SERVICE_NAME_PATTERN: &str = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Za-z0-9_]*)+$";
@@ -99,10 +102,7 @@ pub struct GrpcServiceSpec {
 
     /// Service account the pods run as. Defaults to the namespace's `default`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
-    #[schemars(
-        length(min = 1, max = 253),
-        pattern(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$")
-    )]
+    #[schemars(length(min = 1, max = 253), pattern(DNS1123_SUBDOMAIN_PATTERN))]
     pub service_account_name: Option<String>,
 
     /// Annotations added to the pod template.

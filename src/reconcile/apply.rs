@@ -183,7 +183,7 @@ pub enum SlimDecision {
 
 impl Slim {
     fn lock(&self) -> std::sync::MutexGuard<'_, std::collections::HashMap<String, (String, i64)>> {
-        self.verified.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
+        super::lock(&self.verified)
     }
 
     /// Compares `desired` with a slim `live` copy.
@@ -193,9 +193,7 @@ impl Slim {
         live: &K,
         owner_uid: &str,
     ) -> Result<SlimDecision, serde_json::Error> {
-        let digest =
-            |o: &K| o.meta().annotations.as_ref().and_then(|a| a.get(APPLIED_DIGEST_ANNOTATION)).cloned();
-        if digest(desired) != digest(live) {
+        if applied_digest(desired) != applied_digest(live) {
             return Ok(SlimDecision::Apply);
         }
         let mut want = serde_json::to_value(desired)?;
@@ -233,12 +231,15 @@ fn remove_pointer(value: &mut Value, pointer: &str) {
 /// what it wants (the digest annotation differs — this catches removed
 /// fields), or someone else changed or removed a field the operator sets.
 pub fn needs_apply<K: Resource + Serialize>(desired: &K, live: &K) -> Result<bool, serde_json::Error> {
-    let digest =
-        |o: &K| o.meta().annotations.as_ref().and_then(|a| a.get(APPLIED_DIGEST_ANNOTATION)).cloned();
-    if digest(desired) != digest(live) {
+    if applied_digest(desired) != applied_digest(live) {
         return Ok(true);
     }
     Ok(!is_subset(&serde_json::to_value(desired)?, &serde_json::to_value(live)?))
+}
+
+/// The digest the operator stamped on an object (see `desired`).
+fn applied_digest<K: Resource>(obj: &K) -> Option<&String> {
+    obj.meta().annotations.as_ref().and_then(|a| a.get(APPLIED_DIGEST_ANNOTATION))
 }
 
 /// True when every field of `want` is present in `have` with the same value.

@@ -116,13 +116,13 @@ impl Context {
     /// The freshest known status of `obj`.
     fn known_status(&self, obj: &GrpcService) -> Option<GrpcServiceStatus> {
         let uid = obj.metadata.uid.as_deref()?;
-        let written = self.written_status.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let written = lock(&self.written_status);
         written.get(uid).cloned().or_else(|| obj.status.clone())
     }
 
     fn remember_status(&self, obj: &GrpcService, status: Option<GrpcServiceStatus>) {
         let Some(uid) = obj.metadata.uid.clone() else { return };
-        let mut written = self.written_status.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut written = lock(&self.written_status);
         match status {
             Some(s) => written.insert(uid, s),
             None => written.remove(&uid),
@@ -131,15 +131,22 @@ impl Context {
 
     /// Records a failure and returns the consecutive count.
     fn record_failure(&self, key: ObjectRef<GrpcService>) -> u32 {
-        let mut failures = self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
+        let mut failures = lock(&self.failures);
         let n = failures.entry(key).or_insert(0);
         *n = n.saturating_add(1);
         *n
     }
 
     fn reset_failures(&self, key: &ObjectRef<GrpcService>) {
-        self.failures.lock().unwrap_or_else(std::sync::PoisonError::into_inner).remove(key);
+        lock(&self.failures).remove(key);
     }
+}
+
+/// Locks `m`, recovering from poisoning: the maps behind these locks hold
+/// bookkeeping that stays consistent even if a holder panicked mid-way, and
+/// the controller must keep running.
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
 /// A reconcile failed. Each variant wraps the error of one step.

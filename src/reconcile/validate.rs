@@ -14,7 +14,7 @@ use std::sync::LazyLock;
 use k8s_openapi::api::core::v1::{EnvVar, LocalObjectReference, ResourceRequirements};
 use regex::Regex;
 
-use crate::api::v1alpha1::{MAX_REPLICAS, SERVICE_NAME_PATTERN};
+use crate::api::v1alpha1::{DNS1123_SUBDOMAIN_PATTERN, MAX_REPLICAS, SERVICE_NAME_PATTERN};
 use crate::api::{GrpcService, ImagePullPolicy};
 use crate::contract::RESERVED_ENV;
 use crate::reconcile::desired::labels::RESERVED_POD_LABELS;
@@ -114,8 +114,7 @@ pub enum Origin {
 
 static SERVICE_NAME: LazyLock<Regex> = LazyLock::new(|| compile(SERVICE_NAME_PATTERN));
 static DNS1035_LABEL: LazyLock<Regex> = LazyLock::new(|| compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$"));
-static DNS1123_SUBDOMAIN: LazyLock<Regex> =
-    LazyLock::new(|| compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$"));
+static DNS1123_SUBDOMAIN: LazyLock<Regex> = LazyLock::new(|| compile(DNS1123_SUBDOMAIN_PATTERN));
 static QUALIFIED_NAME: LazyLock<Regex> =
     LazyLock::new(|| compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$"));
 static LABEL_VALUE: LazyLock<Regex> =
