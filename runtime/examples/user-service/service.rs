@@ -1,0 +1,90 @@
+//! The user service: an in-memory store behind the generated `user.v1.UserService` trait.
+//! Shared by the `user-service` example, the integration tests and the benchmark.
+
+use std::collections::BTreeMap;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, PoisonError};
+
+use futures::Stream;
+use tonic::{Request, Response, Status};
+
+/// Generated code of the `user.v1` package.
+pub mod pb {
+    #![allow(clippy::all, missing_docs)]
+    tonic::include_proto!("user.v1");
+
+    /// Encoded `FileDescriptorSet` of `user.v1`, for reflection and metrics.
+    pub const FILE_DESCRIPTOR_SET: &[u8] =
+        include_bytes!(concat!(env!("OUT_DIR"), "/user_v1_descriptor.bin"));
+}
+
+use pb::user_service_server::UserService;
+use pb::{CreateUserRequest, GetUserRequest, ListUsersRequest, User};
+
+/// Users by id, with the next id to assign.
+#[derive(Debug, Default)]
+struct Store {
+    users: BTreeMap<i64, User>,
+    next_id: i64,
+}
+
+/// In-memory implementation of `user.v1.UserService`.
+#[derive(Debug, Clone)]
+pub struct Users {
+    store: Arc<Mutex<Store>>,
+}
+
+impl Default for Users {
+    fn default() -> Self {
+        Self::with_seed()
+    }
+}
+
+impl Users {
+    /// A store holding `alice` (id 1, tag `admin`) and `bob` (id 2, tag `dev`).
+    pub fn with_seed() -> Self {
+        let users = Users { store: Arc::new(Mutex::new(Store { users: BTreeMap::new(), next_id: 1 })) };
+        users.insert("alice".into(), vec!["admin".into()]);
+        users.insert("bob".into(), vec!["dev".into()]);
+        users
+    }
+
+    fn insert(&self, name: String, tags: Vec<String>) -> User {
+        let mut store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
+        let id = store.next_id;
+        store.next_id += 1;
+        let user = User { id, name, tags };
+        store.users.insert(id, user.clone());
+        user
+    }
+}
+
+type UserStream = Pin<Box<dyn Stream<Item = Result<User, Status>> + Send>>;
+
+#[tonic::async_trait]
+impl UserService for Users {
+    async fn get_user(&self, request: Request<GetUserRequest>) -> Result<Response<User>, Status> {
+        let id = request.get_ref().user_id;
+        let store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
+        match store.users.get(&id) {
+            Some(user) => Ok(Response::new(user.clone())),
+            None => Err(Status::not_found(format!("user {id} not found"))),
+        }
+    }
+
+    async fn create_user(&self, request: Request<CreateUserRequest>) -> Result<Response<User>, Status> {
+        let CreateUserRequest { name, tags } = request.into_inner();
+        if name.trim().is_empty() {
+            return Err(Status::invalid_argument("name: must not be empty"));
+        }
+        Ok(Response::new(self.insert(name, tags)))
+    }
+
+    type ListUsersStream = UserStream;
+
+    async fn list_users(&self, _request: Request<ListUsersRequest>) -> Result<Response<UserStream>, Status> {
+        let users: Vec<User> =
+            self.store.lock().unwrap_or_else(PoisonError::into_inner).users.values().cloned().collect();
+        Ok(Response::new(Box::pin(futures::stream::iter(users.into_iter().map(Ok)))))
+    }
+}

@@ -1,0 +1,63 @@
+//! The admin HTTP server on `ADMIN_PORT`: `/metrics`, `/healthz`, `/readyz`.
+//!
+//! It is separate from the gRPC port so probes and scrapes work whatever the gRPC port's TLS
+//! mode (the kubelet cannot present a client certificate), and so it keeps answering (with
+//! `/readyz` failing) while the gRPC side drains.
+
+use std::sync::Arc;
+
+use axum::Router;
+use axum::extract::State;
+use axum::http::{StatusCode, header};
+use axum::response::IntoResponse;
+use axum::routing::get;
+use prometheus::Registry;
+
+use crate::health::Health;
+use crate::tls::TlsReloader;
+
+/// Content type of the Prometheus text exposition format.
+const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
+
+#[derive(Clone)]
+pub(crate) struct AdminState {
+    pub(crate) registry: Registry,
+    pub(crate) health: Health,
+    pub(crate) tls: Option<TlsReloader>,
+}
+
+pub(crate) fn router(state: AdminState) -> Router {
+    Router::new()
+        .route("/metrics", get(metrics))
+        .route("/healthz", get(healthz))
+        .route("/readyz", get(readyz))
+        .with_state(Arc::new(state))
+}
+
+async fn metrics(State(state): State<Arc<AdminState>>) -> impl IntoResponse {
+    ([(header::CONTENT_TYPE, PROMETHEUS_TEXT)], crate::metrics::render(&state.registry))
+}
+
+async fn healthz() -> &'static str {
+    "ok\n"
+}
+
+/// 200 when every registered service is `SERVING`, TLS material (if any) is loaded, and the
+/// server is not draining; 503 with the reasons otherwise.
+async fn readyz(State(state): State<Arc<AdminState>>) -> (StatusCode, String) {
+    let mut reasons = Vec::new();
+    if state.health.is_draining() {
+        reasons.push("shutting down".to_string());
+    }
+    for name in state.health.not_serving() {
+        reasons.push(format!("service {name} is not SERVING"));
+    }
+    if state.tls.as_ref().is_some_and(|t| !t.is_loaded()) {
+        reasons.push("TLS material is not loaded".to_string());
+    }
+    if reasons.is_empty() {
+        (StatusCode::OK, "ready\n".into())
+    } else {
+        (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {}\n", reasons.join("; ")))
+    }
+}

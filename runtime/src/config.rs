@@ -1,0 +1,524 @@
+//! Configuration from the workload contract's environment variables, with typed errors.
+//!
+//! The operator sets these variables (see `docs/workload-contract.md`); locally every one has a
+//! default that serves plaintext on the contract ports. A bad value is a startup error naming
+//! the variable and what was wrong with it, never a silent fallback.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::PathBuf;
+use std::time::Duration;
+
+use crate::tls::TlsMode;
+
+/// `GRPC_PORT`: the gRPC port (h2c, or TLS when `TLS_MODE` is not `disabled`).
+pub const ENV_GRPC_PORT: &str = "GRPC_PORT";
+/// `ADMIN_PORT`: the admin HTTP port serving `/metrics`, `/healthz`, `/readyz`.
+pub const ENV_ADMIN_PORT: &str = "ADMIN_PORT";
+/// `TLS_MODE`: `disabled`, `server` or `mutual`.
+pub const ENV_TLS_MODE: &str = "TLS_MODE";
+/// `TLS_DIR`: directory holding `tls.crt`, `tls.key` and `ca.crt` (the mounted Secret).
+pub const ENV_TLS_DIR: &str = "TLS_DIR";
+/// `GRPC_WEB_ORIGINS`: comma-separated browser origins allowed to call over gRPC-Web.
+pub const ENV_GRPC_WEB_ORIGINS: &str = "GRPC_WEB_ORIGINS";
+/// `LOG_FORMAT`: `json` or `text`.
+pub const ENV_LOG_FORMAT: &str = "LOG_FORMAT";
+/// `RUST_LOG`: a tracing `EnvFilter` directive, e.g. `info,grpc_runtime=debug`.
+pub const ENV_RUST_LOG: &str = "RUST_LOG";
+/// `OTEL_EXPORTER_OTLP_ENDPOINT`: OTLP/gRPC collector; traces are exported only when set.
+pub const ENV_OTEL_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+/// `OTEL_SERVICE_NAME`: the `service.name` resource attribute.
+pub const ENV_OTEL_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
+/// `OTEL_RESOURCE_ATTRIBUTES`: extra resource attributes, `key=value,key=value`.
+pub const ENV_OTEL_RESOURCE_ATTRIBUTES: &str = "OTEL_RESOURCE_ATTRIBUTES";
+/// `OTEL_TRACES_SAMPLER`: `always_on`, `always_off`, `traceidratio`, `parentbased_always_on`,
+/// `parentbased_always_off` or `parentbased_traceidratio`.
+pub const ENV_OTEL_TRACES_SAMPLER: &str = "OTEL_TRACES_SAMPLER";
+/// `OTEL_TRACES_SAMPLER_ARG`: the ratio for the `*traceidratio` samplers, in `[0, 1]`.
+pub const ENV_OTEL_TRACES_SAMPLER_ARG: &str = "OTEL_TRACES_SAMPLER_ARG";
+
+/// Default gRPC port of the workload contract.
+pub const DEFAULT_GRPC_PORT: u16 = 50051;
+/// Default admin port of the workload contract.
+pub const DEFAULT_ADMIN_PORT: u16 = 9090;
+
+/// A configuration value that cannot be used: which variable, the offending value (for
+/// variables that never hold secrets) and why.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("{variable}={value:?}: {reason}")]
+pub struct ConfigError {
+    /// The environment variable (or builder setting) at fault.
+    pub variable: &'static str,
+    /// The value as given.
+    pub value: String,
+    /// What is wrong with it.
+    pub reason: String,
+}
+
+impl ConfigError {
+    fn new(variable: &'static str, value: &str, reason: impl Into<String>) -> Self {
+        ConfigError { variable, value: value.to_string(), reason: reason.into() }
+    }
+}
+
+/// Log line format.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum LogFormat {
+    /// Human-readable lines (the default outside Kubernetes).
+    #[default]
+    Text,
+    /// One JSON object per line, for log collectors (what the operator sets).
+    Json,
+}
+
+/// Trace sampling, from `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum Sampler {
+    /// Sample everything.
+    AlwaysOn,
+    /// Sample nothing.
+    AlwaysOff,
+    /// Sample this fraction of traces by trace id.
+    TraceIdRatio(f64),
+    /// Follow the caller's sampling decision; root spans use the inner sampler.
+    ParentBased(ParentRoot),
+}
+
+/// The root-span sampler of [`Sampler::ParentBased`].
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub enum ParentRoot {
+    /// Sample every root span.
+    AlwaysOn,
+    /// Sample no root span.
+    AlwaysOff,
+    /// Sample this fraction of root spans.
+    TraceIdRatio(f64),
+}
+
+/// OpenTelemetry settings.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OtelConfig {
+    /// OTLP/gRPC endpoint, e.g. `http://otel-collector:4317`; `None` disables export (spans are
+    /// still created, so trace ids reach logs and are propagated).
+    pub endpoint: Option<String>,
+    /// `service.name`; defaults to the binary name.
+    pub service_name: Option<String>,
+    /// Extra resource attributes.
+    pub resource_attributes: Vec<(String, String)>,
+    /// Sampler; the OpenTelemetry default is parent-based always-on.
+    pub sampler: Sampler,
+}
+
+impl Default for OtelConfig {
+    fn default() -> Self {
+        OtelConfig {
+            endpoint: None,
+            service_name: None,
+            resource_attributes: Vec::new(),
+            sampler: Sampler::ParentBased(ParentRoot::AlwaysOn),
+        }
+    }
+}
+
+/// Which browser origins may call over gRPC-Web.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub enum WebOrigins {
+    /// No cross-origin browser calls (gRPC-Web from non-browser clients still works).
+    #[default]
+    None,
+    /// Any origin (`GRPC_WEB_ORIGINS=*`).
+    Any,
+    /// These exact origins (`scheme://host[:port]`).
+    List(Vec<String>),
+}
+
+/// HTTP/2 and resource limits. Every value is explicit because the library defaults differ
+/// between gRPC implementations and some of tonic's are unset (unbounded).
+#[derive(Debug, Clone, PartialEq)]
+pub struct Limits {
+    /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` per connection. Default 100, the value the
+    /// HTTP/2 RFC recommends as a minimum and most proxies use.
+    pub max_concurrent_streams: u32,
+    /// RPCs in flight across all connections before new ones are shed with
+    /// `RESOURCE_EXHAUSTED`. Default 1024.
+    pub max_concurrent_rpcs: usize,
+    /// HTTP/2 PING interval on idle connections. Default 60 s.
+    pub keepalive_interval: Duration,
+    /// How long to wait for a PING ack before closing. Default 20 s.
+    pub keepalive_timeout: Duration,
+    /// Connections are gracefully closed (GOAWAY) after this age so clients re-resolve and load
+    /// spreads over new pods. Default 30 min.
+    pub max_connection_age: Duration,
+    /// After `max_connection_age`, in-flight calls get this long before the connection is cut.
+    /// Default 5 min.
+    pub max_connection_age_grace: Duration,
+    /// Largest request message accepted; larger ones fail with `RESOURCE_EXHAUSTED` (as in
+    /// grpc-go). Default 4 MiB, the gRPC default.
+    pub max_decoding_message_size: usize,
+    /// Largest response message sent; a larger one ends the call with `RESOURCE_EXHAUSTED`.
+    /// Default 4 MiB.
+    pub max_encoding_message_size: usize,
+    /// HTTP/2 `SETTINGS_MAX_HEADER_LIST_SIZE`: request metadata bigger than this is refused.
+    /// Default 16 KiB.
+    pub max_header_list_size: u32,
+    /// Remotely reset streams allowed to queue before the connection is closed with
+    /// `ENHANCE_YOUR_CALM`: the HTTP/2 rapid-reset (CVE-2023-44487) bound. Default 20.
+    pub max_pending_accept_reset_streams: usize,
+    /// Streams the server itself may reset for protocol errors before closing the connection:
+    /// the bound against "MadeYouReset" (CVE-2025-8671). tonic passes "unlimited" unless set.
+    /// Default 1024.
+    pub max_local_error_reset_streams: usize,
+    /// A TLS handshake must finish within this. Default 10 s.
+    pub tls_handshake_timeout: Duration,
+    /// Deadline applied to unary and client-streaming calls that send no `grpc-timeout`.
+    /// `None` means no server default. Default 30 s. Server- and bidi-streaming calls without a
+    /// client deadline run until the client, the handler or shutdown ends them.
+    pub default_deadline: Option<Duration>,
+}
+
+impl Default for Limits {
+    fn default() -> Self {
+        Limits {
+            max_concurrent_streams: 100,
+            max_concurrent_rpcs: 1024,
+            keepalive_interval: Duration::from_secs(60),
+            keepalive_timeout: Duration::from_secs(20),
+            max_connection_age: Duration::from_secs(30 * 60),
+            max_connection_age_grace: Duration::from_secs(5 * 60),
+            max_decoding_message_size: 4 << 20,
+            max_encoding_message_size: 4 << 20,
+            max_header_list_size: 16 << 10,
+            max_pending_accept_reset_streams: 20,
+            max_local_error_reset_streams: 1024,
+            tls_handshake_timeout: Duration::from_secs(10),
+            default_deadline: Some(Duration::from_secs(30)),
+        }
+    }
+}
+
+/// Graceful-shutdown timing. The defaults fit the Kubernetes default 30 s grace period:
+/// 5 s drain delay + 20 s for in-flight calls + telemetry flush.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct ShutdownConfig {
+    /// After SIGTERM, keep serving (but report not ready) this long so the endpoint leaves
+    /// load balancers before the listener closes. Default 5 s.
+    pub drain_delay: Duration,
+    /// In-flight calls get this long to finish after the listener closes; what remains is
+    /// cancelled. Default 20 s.
+    pub timeout: Duration,
+}
+
+impl Default for ShutdownConfig {
+    fn default() -> Self {
+        ShutdownConfig { drain_delay: Duration::from_secs(5), timeout: Duration::from_secs(20) }
+    }
+}
+
+/// Everything the server reads from the environment, after validation.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Config {
+    /// Address of the gRPC listener. Default `0.0.0.0:GRPC_PORT`.
+    pub grpc_addr: SocketAddr,
+    /// Address of the admin listener. Default `0.0.0.0:ADMIN_PORT`.
+    pub admin_addr: SocketAddr,
+    /// TLS mode.
+    pub tls_mode: TlsMode,
+    /// Directory of `tls.crt`, `tls.key`, `ca.crt`; required unless TLS is disabled.
+    pub tls_dir: Option<PathBuf>,
+    /// How often the TLS files are checked for rotation. Default 2 s.
+    pub tls_reload_interval: Duration,
+    /// gRPC-Web CORS origins.
+    pub web_origins: WebOrigins,
+    /// Log format.
+    pub log_format: LogFormat,
+    /// Log filter directive (`RUST_LOG`). Default `info`.
+    pub log_filter: String,
+    /// OpenTelemetry settings.
+    pub otel: OtelConfig,
+    /// HTTP/2 and resource limits.
+    pub limits: Limits,
+    /// Shutdown timing.
+    pub shutdown: ShutdownConfig,
+}
+
+impl Default for Config {
+    fn default() -> Self {
+        let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        Config {
+            grpc_addr: SocketAddr::new(any, DEFAULT_GRPC_PORT),
+            admin_addr: SocketAddr::new(any, DEFAULT_ADMIN_PORT),
+            tls_mode: TlsMode::Disabled,
+            tls_dir: None,
+            tls_reload_interval: Duration::from_secs(2),
+            web_origins: WebOrigins::None,
+            log_format: LogFormat::Text,
+            log_filter: "info".into(),
+            otel: OtelConfig::default(),
+            limits: Limits::default(),
+            shutdown: ShutdownConfig::default(),
+        }
+    }
+}
+
+impl Config {
+    /// Reads the process environment.
+    pub fn from_env() -> Result<Self, ConfigError> {
+        Self::from_lookup(|name| std::env::var(name).ok())
+    }
+
+    /// Reads configuration through `lookup` (a variable name to its value), so tests and
+    /// embedders need not touch the process environment.
+    pub fn from_lookup(lookup: impl Fn(&str) -> Option<String>) -> Result<Self, ConfigError> {
+        let get = |name: &str| lookup(name).filter(|v| !v.trim().is_empty());
+        let mut config = Config::default();
+        if let Some(v) = get(ENV_GRPC_PORT) {
+            config.grpc_addr.set_port(parse_port(ENV_GRPC_PORT, &v)?);
+        }
+        if let Some(v) = get(ENV_ADMIN_PORT) {
+            config.admin_addr.set_port(parse_port(ENV_ADMIN_PORT, &v)?);
+        }
+        if config.grpc_addr.port() == config.admin_addr.port() {
+            return Err(ConfigError::new(
+                ENV_ADMIN_PORT,
+                &config.admin_addr.port().to_string(),
+                format!("must differ from {ENV_GRPC_PORT}"),
+            ));
+        }
+        if let Some(v) = get(ENV_TLS_MODE) {
+            config.tls_mode = v
+                .trim()
+                .parse()
+                .map_err(|_| ConfigError::new(ENV_TLS_MODE, &v, "must be one of disabled, server, mutual"))?;
+        }
+        config.tls_dir = get(ENV_TLS_DIR).map(PathBuf::from);
+        if config.tls_mode != TlsMode::Disabled && config.tls_dir.is_none() {
+            return Err(ConfigError::new(
+                ENV_TLS_DIR,
+                "",
+                format!("must be set when {ENV_TLS_MODE}={}", config.tls_mode.as_str()),
+            ));
+        }
+        if let Some(v) = get(ENV_GRPC_WEB_ORIGINS) {
+            config.web_origins = parse_origins(&v)?;
+        }
+        if let Some(v) = get(ENV_LOG_FORMAT) {
+            config.log_format = match v.trim() {
+                "json" => LogFormat::Json,
+                "text" => LogFormat::Text,
+                _ => return Err(ConfigError::new(ENV_LOG_FORMAT, &v, "must be json or text")),
+            };
+        }
+        if let Some(v) = get(ENV_RUST_LOG) {
+            tracing_subscriber::EnvFilter::try_new(&v)
+                .map_err(|e| ConfigError::new(ENV_RUST_LOG, &v, format!("not a valid filter: {e}")))?;
+            config.log_filter = v;
+        }
+        if let Some(v) = get(ENV_OTEL_ENDPOINT) {
+            let uri: http::Uri = v
+                .trim()
+                .parse()
+                .map_err(|e| ConfigError::new(ENV_OTEL_ENDPOINT, &v, format!("not a URL: {e}")))?;
+            if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none() {
+                return Err(ConfigError::new(
+                    ENV_OTEL_ENDPOINT,
+                    &v,
+                    "must be an http:// or https:// URL with a host, e.g. http://otel-collector:4317",
+                ));
+            }
+            config.otel.endpoint = Some(v.trim().to_string());
+        }
+        config.otel.service_name = get(ENV_OTEL_SERVICE_NAME).map(|s| s.trim().to_string());
+        if let Some(v) = get(ENV_OTEL_RESOURCE_ATTRIBUTES) {
+            config.otel.resource_attributes = parse_resource_attributes(&v)?;
+        }
+        config.otel.sampler = parse_sampler(get(ENV_OTEL_TRACES_SAMPLER), get(ENV_OTEL_TRACES_SAMPLER_ARG))?;
+        Ok(config)
+    }
+}
+
+fn parse_port(variable: &'static str, value: &str) -> Result<u16, ConfigError> {
+    match value.trim().parse::<u16>() {
+        Ok(0) => Err(ConfigError::new(variable, value, "must be between 1 and 65535")),
+        Ok(port) => Ok(port),
+        Err(_) => Err(ConfigError::new(variable, value, "must be a port number between 1 and 65535")),
+    }
+}
+
+fn parse_origins(value: &str) -> Result<WebOrigins, ConfigError> {
+    let items: Vec<&str> = value.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    if items == ["*"] {
+        return Ok(WebOrigins::Any);
+    }
+    let mut origins = Vec::with_capacity(items.len());
+    for item in items {
+        if item == "*" {
+            return Err(ConfigError::new(ENV_GRPC_WEB_ORIGINS, value, "`*` must be the only entry"));
+        }
+        let uri: http::Uri = item.parse().map_err(|_| {
+            ConfigError::new(
+                ENV_GRPC_WEB_ORIGINS,
+                value,
+                format!("{item:?} is not an origin (scheme://host[:port])"),
+            )
+        })?;
+        let valid = matches!(uri.scheme_str(), Some("http" | "https"))
+            && uri.host().is_some()
+            && uri.path_and_query().is_none_or(|p| p.as_str().is_empty() || p.as_str() == "/")
+            && !item.ends_with('/');
+        if !valid {
+            return Err(ConfigError::new(
+                ENV_GRPC_WEB_ORIGINS,
+                value,
+                format!("{item:?} is not an origin: expected scheme://host[:port] with no path"),
+            ));
+        }
+        origins.push(item.to_ascii_lowercase());
+    }
+    Ok(WebOrigins::List(origins))
+}
+
+fn parse_resource_attributes(value: &str) -> Result<Vec<(String, String)>, ConfigError> {
+    let mut out = Vec::new();
+    for pair in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+        let Some((key, val)) = pair.split_once('=') else {
+            return Err(ConfigError::new(
+                ENV_OTEL_RESOURCE_ATTRIBUTES,
+                value,
+                format!("{pair:?} is not key=value"),
+            ));
+        };
+        if key.trim().is_empty() {
+            return Err(ConfigError::new(
+                ENV_OTEL_RESOURCE_ATTRIBUTES,
+                value,
+                format!("{pair:?} has an empty key"),
+            ));
+        }
+        out.push((key.trim().to_string(), val.trim().to_string()));
+    }
+    Ok(out)
+}
+
+fn parse_sampler(sampler: Option<String>, arg: Option<String>) -> Result<Sampler, ConfigError> {
+    let ratio = || -> Result<f64, ConfigError> {
+        match &arg {
+            None => Ok(1.0),
+            Some(a) => match a.trim().parse::<f64>() {
+                Ok(r) if (0.0..=1.0).contains(&r) => Ok(r),
+                _ => {
+                    Err(ConfigError::new(ENV_OTEL_TRACES_SAMPLER_ARG, a, "must be a number between 0 and 1"))
+                }
+            },
+        }
+    };
+    let Some(name) = sampler else {
+        return Ok(Sampler::ParentBased(ParentRoot::AlwaysOn));
+    };
+    Ok(match name.trim() {
+        "always_on" => Sampler::AlwaysOn,
+        "always_off" => Sampler::AlwaysOff,
+        "traceidratio" => Sampler::TraceIdRatio(ratio()?),
+        "parentbased_always_on" => Sampler::ParentBased(ParentRoot::AlwaysOn),
+        "parentbased_always_off" => Sampler::ParentBased(ParentRoot::AlwaysOff),
+        "parentbased_traceidratio" => Sampler::ParentBased(ParentRoot::TraceIdRatio(ratio()?)),
+        _ => {
+            return Err(ConfigError::new(
+                ENV_OTEL_TRACES_SAMPLER,
+                &name,
+                "must be one of always_on, always_off, traceidratio, parentbased_always_on, \
+                 parentbased_always_off, parentbased_traceidratio",
+            ));
+        }
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashMap;
+
+    fn config(vars: &[(&str, &str)]) -> Result<Config, ConfigError> {
+        let map: HashMap<String, String> = vars.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect();
+        Config::from_lookup(|name| map.get(name).cloned())
+    }
+
+    #[test]
+    fn an_empty_environment_gives_the_contract_defaults() {
+        let c = config(&[]).unwrap();
+        assert_eq!(c.grpc_addr.port(), 50051);
+        assert_eq!(c.admin_addr.port(), 9090);
+        assert_eq!(c.tls_mode, TlsMode::Disabled);
+        assert_eq!(c.log_format, LogFormat::Text);
+        assert_eq!(c.web_origins, WebOrigins::None);
+        assert_eq!(c.otel.endpoint, None);
+    }
+
+    #[test]
+    fn the_contract_variables_are_read() {
+        let c = config(&[
+            ("GRPC_PORT", "6000"),
+            ("ADMIN_PORT", "6001"),
+            ("TLS_MODE", "mutual"),
+            ("TLS_DIR", "/etc/tls"),
+            ("GRPC_WEB_ORIGINS", "https://app.example.com, http://localhost:3000"),
+            ("LOG_FORMAT", "json"),
+            ("OTEL_EXPORTER_OTLP_ENDPOINT", "http://collector:4317"),
+            ("OTEL_SERVICE_NAME", "user-service"),
+            ("OTEL_RESOURCE_ATTRIBUTES", "k8s.namespace.name=prod,k8s.pod.name=user-0"),
+            ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
+            ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+        ])
+        .unwrap();
+        assert_eq!((c.grpc_addr.port(), c.admin_addr.port()), (6000, 6001));
+        assert_eq!(c.tls_mode, TlsMode::Mutual);
+        assert_eq!(c.tls_dir, Some(PathBuf::from("/etc/tls")));
+        assert_eq!(
+            c.web_origins,
+            WebOrigins::List(vec!["https://app.example.com".into(), "http://localhost:3000".into()])
+        );
+        assert_eq!(c.log_format, LogFormat::Json);
+        assert_eq!(c.otel.endpoint.as_deref(), Some("http://collector:4317"));
+        assert_eq!(c.otel.resource_attributes.len(), 2);
+        assert_eq!(c.otel.sampler, Sampler::ParentBased(ParentRoot::TraceIdRatio(0.25)));
+    }
+
+    #[test]
+    fn bad_values_name_the_variable_and_the_reason() {
+        type Case<'a> = (&'a [(&'a str, &'a str)], &'a str, &'a str);
+        let cases: &[Case] = &[
+            (&[("GRPC_PORT", "http")], "GRPC_PORT", "port number"),
+            (&[("GRPC_PORT", "0")], "GRPC_PORT", "between 1 and 65535"),
+            (&[("ADMIN_PORT", "70000")], "ADMIN_PORT", "port number"),
+            (&[("GRPC_PORT", "9090")], "ADMIN_PORT", "must differ"),
+            (&[("TLS_MODE", "on")], "TLS_MODE", "disabled, server, mutual"),
+            (&[("TLS_MODE", "server")], "TLS_DIR", "must be set"),
+            (&[("GRPC_WEB_ORIGINS", "app.example.com")], "GRPC_WEB_ORIGINS", "not an origin"),
+            (&[("GRPC_WEB_ORIGINS", "https://a.com/path")], "GRPC_WEB_ORIGINS", "no path"),
+            (&[("GRPC_WEB_ORIGINS", "*,https://a.com")], "GRPC_WEB_ORIGINS", "only entry"),
+            (&[("LOG_FORMAT", "yaml")], "LOG_FORMAT", "json or text"),
+            (&[("RUST_LOG", "info,[")], "RUST_LOG", "not a valid filter"),
+            (
+                &[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317")],
+                "OTEL_EXPORTER_OTLP_ENDPOINT",
+                "http:// or https://",
+            ),
+            (&[("OTEL_RESOURCE_ATTRIBUTES", "a=b,oops")], "OTEL_RESOURCE_ATTRIBUTES", "not key=value"),
+            (&[("OTEL_TRACES_SAMPLER", "sometimes")], "OTEL_TRACES_SAMPLER", "must be one of"),
+            (
+                &[("OTEL_TRACES_SAMPLER", "traceidratio"), ("OTEL_TRACES_SAMPLER_ARG", "2")],
+                "OTEL_TRACES_SAMPLER_ARG",
+                "between 0 and 1",
+            ),
+        ];
+        for (vars, variable, reason) in cases {
+            let err = config(vars).unwrap_err();
+            assert_eq!(err.variable, *variable, "{vars:?}");
+            assert!(err.reason.contains(reason), "{vars:?}: {err}");
+            assert!(err.to_string().starts_with(variable), "{err}");
+        }
+    }
+
+    #[test]
+    fn a_lone_star_allows_any_origin() {
+        assert_eq!(config(&[("GRPC_WEB_ORIGINS", "*")]).unwrap().web_origins, WebOrigins::Any);
+    }
+}

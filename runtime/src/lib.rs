@@ -1,0 +1,108 @@
+//! # grpc-runtime
+//!
+//! A production gRPC server for services deployed by grpc-operator, on tonic 0.14: the Rust
+//! counterpart of a Go "gRPC + Consul + Prometheus" service framework. It reads the operator's
+//! workload contract (`docs/workload-contract.md`) from the environment and gives every service
+//! the same interceptor chain, metrics, tracing, TLS, health and shutdown behaviour.
+//!
+//! ## Quick start
+//!
+//! ```ignore
+//! use grpc_runtime::Server;
+//!
+//! #[tokio::main]
+//! async fn main() -> Result<(), Box<dyn std::error::Error>> {
+//!     Server::from_env()?                                   // GRPC_PORT, ADMIN_PORT, TLS_MODE, …
+//!         .add_service(UserServiceServer::new(MyUsers::default()))
+//!         .file_descriptor_set(user::FILE_DESCRIPTOR_SET)   // reflection + per-method metrics
+//!         .bind()
+//!         .await?
+//!         .serve()                                          // until SIGTERM / SIGINT
+//!         .await?;
+//!     Ok(())
+//! }
+//! ```
+//!
+//! `cargo run -p grpc-runtime --example user-service` runs a complete service
+//! (`runtime/examples/user-service`), and `--example user-client` calls it.
+//!
+//! Every call then has, without further code: health (`grpc.health.v1`, per service and `""`),
+//! reflection v1 and v1alpha, gRPC-Web with CORS, go-grpc-prometheus metrics on
+//! `ADMIN_PORT/metrics`, a trace span continuing the caller's W3C `traceparent`, an access log
+//! line, deadline enforcement, a concurrency limit and message size limits, and panic recovery.
+//!
+//! ## Configuration
+//!
+//! From the environment ([`Config::from_env`]); [`Server::configure`] overrides anything. A bad
+//! value fails startup with a [`ConfigError`] naming the variable and the reason.
+//!
+//! | Variable | Default | Meaning |
+//! |---|---|---|
+//! | `GRPC_PORT` | `50051` | gRPC port (HTTP/2; HTTP/1.1 for gRPC-Web) |
+//! | `ADMIN_PORT` | `9090` | admin HTTP port: `/metrics`, `/healthz`, `/readyz` |
+//! | `TLS_MODE` | `disabled` | `disabled`, `server` (TLS) or `mutual` (client certificates required) |
+//! | `TLS_DIR` | — | directory with `tls.crt`, `tls.key`, `ca.crt`; required unless TLS is disabled; reloaded on change |
+//! | `GRPC_WEB_ORIGINS` | none | comma-separated browser origins allowed by CORS, or `*` |
+//! | `LOG_FORMAT` | `text` | `json` for one JSON object per line |
+//! | `RUST_LOG` | `info` | log filter (`tracing_subscriber::EnvFilter` syntax) |
+//! | `OTEL_EXPORTER_OTLP_ENDPOINT` | unset | OTLP/gRPC collector URL; traces are exported only when set |
+//! | `OTEL_SERVICE_NAME` | binary name | `service.name` resource attribute |
+//! | `OTEL_RESOURCE_ATTRIBUTES` | — | `key=value,…` resource attributes |
+//! | `OTEL_TRACES_SAMPLER` / `_ARG` | `parentbased_always_on` | sampler and its ratio |
+//!
+//! HTTP/2 and resource limits ([`Limits`]) and shutdown timing ([`ShutdownConfig`]) have
+//! explicit, documented defaults and are set through [`Server::configure`].
+//!
+//! ## Layer order
+//!
+//! Outermost first; see [`layers`] for why each sits where it does.
+//!
+//! 1. **recovery**: a panic becomes `INTERNAL`, counted in `grpc_req_panics_recovered_total`;
+//! 2. **context**: method lookup, `x-request-id` (generated when absent, echoed back),
+//!    `x-tenant-id`, peer identity → [`RequestContext`] in the request extensions;
+//! 3. **trace**: the RPC span (parent from `traceparent`), [`TraceContext`] in the extensions;
+//! 4. **metrics**: `grpc_server_*` with go-grpc-prometheus names ([`metrics`]);
+//! 5. **access log**: one line per call with the final code;
+//! 6. **auth**: an [`Authenticator`] ([`MtlsAllowList`], [`BearerTokens`], or your own) →
+//!    `UNAUTHENTICATED` / `PERMISSION_DENIED`, [`Principal`] in the extensions;
+//! 7. **deadline**: `grpc-timeout` or the server default → `DEADLINE_EXCEEDED`;
+//! 8. **limits**: concurrency → `RESOURCE_EXHAUSTED`, shutting down → `UNAVAILABLE`, message
+//!    sizes → `RESOURCE_EXHAUSTED`;
+//! 9. your service.
+//!
+//! gRPC-Web requests pass through CORS and the tonic-web translation first; native gRPC skips
+//! both.
+//!
+//! ## Shutdown
+//!
+//! On SIGTERM or SIGINT ([`BoundServer::serve`]): every service reports `NOT_SERVING` and
+//! `/readyz` fails; [`Server::on_shutdown`] hooks run (service-discovery deregistration); the
+//! drain delay passes while calls are still served; the listener closes and connections get
+//! GOAWAY; in-flight calls may finish until the shutdown timeout, then their connections are
+//! closed; spans are flushed; `serve` returns `Ok`.
+
+pub(crate) mod admin;
+pub mod auth;
+pub mod codes;
+pub mod config;
+pub mod frames;
+pub mod health;
+pub mod layers;
+pub mod method;
+pub mod metrics;
+pub mod server;
+pub mod telemetry;
+pub mod tls;
+
+pub use auth::{AuthError, AuthMethod, AuthRequest, Authenticator, BearerTokens, MtlsAllowList, Principal};
+pub use config::{Config, ConfigError, Limits, LogFormat, ShutdownConfig, WebOrigins};
+pub use health::Health;
+pub use layers::context::RequestContext;
+pub use layers::deadline::Deadline;
+pub use layers::trace::TraceContext;
+pub use server::{BoundServer, ServeError, Server};
+pub use telemetry::Telemetry;
+pub use tls::{PeerIdentity, PeerInfo, TlsMode};
+
+/// Re-exported so services and the runtime agree on one tonic.
+pub use tonic;
