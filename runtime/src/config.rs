@@ -36,6 +36,12 @@ pub const ENV_OTEL_TRACES_SAMPLER: &str = "OTEL_TRACES_SAMPLER";
 /// `OTEL_TRACES_SAMPLER_ARG`: the ratio for the `*traceidratio` samplers, in `[0, 1]`.
 pub const ENV_OTEL_TRACES_SAMPLER_ARG: &str = "OTEL_TRACES_SAMPLER_ARG";
 
+/// `SHUTDOWN_DRAIN_DELAY`: how long to keep serving after SIGTERM while reporting not ready
+/// (`500ms`, `5s`, `1m`).
+pub const ENV_SHUTDOWN_DRAIN_DELAY: &str = "SHUTDOWN_DRAIN_DELAY";
+/// `SHUTDOWN_TIMEOUT`: how long in-flight calls may run after the listener closes.
+pub const ENV_SHUTDOWN_TIMEOUT: &str = "SHUTDOWN_TIMEOUT";
+
 /// Default gRPC port of the workload contract.
 pub const DEFAULT_GRPC_PORT: u16 = 50051;
 /// Default admin port of the workload contract.
@@ -330,6 +336,12 @@ impl Config {
         if let Some(v) = get(ENV_OTEL_RESOURCE_ATTRIBUTES) {
             config.otel.resource_attributes = parse_resource_attributes(&v)?;
         }
+        if let Some(v) = get(ENV_SHUTDOWN_DRAIN_DELAY) {
+            config.shutdown.drain_delay = parse_duration(ENV_SHUTDOWN_DRAIN_DELAY, &v)?;
+        }
+        if let Some(v) = get(ENV_SHUTDOWN_TIMEOUT) {
+            config.shutdown.timeout = parse_duration(ENV_SHUTDOWN_TIMEOUT, &v)?;
+        }
         config.otel.sampler = parse_sampler(get(ENV_OTEL_TRACES_SAMPLER), get(ENV_OTEL_TRACES_SAMPLER_ARG))?;
         Ok(config)
     }
@@ -341,6 +353,25 @@ fn parse_port(variable: &'static str, value: &str) -> Result<u16, ConfigError> {
         Ok(port) => Ok(port),
         Err(_) => Err(ConfigError::new(variable, value, "must be a port number between 1 and 65535")),
     }
+}
+
+/// A duration as `<integer><unit>` with unit `ms`, `s` or `m` (a Go-style subset).
+fn parse_duration(variable: &'static str, value: &str) -> Result<Duration, ConfigError> {
+    let v = value.trim();
+    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
+    let (digits, unit) = v.split_at(split);
+    let invalid = || ConfigError::new(variable, value, "must be a duration such as 500ms, 5s or 1m");
+    let n: u64 = digits.parse().map_err(|_| invalid())?;
+    let d = match unit {
+        "ms" => Duration::from_millis(n),
+        "s" => Duration::from_secs(n),
+        "m" => Duration::from_secs(n.saturating_mul(60)),
+        _ => return Err(invalid()),
+    };
+    if d > Duration::from_secs(3600) {
+        return Err(ConfigError::new(variable, value, "must be at most 1h"));
+    }
+    Ok(d)
 }
 
 fn parse_origins(value: &str) -> Result<WebOrigins, ConfigError> {
@@ -466,6 +497,8 @@ mod tests {
             ("OTEL_RESOURCE_ATTRIBUTES", "k8s.namespace.name=prod,k8s.pod.name=user-0"),
             ("OTEL_TRACES_SAMPLER", "parentbased_traceidratio"),
             ("OTEL_TRACES_SAMPLER_ARG", "0.25"),
+            ("SHUTDOWN_DRAIN_DELAY", "500ms"),
+            ("SHUTDOWN_TIMEOUT", "1m"),
         ])
         .unwrap();
         assert_eq!((c.grpc_addr.port(), c.admin_addr.port()), (6000, 6001));
@@ -479,6 +512,7 @@ mod tests {
         assert_eq!(c.otel.endpoint.as_deref(), Some("http://collector:4317"));
         assert_eq!(c.otel.resource_attributes.len(), 2);
         assert_eq!(c.otel.sampler, Sampler::ParentBased(ParentRoot::TraceIdRatio(0.25)));
+        assert_eq!(c.shutdown, ShutdownConfig { drain_delay: Duration::from_millis(500), timeout: Duration::from_secs(60) });
     }
 
     #[test]
@@ -495,6 +529,9 @@ mod tests {
             (&[("GRPC_WEB_ORIGINS", "https://a.com/path")], "GRPC_WEB_ORIGINS", "no path"),
             (&[("GRPC_WEB_ORIGINS", "*,https://a.com")], "GRPC_WEB_ORIGINS", "only entry"),
             (&[("LOG_FORMAT", "yaml")], "LOG_FORMAT", "json or text"),
+            (&[("SHUTDOWN_DRAIN_DELAY", "5")], "SHUTDOWN_DRAIN_DELAY", "such as 500ms"),
+            (&[("SHUTDOWN_TIMEOUT", "2h")], "SHUTDOWN_TIMEOUT", "such as 500ms"),
+            (&[("SHUTDOWN_TIMEOUT", "120m")], "SHUTDOWN_TIMEOUT", "at most 1h"),
             (&[("RUST_LOG", "info,[")], "RUST_LOG", "not a valid filter"),
             (
                 &[("OTEL_EXPORTER_OTLP_ENDPOINT", "collector:4317")],

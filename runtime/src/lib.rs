@@ -49,6 +49,8 @@
 //! | `OTEL_SERVICE_NAME` | binary name | `service.name` resource attribute |
 //! | `OTEL_RESOURCE_ATTRIBUTES` | — | `key=value,…` resource attributes |
 //! | `OTEL_TRACES_SAMPLER` / `_ARG` | `parentbased_always_on` | sampler and its ratio |
+//! | `SHUTDOWN_DRAIN_DELAY` | `5s` | after SIGTERM, keep serving while not ready so load balancers drop the endpoint |
+//! | `SHUTDOWN_TIMEOUT` | `20s` | then in-flight calls get this long before their connections close |
 //!
 //! HTTP/2 and resource limits ([`Limits`]) and shutdown timing ([`ShutdownConfig`]) have
 //! explicit, documented defaults and are set through [`Server::configure`].

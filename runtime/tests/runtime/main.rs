@@ -1,0 +1,19 @@
+//! Integration tests of grpc-runtime against real peers: grpcurl, buf curl, connect-web (Node),
+//! grpcio (Python), a real Prometheus, an OTLP receiver. One binary, so the crate links once.
+//!
+//! A test that needs an external tool fails when the tool is missing and `CI` is set; without
+//! `CI` it prints `SKIPPED` with the reason. `scripts/install-tools.sh` installs every tool.
+
+mod harness;
+#[path = "../../examples/user-service/service.rs"]
+#[allow(dead_code)]
+mod service;
+
+mod chain;
+mod grpc_web;
+mod grpcurl;
+mod limits;
+mod metrics_scrape;
+mod mtls;
+mod shutdown;
+mod tracing_otlp;
