@@ -512,7 +512,10 @@ mod tests {
         assert_eq!(c.otel.endpoint.as_deref(), Some("http://collector:4317"));
         assert_eq!(c.otel.resource_attributes.len(), 2);
         assert_eq!(c.otel.sampler, Sampler::ParentBased(ParentRoot::TraceIdRatio(0.25)));
-        assert_eq!(c.shutdown, ShutdownConfig { drain_delay: Duration::from_millis(500), timeout: Duration::from_secs(60) });
+        assert_eq!(
+            c.shutdown,
+            ShutdownConfig { drain_delay: Duration::from_millis(500), timeout: Duration::from_secs(60) }
+        );
     }
 
     #[test]

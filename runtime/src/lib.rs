@@ -7,7 +7,7 @@
 //!
 //! ## Quick start
 //!
-//! ```ignore
+//! ```text
 //! use grpc_runtime::Server;
 //!
 //! #[tokio::main]
@@ -59,9 +59,9 @@
 //!
 //! Outermost first; see [`layers`] for why each sits where it does.
 //!
-//! 1. **recovery**: a panic becomes `INTERNAL`, counted in `grpc_req_panics_recovered_total`;
-//! 2. **context**: method lookup, `x-request-id` (generated when absent, echoed back),
-//!    `x-tenant-id`, peer identity → [`RequestContext`] in the request extensions;
+//! 1. **context**: method lookup, `x-request-id` (generated when absent, echoed back even on
+//!    errors), `x-tenant-id`, peer identity → [`RequestContext`] in the request extensions;
+//! 2. **recovery**: a panic becomes `INTERNAL`, counted in `grpc_req_panics_recovered_total`;
 //! 3. **trace**: the RPC span (parent from `traceparent`), [`TraceContext`] in the extensions;
 //! 4. **metrics**: `grpc_server_*` with go-grpc-prometheus names ([`metrics`]);
 //! 5. **access log**: one line per call with the final code;

@@ -281,8 +281,8 @@ impl Server {
         let closing = Closing::default();
         let limits = &config.limits;
         let chain = ServiceBuilder::new()
-            .layer(RecoveryLayer::new(server_metrics.panics.clone()))
             .layer(ContextLayer::new(methods.clone()))
+            .layer(RecoveryLayer::new(server_metrics.panics.clone()))
             .layer(TraceLayer)
             .layer(MetricsLayer)
             .layer(AccessLogLayer)
@@ -383,8 +383,8 @@ impl std::fmt::Debug for BoundServer {
     }
 }
 
-type ChainService = crate::layers::recovery::Recovery<
-    crate::layers::context::RequestContextService<
+type ChainService = crate::layers::context::RequestContextService<
+    crate::layers::recovery::Recovery<
         crate::layers::trace::Trace<
             crate::layers::metrics::Metrics<
                 crate::layers::access_log::AccessLog<

@@ -1,4 +1,4 @@
-//! Layer 2: request context. Resolves the RPC method once and attaches a [`RequestContext`]
+//! Layer 1, outermost: request context. Resolves the RPC method once and attaches a [`RequestContext`]
 //! (request id, tenant, peer) to the request's extensions, where every layer below and the
 //! handler (`request.extensions().get::<RequestContext>()`) read it. The request id is echoed
 //! in the response's `x-request-id` header.

@@ -2,8 +2,8 @@
 //!
 //! | # | layer | why here |
 //! |---|---|---|
-//! | 1 | [`recovery`] | outermost, so a panic anywhere below (handler, stream, other layer) becomes `INTERNAL` and is counted |
-//! | 2 | [`context`] | resolves the method once and attaches request id, tenant and peer identity for everything below |
+//! | 1 | [`context`] | resolves the method once and attaches request id, tenant and peer identity for everything below; outside recovery so even a panic's `INTERNAL` answer echoes `x-request-id` (it runs no user code) |
+//! | 2 | [`recovery`] | a panic anywhere below (handler, stream, other layer) becomes `INTERNAL` and is counted |
 //! | 3 | [`trace`] | the RPC span must enclose metrics, logs and the handler so every log line carries the trace id |
 //! | 4 | [`metrics`] | counts every call, including those auth, deadline or limits reject |
 //! | 5 | [`access_log`] | one line per call, with the final code, also for rejected calls |

@@ -1,4 +1,4 @@
-//! Layer 1: panic recovery. A panic in a handler, in a response stream or in any layer below
+//! Layer 2: panic recovery. A panic in a handler, in a response stream or in any layer below
 //! becomes an `INTERNAL` status for that one call, is logged and counted in
 //! `grpc_req_panics_recovered_total`; the connection and the process keep serving.
 
@@ -6,6 +6,7 @@ use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -14,6 +15,7 @@ use pin_project_lite::pin_project;
 use prometheus::IntCounter;
 use tonic::Code;
 
+use super::context::RequestContext;
 use super::{MaybeBody, inner_body};
 use crate::codes::{error_response, status_trailers};
 
@@ -56,9 +58,9 @@ fn panic_message(payload: &(dyn Any + Send)) -> &str {
         .unwrap_or("non-string panic payload")
 }
 
-fn record(panics: &IntCounter, payload: &(dyn Any + Send)) {
+fn record(panics: &IntCounter, request_id: &str, payload: &(dyn Any + Send)) {
     panics.inc();
-    tracing::error!(panic = panic_message(payload), "RPC handler panicked; answered INTERNAL");
+    tracing::error!(panic = panic_message(payload), request_id, "RPC handler panicked; answered INTERNAL");
 }
 
 impl<S, ReqBody, ResBody> tower_service::Service<http::Request<ReqBody>> for Recovery<S>
@@ -76,11 +78,16 @@ where
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
         let panics = self.panics.clone();
+        let request_id: Arc<str> = req
+            .extensions()
+            .get::<RequestContext>()
+            .map(|c| c.request_id.clone())
+            .unwrap_or_else(|| Arc::from(""));
         // A panic while *creating* the future (a non-async handler prologue) is caught too.
         match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
-            Ok(future) => RecoveryFuture::Running { future, panics },
+            Ok(future) => RecoveryFuture::Running { future, panics, request_id },
             Err(payload) => {
-                record(&panics, &*payload);
+                record(&panics, &request_id, &*payload);
                 RecoveryFuture::Panicked { panics }
             }
         }
@@ -97,7 +104,7 @@ pin_project! {
     #[project = RecoveryProj]
     pub enum RecoveryFuture<F> {
         /// The inner future.
-        Running { #[pin] future: F, panics: IntCounter },
+        Running { #[pin] future: F, panics: IntCounter, request_id: Arc<str> },
         /// `call` itself panicked.
         Panicked { panics: IntCounter },
     }
@@ -111,15 +118,20 @@ where
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         match self.project() {
-            RecoveryProj::Running { future, panics } => {
+            RecoveryProj::Running { future, panics, request_id } => {
                 match std::panic::catch_unwind(AssertUnwindSafe(|| future.poll(cx))) {
                     Ok(Poll::Pending) => Poll::Pending,
                     Ok(Poll::Ready(result)) => {
                         let panics = panics.clone();
-                        Poll::Ready(result.map(|r| inner_body(r).map(|body| RecoveryBody::new(body, panics))))
+                        let request_id = request_id.clone();
+                        Poll::Ready(
+                            result.map(|r| {
+                                inner_body(r).map(|body| RecoveryBody::new(body, panics, request_id))
+                            }),
+                        )
                     }
                     Err(payload) => {
-                        record(panics, &*payload);
+                        record(panics, request_id, &*payload);
                         Poll::Ready(Ok(internal_response(panics.clone())))
                     }
                 }
@@ -135,18 +147,19 @@ pin_project! {
         #[pin]
         inner: MaybeBody<B>,
         panics: IntCounter,
+        request_id: Arc<str>,
         // Set after a panic: the inner body is never polled again and the status was sent.
         poisoned: bool,
     }
 }
 
 impl<B> RecoveryBody<B> {
-    fn new(inner: MaybeBody<B>, panics: IntCounter) -> Self {
-        RecoveryBody { inner, panics, poisoned: false }
+    fn new(inner: MaybeBody<B>, panics: IntCounter, request_id: Arc<str>) -> Self {
+        RecoveryBody { inner, panics, request_id, poisoned: false }
     }
 
     fn empty(panics: IntCounter) -> Self {
-        RecoveryBody { inner: MaybeBody::Empty, panics, poisoned: false }
+        RecoveryBody { inner: MaybeBody::Empty, panics, request_id: Arc::from(""), poisoned: false }
     }
 }
 
@@ -166,7 +179,7 @@ impl<B: Body<Data = Bytes>> Body for RecoveryBody<B> {
         match std::panic::catch_unwind(AssertUnwindSafe(|| inner.poll_frame(cx))) {
             Ok(polled) => polled,
             Err(payload) => {
-                record(this.panics, &*payload);
+                record(this.panics, this.request_id, &*payload);
                 *this.poisoned = true;
                 Poll::Ready(Some(Ok(Frame::trailers(status_trailers(Code::Internal, PANIC_MESSAGE)))))
             }

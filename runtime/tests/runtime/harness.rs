@@ -53,16 +53,22 @@ pub fn example_binary() -> PathBuf {
     let exe = std::env::current_exe().expect("current exe");
     let profile_dir = exe.parent().and_then(Path::parent).expect("target/<profile>");
     let path = profile_dir.join("examples").join("user-service");
-    assert!(path.exists(), "{} missing: build it with `cargo build -p grpc-runtime --examples`", path.display());
+    assert!(
+        path.exists(),
+        "{} missing: build it with `cargo build -p grpc-runtime --examples`",
+        path.display()
+    );
     path
 }
 
 /// Test defaults: loopback, ephemeral ports, no drain delay, short shutdown timeout, and the
 /// global telemetry left to the test process.
 pub fn test_config() -> Config {
-    let mut config = Config::default();
-    config.grpc_addr = "127.0.0.1:0".parse().expect("addr");
-    config.admin_addr = "127.0.0.1:0".parse().expect("addr");
+    let mut config = Config {
+        grpc_addr: "127.0.0.1:0".parse().expect("addr"),
+        admin_addr: "127.0.0.1:0".parse().expect("addr"),
+        ..Config::default()
+    };
     config.shutdown.drain_delay = Duration::ZERO;
     config.shutdown.timeout = Duration::from_secs(5);
     config
@@ -80,6 +86,7 @@ pub fn user_server() -> Server {
 pub struct TestServer {
     pub grpc: SocketAddr,
     pub admin: SocketAddr,
+    /// The server's health handle (tests flip services to NOT_SERVING with it).
     pub health: Health,
     stop: Option<oneshot::Sender<()>>,
     task: Option<JoinHandle<Result<(), ServeError>>>,
@@ -149,11 +156,10 @@ impl Drop for TestServer {
 /// Runs a command with a 120 s timeout and returns its output.
 pub async fn run(cmd: &mut tokio::process::Command) -> Output {
     cmd.kill_on_drop(true).stdin(std::process::Stdio::null());
-    let out = tokio::time::timeout(Duration::from_secs(120), cmd.output())
+    tokio::time::timeout(Duration::from_secs(120), cmd.output())
         .await
         .unwrap_or_else(|_| panic!("{cmd:?} timed out"))
-        .unwrap_or_else(|e| panic!("{cmd:?} failed to start: {e}"));
-    out
+        .unwrap_or_else(|e| panic!("{cmd:?} failed to start: {e}"))
 }
 
 /// Stdout of a command as a string, with stderr attached to any assertion message.
@@ -202,4 +208,142 @@ where
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
+}
+
+/// A user service whose handlers misbehave on purpose, for the chain, limit and shutdown tests:
+///
+/// - `GetUser(-1)` sleeps 1.5 s, then answers; `GetUser(-2)` panics; `GetUser(-3)` answers a
+///   user whose name describes the request context (`request_id|tenant|principal|deadline`);
+///   other ids answer a user at once.
+/// - `CreateUser` with name `big` answers a user with an 8 KiB name; otherwise echoes.
+/// - `ListUsers` streams a user every 100 ms, forever (until the client, a deadline or
+///   shutdown ends it); a panic at the third message when the metadata has `x-panic-stream`.
+#[derive(Debug, Clone, Default)]
+pub struct Misbehaving;
+
+type UserStream =
+    std::pin::Pin<Box<dyn futures::Stream<Item = Result<crate::service::pb::User, tonic::Status>> + Send>>;
+
+#[tonic::async_trait]
+impl crate::service::pb::user_service_server::UserService for Misbehaving {
+    async fn get_user(
+        &self,
+        request: tonic::Request<crate::service::pb::GetUserRequest>,
+    ) -> Result<tonic::Response<crate::service::pb::User>, tonic::Status> {
+        use crate::service::pb::User;
+        match request.get_ref().user_id {
+            -1 => {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+                Ok(tonic::Response::new(User { id: -1, name: "slow".into(), tags: vec![] }))
+            }
+            -2 => panic!("handler bug on purpose"),
+            -3 => {
+                let ctx = request.extensions().get::<grpc_runtime::RequestContext>();
+                let principal = request.extensions().get::<grpc_runtime::Principal>();
+                let deadline = request.extensions().get::<grpc_runtime::Deadline>();
+                let trace = request.extensions().get::<grpc_runtime::TraceContext>();
+                let name = format!(
+                    "{}|{}|{}|{}|{}",
+                    ctx.map(|c| c.request_id.to_string()).unwrap_or_default(),
+                    ctx.and_then(|c| c.tenant_id.as_deref().map(str::to_string)).unwrap_or_default(),
+                    principal.map(|p| p.subject.clone()).unwrap_or_default(),
+                    deadline.map(|d| d.remaining().as_millis().to_string()).unwrap_or_default(),
+                    trace.map(|t| t.trace_id.to_string()).unwrap_or_default(),
+                );
+                Ok(tonic::Response::new(User { id: -3, name, tags: vec![] }))
+            }
+            id => Ok(tonic::Response::new(User { id, name: format!("user-{id}"), tags: vec![] })),
+        }
+    }
+
+    async fn create_user(
+        &self,
+        request: tonic::Request<crate::service::pb::CreateUserRequest>,
+    ) -> Result<tonic::Response<crate::service::pb::User>, tonic::Status> {
+        let req = request.into_inner();
+        let name = if req.name == "big" { "x".repeat(8 << 10) } else { req.name };
+        Ok(tonic::Response::new(crate::service::pb::User { id: 100, name, tags: req.tags }))
+    }
+
+    type ListUsersStream = UserStream;
+
+    async fn list_users(
+        &self,
+        request: tonic::Request<crate::service::pb::ListUsersRequest>,
+    ) -> Result<tonic::Response<UserStream>, tonic::Status> {
+        let panic_at_third = request.metadata().contains_key("x-panic-stream");
+        let stream = futures::stream::unfold(0i64, move |n| async move {
+            tokio::time::sleep(Duration::from_millis(100)).await;
+            if panic_at_third && n == 2 {
+                panic!("stream bug on purpose");
+            }
+            Some((Ok(crate::service::pb::User { id: n, name: format!("user-{n}"), tags: vec![] }), n + 1))
+        });
+        Ok(tonic::Response::new(Box::pin(stream)))
+    }
+}
+
+/// A server with the [`Misbehaving`] service.
+pub fn misbehaving_server() -> Server {
+    Server::new(test_config())
+        .without_telemetry_init()
+        .add_service(UserServiceServer::new(Misbehaving))
+        .file_descriptor_set(crate::service::pb::FILE_DESCRIPTOR_SET)
+}
+
+/// Reads one metric sample's value from the admin `/metrics` (exact series text, e.g.
+/// `grpc_server_handled_total{grpc_code="OK",…}`); 0 when absent.
+pub async fn metric_value(admin: SocketAddr, series: &str) -> f64 {
+    let (_, text) = admin_get(admin, "/metrics").await;
+    text.lines()
+        .find_map(|line| line.strip_prefix(series).and_then(|rest| rest.trim().parse::<f64>().ok()))
+        .unwrap_or(0.0)
+}
+
+/// One gRPC call over a bare HTTP/2 connection (the `h2` crate), for tests where a gRPC client
+/// library would get in the way, e.g. by enforcing `grpc-timeout` itself. Returns the final
+/// `grpc-status` (from the headers of a trailers-only response, or from the trailers) and the
+/// number of response messages.
+pub async fn raw_grpc_call<M: prost::Message>(
+    addr: SocketAddr,
+    path: &str,
+    message: &M,
+    metadata: &[(&str, &str)],
+) -> (i32, usize) {
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("connect");
+    let (client, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(async move {
+        let _ = connection.await;
+    });
+    let mut client = client.ready().await.expect("h2 ready");
+    let mut builder = http::Request::post(format!("http://{addr}{path}"))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers");
+    for (k, v) in metadata {
+        builder = builder.header(*k, *v);
+    }
+    let request = builder.body(()).expect("request");
+    let (response, mut send) = client.send_request(request, false).expect("send request");
+    let payload = message.encode_to_vec();
+    let mut frame = Vec::with_capacity(5 + payload.len());
+    frame.push(0);
+    frame.extend_from_slice(&(payload.len() as u32).to_be_bytes());
+    frame.extend_from_slice(&payload);
+    send.send_data(frame.into(), true).expect("send body");
+    let response = response.await.expect("response headers");
+    let status_of = |h: &http::HeaderMap| {
+        h.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|s| s.parse::<i32>().ok())
+    };
+    if let Some(code) = status_of(response.headers()) {
+        return (code, 0);
+    }
+    let mut body = response.into_body();
+    let mut bytes = 0usize;
+    while let Some(chunk) = body.data().await {
+        let chunk = chunk.expect("data");
+        bytes += chunk.len();
+        let _ = body.flow_control().release_capacity(chunk.len());
+    }
+    let trailers = body.trailers().await.expect("trailers").unwrap_or_default();
+    (status_of(&trailers).expect("grpc-status in trailers"), usize::from(bytes > 0))
 }

@@ -4,6 +4,9 @@
 //! A test that needs an external tool fails when the tool is missing and `CI` is set; without
 //! `CI` it prints `SKIPPED` with the reason. `scripts/install-tools.sh` installs every tool.
 
+// Test support code (outside #[test] functions) may panic: a broken precondition must fail loudly.
+#![allow(clippy::panic)]
+
 mod harness;
 #[path = "../../examples/user-service/service.rs"]
 #[allow(dead_code)]
