@@ -5,7 +5,7 @@
 CARGO ?= cargo
 CRD_FILE := crds/grpcservices.grpcoperator.io.yaml
 
-.PHONY: all build test lint fmt crds render-sample test-all e2e-fake bench
+.PHONY: all build test lint fmt crds render-sample test-all e2e-fake bench bench-runtime run-example
 
 all: build
 
@@ -45,3 +45,12 @@ e2e-fake:
 bench:
 	$(CARGO) build --release --bin grpc-operator
 	$(CARGO) run --release -p grpc-operator --example converge-bench -- --objects 1000 --idle-seconds 60
+
+## Runtime benchmark: the user service with the full chain vs bare tonic (see docs/benchmarks.md).
+bench-runtime:
+	$(CARGO) build --release -p grpc-runtime --examples
+	./target/release/examples/runtime-bench
+
+## The example service with the contract defaults (gRPC :50051, admin :9090).
+run-example:
+	$(CARGO) run -p grpc-runtime --example user-service
