@@ -55,7 +55,8 @@ enum Variant {
 
 impl Variant {
     fn binary(self) -> PathBuf {
-        let dir = std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_default();
+        let dir =
+            std::env::current_exe().ok().and_then(|p| p.parent().map(Path::to_path_buf)).unwrap_or_default();
         dir.join(match self {
             Variant::Bare => "user-service-bare",
             Variant::Full => "user-service",
@@ -79,7 +80,10 @@ struct Running {
     port: u16,
 }
 
-async fn start(variant: Variant, wrapper: Option<Vec<String>>) -> Result<Running, Box<dyn std::error::Error>> {
+async fn start(
+    variant: Variant,
+    wrapper: Option<Vec<String>>,
+) -> Result<Running, Box<dyn std::error::Error>> {
     let port = free_port();
     let binary = variant.binary();
     let mut cmd = match &wrapper {
@@ -124,7 +128,8 @@ async fn stop(mut running: Running) -> Result<(), Box<dyn std::error::Error>> {
 }
 
 async fn connect(port: u16) -> Result<UserServiceClient<Channel>, tonic::transport::Error> {
-    let channel = tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?.connect().await?;
+    let channel =
+        tonic::transport::Endpoint::from_shared(format!("http://127.0.0.1:{port}"))?.connect().await?;
     Ok(UserServiceClient::new(channel))
 }
 
@@ -132,7 +137,9 @@ fn rss_kib(pid: u32) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
         .and_then(|s| {
-            s.lines().find_map(|l| l.strip_prefix("VmRSS:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok()))
+            s.lines().find_map(|l| {
+                l.strip_prefix("VmRSS:").and_then(|v| v.trim().trim_end_matches("kB").trim().parse().ok())
+            })
         })
         .unwrap_or(0)
 }
@@ -174,7 +181,11 @@ async fn saturate(port: u16, seconds: u64) -> Result<(f64, u64), Box<dyn std::er
 }
 
 /// Open loop at `rate` calls/s; latency from each call's scheduled start.
-async fn fixed_rate(port: u16, rate: f64, seconds: u64) -> Result<(f64, f64, u64), Box<dyn std::error::Error>> {
+async fn fixed_rate(
+    port: u16,
+    rate: f64,
+    seconds: u64,
+) -> Result<(f64, f64, u64), Box<dyn std::error::Error>> {
     let mut clients = Vec::new();
     for _ in 0..4 {
         clients.push(connect(port).await?);
@@ -209,7 +220,11 @@ async fn fixed_rate(port: u16, rate: f64, seconds: u64) -> Result<(f64, f64, u64
         t.await?;
     }
     let h = histogram.lock().map_err(|_| "histogram lock")?;
-    Ok((h.value_at_quantile(0.5) as f64 / 1000.0, h.value_at_quantile(0.99) as f64 / 1000.0, errors.load(Ordering::Relaxed)))
+    Ok((
+        h.value_at_quantile(0.5) as f64 / 1000.0,
+        h.value_at_quantile(0.99) as f64 / 1000.0,
+        errors.load(Ordering::Relaxed),
+    ))
 }
 
 /// Opens `n` streams whose request bodies stay open (the handler waits on them) and returns the
@@ -225,10 +240,13 @@ async fn rss_with_streams(running: &Running, n: usize) -> Result<u64, Box<dyn st
         let mut h2 = h2.ready().await?;
         for _ in 0..n / 4 + usize::from(c < n % 4) {
             h2 = h2.ready().await?;
-            let request = http::Request::post(format!("http://127.0.0.1:{}/user.v1.UserService/CreateUser", running.port))
-                .header("content-type", "application/grpc")
-                .header("te", "trailers")
-                .body(())?;
+            let request = http::Request::post(format!(
+                "http://127.0.0.1:{}/user.v1.UserService/CreateUser",
+                running.port
+            ))
+            .header("content-type", "application/grpc")
+            .header("te", "trailers")
+            .body(())?;
             let (response, send) = h2.send_request(request, false)?;
             held.push(response);
             senders.push(send);
@@ -241,7 +259,11 @@ async fn rss_with_streams(running: &Running, n: usize) -> Result<u64, Box<dyn st
     Ok(rss)
 }
 
-async fn callgrind_per_call(variant: Variant, short: u64, long: u64) -> Result<f64, Box<dyn std::error::Error>> {
+async fn callgrind_per_call(
+    variant: Variant,
+    short: u64,
+    long: u64,
+) -> Result<f64, Box<dyn std::error::Error>> {
     let mut totals = Vec::new();
     for calls in [short, long] {
         let dir = tempfile::tempdir()?;
@@ -335,7 +357,11 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         println!("| instructions per unary call (callgrind) | {b:.0} | {f:.0} | {:.2}× | ≤ 1.15× |", f / b);
     }
     let (tb, tf) = (median(bare.throughput.clone()), median(full.throughput.clone()));
-    println!("| throughput at saturation (calls/s, median of {}) | {tb:.0} | {tf:.0} | {:.2}× | ≥ 0.85× |", args.rounds, tf / tb);
+    println!(
+        "| throughput at saturation (calls/s, median of {}) | {tb:.0} | {tf:.0} | {:.2}× | ≥ 0.85× |",
+        args.rounds,
+        tf / tb
+    );
     let (pb, pf) = (median(bare.p50.clone()), median(full.p50.clone()));
     println!("| p50 latency at {rate:.0} calls/s (ms) | {pb:.3} | {pf:.3} | {:.2}× | — |", pf / pb);
     let (pb, pf) = (median(bare.p99.clone()), median(full.p99.clone()));

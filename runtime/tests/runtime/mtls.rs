@@ -1,1 +1,602 @@
-//! (placeholder, filled below)
+//! TLS and mutual TLS against a real grpcio (gRPC C-core) client: a valid client certificate,
+//! rejected ones (none, another CA, expired), certificate rotation through a Kubernetes-style
+//! `..data` symlink swap while a client keeps calling, a broken rotation, and server-only TLS.
+
+use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::path::{Path, PathBuf};
+use std::process::{Output, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use grpc_runtime::TlsMode;
+use grpc_runtime::metrics::{LABEL_METHOD, SERVER_HANDLED_TOTAL};
+use grpc_runtime::tls::{
+    CA_FILE, CERT_FILE, KEY_FILE, TLS_CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS, TLS_HANDSHAKE_FAILURES_TOTAL,
+    TLS_RELOADS_TOTAL,
+};
+use rcgen::{
+    BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, Issuer, KeyPair,
+    KeyUsagePurpose, SanType, date_time_ymd,
+};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use serde_json::Value;
+use tempfile::TempDir;
+
+use crate::harness::{
+    TestServer, admin_get, describe, eventually, repo_root, require_tool, run, user_server,
+};
+
+const SPIFFE_ID: &str = "spiffe://cluster.local/ns/default/sa/client";
+
+/// The server certificate's NotAfter year for a given serial, so the expiry gauge tells them apart.
+fn not_after_year(serial: u64) -> i32 {
+    2090 + i32::try_from(serial).expect("small serial")
+}
+
+fn unix(year: i32) -> f64 {
+    date_time_ymd(year, 1, 1).unix_timestamp() as f64
+}
+
+// ---------------------------------------------------------------------------------------------
+// Certificates
+// ---------------------------------------------------------------------------------------------
+
+struct Ca {
+    issuer: Issuer<'static, KeyPair>,
+    pem: String,
+}
+
+struct Leaf {
+    cert_pem: String,
+    key_pem: String,
+    der: CertificateDer<'static>,
+}
+
+impl Ca {
+    fn new(name: &str) -> Ca {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("CA params");
+        params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        params.distinguished_name.push(DnType::CommonName, name);
+        params.key_usages =
+            vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign, KeyUsagePurpose::DigitalSignature];
+        let key = KeyPair::generate().expect("CA key");
+        let cert = params.self_signed(&key).expect("self-signed CA");
+        Ca { pem: cert.pem(), issuer: Issuer::new(params, key) }
+    }
+
+    fn issue(&self, params: &CertificateParams) -> Leaf {
+        let key = KeyPair::generate().expect("leaf key");
+        let cert = params.signed_by(&key, &self.issuer).expect("signed leaf");
+        Leaf { cert_pem: cert.pem(), key_pem: key.serialize_pem(), der: cert.der().clone() }
+    }
+
+    /// A server certificate for `localhost` and `127.0.0.1`.
+    fn server(&self, serial: u64) -> Leaf {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("server params");
+        params.subject_alt_names = vec![
+            SanType::DnsName("localhost".try_into().expect("DNS name")),
+            SanType::IpAddress(IpAddr::V4(Ipv4Addr::LOCALHOST)),
+        ];
+        params.distinguished_name.push(DnType::CommonName, "user-service");
+        params.serial_number = Some(serial.into());
+        params.not_before = date_time_ymd(2020, 1, 1);
+        params.not_after = date_time_ymd(not_after_year(serial), 1, 1);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+        self.issue(&params)
+    }
+
+    /// A client certificate with a SPIFFE URI SAN, valid from 2020 to `not_after`.
+    fn client(&self, not_after: (i32, u8, u8)) -> Leaf {
+        let mut params = CertificateParams::new(Vec::<String>::new()).expect("client params");
+        params.distinguished_name.push(DnType::CommonName, "client");
+        params.subject_alt_names = vec![SanType::URI(SPIFFE_ID.try_into().expect("URI"))];
+        params.not_before = date_time_ymd(2000, 1, 1);
+        params.not_after = date_time_ymd(not_after.0, not_after.1, not_after.2);
+        params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+        self.issue(&params)
+    }
+
+    fn valid_client(&self) -> Leaf {
+        self.client((2090, 1, 1))
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// The TLS directory, laid out like a kubelet-managed Secret volume
+// ---------------------------------------------------------------------------------------------
+
+/// `..<timestamp>/` holding the files, `..data -> ..<timestamp>`, and `tls.crt` etc. as symlinks
+/// to `..data/<file>`. An update writes a new timestamped directory, renames a fresh symlink over
+/// `..data` (atomic) and removes the previous directory, as the kubelet's atomic writer does.
+struct SecretVolume {
+    dir: PathBuf,
+    generation: u32,
+}
+
+impl SecretVolume {
+    fn create(dir: &Path, files: &[(&str, &str)]) -> SecretVolume {
+        std::fs::create_dir_all(dir).expect("secret dir");
+        let mut volume = SecretVolume { dir: dir.to_path_buf(), generation: 0 };
+        volume.update(files);
+        for (name, _) in files {
+            std::os::unix::fs::symlink(format!("..data/{name}"), dir.join(name)).expect("file symlink");
+        }
+        volume
+    }
+
+    fn version_name(generation: u32) -> String {
+        format!("..2026_11_24_00_00_00.{generation}")
+    }
+
+    fn update(&mut self, files: &[(&str, &str)]) {
+        let previous = self.generation;
+        self.generation += 1;
+        let version = Self::version_name(self.generation);
+        let version_dir = self.dir.join(&version);
+        std::fs::create_dir(&version_dir).expect("version dir");
+        for (name, content) in files {
+            std::fs::write(version_dir.join(name), content).expect("write secret file");
+        }
+        let tmp = self.dir.join("..data_tmp");
+        std::os::unix::fs::symlink(&version, &tmp).expect("..data_tmp symlink");
+        std::fs::rename(&tmp, self.dir.join("..data")).expect("swap ..data");
+        if previous > 0 {
+            std::fs::remove_dir_all(self.dir.join(Self::version_name(previous))).expect("remove old version");
+        }
+    }
+}
+
+fn server_files<'a>(leaf: &'a Leaf, ca: &'a Ca) -> [(&'static str, &'a str); 3] {
+    [(CERT_FILE, &leaf.cert_pem), (KEY_FILE, &leaf.key_pem), (CA_FILE, &ca.pem)]
+}
+
+/// A server with the seeded user service in `mode`, reading `dir`.
+fn tls_server(mode: TlsMode, dir: &Path, reload_interval: Option<Duration>) -> grpc_runtime::Server {
+    let dir = dir.to_path_buf();
+    user_server().configure(move |c| {
+        c.tls_mode = mode;
+        c.tls_dir = Some(dir);
+        if let Some(interval) = reload_interval {
+            c.tls_reload_interval = interval;
+        }
+    })
+}
+
+// ---------------------------------------------------------------------------------------------
+// The grpcio client
+// ---------------------------------------------------------------------------------------------
+
+/// What a grpcio client presents: the CA it trusts, and maybe a certificate and key.
+struct Creds {
+    ca: PathBuf,
+    cert_and_key: Option<(PathBuf, PathBuf)>,
+}
+
+/// Writes the client's files into `dir` under `name`.
+fn client_creds(dir: &Path, name: &str, ca_pem: &str, leaf: Option<&Leaf>) -> Creds {
+    let ca = dir.join(format!("{name}-ca.crt"));
+    std::fs::write(&ca, ca_pem).expect("write client CA");
+    let cert_and_key = leaf.map(|leaf| {
+        let cert = dir.join(format!("{name}.crt"));
+        let key = dir.join(format!("{name}.key"));
+        std::fs::write(&cert, &leaf.cert_pem).expect("write client cert");
+        std::fs::write(&key, &leaf.key_pem).expect("write client key");
+        (cert, key)
+    });
+    Creds { ca, cert_and_key }
+}
+
+struct Grpcio {
+    python: PathBuf,
+}
+
+impl Grpcio {
+    fn find() -> Option<Grpcio> {
+        require_tool("python-peers").map(|python| Grpcio { python })
+    }
+
+    fn command(&self, target: SocketAddr, creds: &Creds, args: &[&str]) -> tokio::process::Command {
+        let mut cmd = tokio::process::Command::new(&self.python);
+        cmd.arg(repo_root().join("runtime/tests/peers/grpcio_client.py"))
+            .arg("--target")
+            .arg(target.to_string())
+            .arg("--ca")
+            .arg(&creds.ca);
+        if let Some((cert, key)) = &creds.cert_and_key {
+            cmd.arg("--cert").arg(cert).arg("--key").arg(key);
+        }
+        // ERROR is grpcio's default; set so the handshake errors always reach stderr.
+        cmd.args(args).env("GRPC_VERBOSITY", "ERROR");
+        cmd
+    }
+
+    /// `GetUser(id)`; the client's JSON result and its output.
+    async fn get_user(&self, target: SocketAddr, creds: &Creds, id: i64) -> (Value, Output) {
+        let id = id.to_string();
+        let out = run(&mut self.command(target, creds, &["--call", "get", "--user-id", &id])).await;
+        (grpcio_json(&out), out)
+    }
+}
+
+/// The one JSON line the grpcio client prints.
+fn grpcio_json(out: &Output) -> Value {
+    assert!(out.status.success(), "the grpcio client crashed: {}", describe(out));
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or_default();
+    let parsed = serde_json::from_str(line);
+    assert!(parsed.is_ok(), "no JSON line from the grpcio client: {}", describe(out));
+    parsed.expect("checked above")
+}
+
+fn assert_alice(result: &Value, out: &Output) {
+    assert_eq!(result["ok"], true, "{}", describe(out));
+    assert_eq!(result["user"]["id"], 1, "{}", describe(out));
+    assert_eq!(result["user"]["name"], "alice", "{}", describe(out));
+}
+
+// ---------------------------------------------------------------------------------------------
+// A Rust TLS probe and /metrics
+// ---------------------------------------------------------------------------------------------
+
+/// Opens a new TLS connection (verifying the server as `localhost` against `ca_pem`, presenting
+/// `client` if given) and returns the leaf certificate the server sent.
+async fn served_leaf(addr: SocketAddr, ca_pem: &str, client: Option<&Leaf>) -> CertificateDer<'static> {
+    let provider = Arc::new(rustls::crypto::ring::default_provider());
+    let mut roots = rustls::RootCertStore::empty();
+    roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).expect("CA PEM")).expect("CA root");
+    let builder = rustls::ClientConfig::builder_with_provider(provider)
+        .with_safe_default_protocol_versions()
+        .expect("protocol versions")
+        .with_root_certificates(roots);
+    let mut config = match client {
+        Some(leaf) => builder
+            .with_client_auth_cert(
+                vec![leaf.der.clone()],
+                PrivateKeyDer::from_pem_slice(leaf.key_pem.as_bytes()).expect("client key"),
+            )
+            .expect("client auth"),
+        None => builder.with_no_client_auth(),
+    };
+    config.alpn_protocols = vec![b"h2".to_vec()];
+    let tcp = tokio::net::TcpStream::connect(addr).await.expect("TCP connect");
+    let name = ServerName::try_from("localhost").expect("server name");
+    let tls = tokio::time::timeout(
+        Duration::from_secs(5),
+        tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp),
+    )
+    .await
+    .expect("TLS handshake within 5 s")
+    .expect("TLS handshake");
+    let leaf = tls.get_ref().1.peer_certificates().and_then(|certs| certs.first()).expect("a server leaf");
+    leaf.clone().into_owned()
+}
+
+/// Waits up to `timeout` for new connections to be served `expected`.
+async fn wait_for_leaf(
+    addr: SocketAddr,
+    ca_pem: &str,
+    client: Option<&Leaf>,
+    expected: &CertificateDer<'static>,
+    timeout: Duration,
+) -> bool {
+    eventually(
+        timeout,
+        || async move { (served_leaf(addr, ca_pem, client).await == *expected).then_some(()) },
+    )
+    .await
+    .is_some()
+}
+
+/// The sum of the samples of `name` whose labels include every `key="value"` of `labels`.
+fn metric(text: &str, name: &str, labels: &[(&str, &str)]) -> f64 {
+    text.lines()
+        .filter(|line| !line.starts_with('#'))
+        .filter_map(|line| line.rsplit_once(' '))
+        .filter(|(series, _)| {
+            let (series_name, series_labels) = series.split_once('{').unwrap_or((series, ""));
+            series_name == name && labels.iter().all(|(k, v)| series_labels.contains(&format!("{k}=\"{v}\"")))
+        })
+        .map(|(_, value)| value.trim().parse::<f64>().expect("a sample value"))
+        .sum()
+}
+
+async fn scrape(admin: SocketAddr) -> String {
+    let (status, body) = admin_get(admin, "/metrics").await;
+    assert_eq!(status, 200, "{body}");
+    body
+}
+
+/// Waits up to `timeout` for `predicate` on the metric; returns its last value.
+async fn wait_for_metric(
+    admin: SocketAddr,
+    name: &str,
+    labels: &[(&str, &str)],
+    timeout: Duration,
+    predicate: impl Fn(f64) -> bool,
+) -> f64 {
+    let predicate = &predicate;
+    let seen = eventually(timeout, || async move {
+        let value = metric(&scrape(admin).await, name, labels);
+        predicate(value).then_some(value)
+    })
+    .await;
+    match seen {
+        Some(value) => value,
+        None => metric(&scrape(admin).await, name, labels),
+    }
+}
+
+async fn assert_ready(admin: SocketAddr) {
+    let (status, body) = admin_get(admin, "/readyz").await;
+    assert_eq!(status, 200, "/readyz: {body}");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Tests
+// ---------------------------------------------------------------------------------------------
+
+#[tokio::test]
+async fn mutual_tls_accepts_a_grpcio_client_with_a_valid_certificate() {
+    let Some(grpcio) = Grpcio::find() else { return };
+    let tmp = TempDir::new().expect("tempdir");
+    let ca = Ca::new("test CA");
+    let server_leaf = ca.server(1);
+    SecretVolume::create(&tmp.path().join("tls"), &server_files(&server_leaf, &ca));
+    let creds = client_creds(tmp.path(), "client", &ca.pem, Some(&ca.valid_client()));
+    let server = TestServer::start(tls_server(TlsMode::Mutual, &tmp.path().join("tls"), None)).await;
+
+    let (result, out) = grpcio.get_user(server.grpc, &creds, 1).await;
+    assert_alice(&result, &out);
+    assert_ready(server.admin).await;
+    let metrics = scrape(server.admin).await;
+    assert_eq!(metric(&metrics, TLS_HANDSHAKE_FAILURES_TOTAL, &[]), 0.0, "{metrics}");
+    assert_eq!(
+        metric(&metrics, TLS_CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS, &[]),
+        unix(not_after_year(1)),
+        "{metrics}"
+    );
+
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn mutual_tls_rejects_grpcio_clients_without_a_certificate_from_another_ca_or_expired() {
+    let Some(grpcio) = Grpcio::find() else { return };
+    let tmp = TempDir::new().expect("tempdir");
+    let ca = Ca::new("test CA");
+    let other_ca = Ca::new("other CA");
+    let server_leaf = ca.server(1);
+    SecretVolume::create(&tmp.path().join("tls"), &server_files(&server_leaf, &ca));
+    let server = TestServer::start(tls_server(TlsMode::Mutual, &tmp.path().join("tls"), None)).await;
+    let before = metric(&scrape(server.admin).await, TLS_HANDSHAKE_FAILURES_TOTAL, &[]);
+
+    let no_cert = client_creds(tmp.path(), "anonymous", &ca.pem, None);
+    let foreign = client_creds(tmp.path(), "foreign", &ca.pem, Some(&other_ca.valid_client()));
+    let expired = client_creds(tmp.path(), "expired", &ca.pem, Some(&ca.client((2001, 1, 1))));
+    let (a, b, c) = futures::join!(
+        grpcio.get_user(server.grpc, &no_cert, 1),
+        grpcio.get_user(server.grpc, &foreign, 1),
+        grpcio.get_user(server.grpc, &expired, 1),
+    );
+    // The TLS alert the server sent, as BoringSSL logs it on the client's stderr.
+    let cases = [
+        ("no certificate", "CERTIFICATE_REQUIRED", a),
+        ("another CA", "UNKNOWN_CA", b),
+        ("expired", "CERTIFICATE_EXPIRED", c),
+    ];
+    for (case, alert, (result, out)) in cases {
+        assert_eq!(result["ok"], false, "{case}: {}", describe(&out));
+        assert_eq!(result["code"], "UNAVAILABLE", "{case}: {}", describe(&out));
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(alert),
+            "{case}: no {alert} alert: {}",
+            describe(&out)
+        );
+    }
+
+    let failures =
+        wait_for_metric(server.admin, TLS_HANDSHAKE_FAILURES_TOTAL, &[], Duration::from_secs(3), |v| {
+            v >= before + 3.0
+        })
+        .await;
+    assert!(failures >= before + 3.0, "handshake failures went from {before} to {failures}");
+    let errors = metric(&scrape(server.admin).await, TLS_HANDSHAKE_FAILURES_TOTAL, &[("reason", "error")]);
+    assert!(errors >= 3.0, "reason=\"error\" is {errors}");
+
+    // The server keeps serving.
+    let valid = client_creds(tmp.path(), "valid", &ca.pem, Some(&ca.valid_client()));
+    let (result, out) = grpcio.get_user(server.grpc, &valid, 1).await;
+    assert_alice(&result, &out);
+    assert_ready(server.admin).await;
+
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn certificate_rotation_on_disk_is_picked_up_while_a_client_keeps_calling_without_a_failed_rpc() {
+    let Some(grpcio) = Grpcio::find() else { return };
+    let tmp = TempDir::new().expect("tempdir");
+    let ca = Ca::new("test CA");
+    let first = ca.server(1);
+    let tls_dir = tmp.path().join("tls");
+    let mut volume = SecretVolume::create(&tls_dir, &server_files(&first, &ca));
+    let client = ca.valid_client();
+    let creds = client_creds(tmp.path(), "client", &ca.pem, Some(&client));
+    let server =
+        TestServer::start(tls_server(TlsMode::Mutual, &tls_dir, Some(Duration::from_millis(200)))).await;
+    assert_eq!(served_leaf(server.grpc, &ca.pem, Some(&client)).await, first.der);
+
+    let mut looping = grpcio.command(
+        server.grpc,
+        &creds,
+        &["--call", "loop", "--seconds", "5", "--interval-ms", "20", "--timeout", "5"],
+    );
+    looping.kill_on_drop(true).stdin(Stdio::null()).stdout(Stdio::piped()).stderr(Stdio::piped());
+    let looping = looping.spawn().expect("grpcio loop client starts");
+
+    // Rotate once the loop is calling (Python start-up time varies with load), ~1.5 s in.
+    let get_user = [(LABEL_METHOD, "GetUser")];
+    let calling =
+        wait_for_metric(server.admin, SERVER_HANDLED_TOTAL, &get_user, Duration::from_secs(10), |v| v >= 1.0)
+            .await;
+    assert!(calling >= 1.0, "the grpcio loop client made no call within 10 s");
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    let second = ca.server(2);
+    let handled_before_rotation = metric(&scrape(server.admin).await, SERVER_HANDLED_TOTAL, &get_user);
+    volume.update(&server_files(&second, &ca));
+    let rotated =
+        wait_for_leaf(server.grpc, &ca.pem, Some(&client), &second.der, Duration::from_secs(3)).await;
+
+    let out = tokio::time::timeout(Duration::from_secs(30), looping.wait_with_output())
+        .await
+        .expect("the loop client finishes")
+        .expect("the loop client runs");
+    let result = grpcio_json(&out);
+    assert!(rotated, "new connections were not served the new certificate within 3 s");
+    assert_eq!(result["failures"], 0, "{}", describe(&out));
+    let calls = result["calls"].as_u64().unwrap_or(0);
+    assert!(calls > 50, "only {calls} calls: {}", describe(&out));
+    assert_eq!(result["codes"]["OK"], calls, "{}", describe(&out));
+    // One connection throughout: the rotation did not disturb the established one.
+    assert_eq!(result["ready_transitions"], 1, "{}", describe(&out));
+    let after_rotation = calls as f64 - handled_before_rotation;
+    assert!(after_rotation >= 20.0, "only {after_rotation} calls after the rotation: {}", describe(&out));
+
+    let metrics = scrape(server.admin).await;
+    assert!(metric(&metrics, TLS_RELOADS_TOTAL, &[("result", "success")]) >= 1.0, "{metrics}");
+    assert_eq!(metric(&metrics, TLS_RELOADS_TOTAL, &[("result", "failure")]), 0.0, "{metrics}");
+    assert_eq!(
+        metric(&metrics, TLS_CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS, &[]),
+        unix(not_after_year(2)),
+        "{metrics}"
+    );
+    // A fresh grpcio channel works with the new certificate too.
+    let (result, out) = grpcio.get_user(server.grpc, &creds, 1).await;
+    assert_alice(&result, &out);
+
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_broken_certificate_file_keeps_the_old_certificate_and_is_reported() {
+    let Some(grpcio) = Grpcio::find() else { return };
+    let tmp = TempDir::new().expect("tempdir");
+    let ca = Ca::new("test CA");
+    let first = ca.server(1);
+    let tls_dir = tmp.path().join("tls");
+    let mut volume = SecretVolume::create(&tls_dir, &server_files(&first, &ca));
+    let client = ca.valid_client();
+    let creds = client_creds(tmp.path(), "client", &ca.pem, Some(&client));
+    let server =
+        TestServer::start(tls_server(TlsMode::Mutual, &tls_dir, Some(Duration::from_millis(200)))).await;
+    let failure = [("result", "failure")];
+
+    // A garbage key.
+    volume.update(&[(CERT_FILE, &first.cert_pem), (KEY_FILE, "garbage, not a key\n"), (CA_FILE, &ca.pem)]);
+    let failures =
+        wait_for_metric(server.admin, TLS_RELOADS_TOTAL, &failure, Duration::from_secs(3), |v| v >= 1.0)
+            .await;
+    assert!(failures >= 1.0, "no failed reload counted for a garbage key");
+    assert_eq!(served_leaf(server.grpc, &ca.pem, Some(&client)).await, first.der);
+    let (result, out) = grpcio.get_user(server.grpc, &creds, 1).await;
+    assert_alice(&result, &out);
+    assert_ready(server.admin).await;
+
+    // A half-rotated Secret: the new certificate next to the old key.
+    let second = ca.server(2);
+    volume.update(&[(CERT_FILE, &second.cert_pem), (KEY_FILE, &first.key_pem), (CA_FILE, &ca.pem)]);
+    let more = wait_for_metric(server.admin, TLS_RELOADS_TOTAL, &failure, Duration::from_secs(3), |v| {
+        v >= failures + 2.0
+    })
+    .await;
+    assert!(more >= failures + 2.0, "failed reloads stopped being counted: {failures} then {more}");
+    assert_eq!(served_leaf(server.grpc, &ca.pem, Some(&client)).await, first.der);
+    let (result, out) = grpcio.get_user(server.grpc, &creds, 2).await;
+    assert_eq!(result["ok"], true, "{}", describe(&out));
+    assert_eq!(result["user"]["name"], "bob", "{}", describe(&out));
+    assert_ready(server.admin).await;
+    let metrics = scrape(server.admin).await;
+    assert_eq!(metric(&metrics, TLS_RELOADS_TOTAL, &[("result", "success")]), 0.0, "{metrics}");
+    assert_eq!(
+        metric(&metrics, TLS_CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS, &[]),
+        unix(not_after_year(1)),
+        "{metrics}"
+    );
+
+    // Completing the rotation recovers.
+    volume.update(&server_files(&second, &ca));
+    assert!(
+        wait_for_leaf(server.grpc, &ca.pem, Some(&client), &second.der, Duration::from_secs(3)).await,
+        "the repaired certificate was not picked up within 3 s"
+    );
+    let metrics = scrape(server.admin).await;
+    assert!(metric(&metrics, TLS_RELOADS_TOTAL, &[("result", "success")]) >= 1.0, "{metrics}");
+    let (result, out) = grpcio.get_user(server.grpc, &creds, 1).await;
+    assert_alice(&result, &out);
+
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn server_tls_mode_serves_clients_without_certificates() {
+    let Some(grpcio) = Grpcio::find() else { return };
+    let tmp = TempDir::new().expect("tempdir");
+    let ca = Ca::new("test CA");
+    let server_leaf = ca.server(1);
+    // No ca.crt: server mode does not need one.
+    let files = [(CERT_FILE, server_leaf.cert_pem.as_str()), (KEY_FILE, server_leaf.key_pem.as_str())];
+    SecretVolume::create(&tmp.path().join("tls"), &files);
+    let server = TestServer::start(tls_server(TlsMode::Server, &tmp.path().join("tls"), None)).await;
+
+    let creds = client_creds(tmp.path(), "anonymous", &ca.pem, None);
+    let (result, out) = grpcio.get_user(server.grpc, &creds, 1).await;
+    assert_alice(&result, &out);
+    assert_eq!(served_leaf(server.grpc, &ca.pem, None).await, server_leaf.der);
+    assert_ready(server.admin).await;
+
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn the_mtls_allow_list_admits_a_listed_spiffe_id_and_denies_others_with_the_identity_in_the_handler() {
+    let Some(grpcio) = Grpcio::find() else { return };
+    let tmp = TempDir::new().expect("tempdir");
+    let ca = Ca::new("test CA");
+    let server_leaf = ca.server(1);
+    SecretVolume::create(&tmp.path().join("tls"), &server_files(&server_leaf, &ca));
+    let creds = client_creds(tmp.path(), "client", &ca.pem, Some(&ca.valid_client()));
+    let dir = tmp.path().join("tls");
+    let listed = crate::harness::misbehaving_server()
+        .configure(move |c| {
+            c.tls_mode = TlsMode::Mutual;
+            c.tls_dir = Some(dir);
+        })
+        .authenticator(grpc_runtime::MtlsAllowList::new().allow_spiffe_id(SPIFFE_ID));
+    let server = TestServer::start(listed).await;
+    // GetUser(-3) answers with the request context; its third field is the principal.
+    let (result, out) = grpcio.get_user(server.grpc, &creds, -3).await;
+    assert_eq!(result["ok"], true, "{}", describe(&out));
+    let name = result["user"]["name"].as_str().unwrap_or_default().to_string();
+    assert_eq!(name.split('|').nth(2), Some(SPIFFE_ID), "{}", describe(&out));
+    server.stop().await;
+
+    let dir = tmp.path().join("tls");
+    let other = crate::harness::misbehaving_server()
+        .configure(move |c| {
+            c.tls_mode = TlsMode::Mutual;
+            c.tls_dir = Some(dir);
+        })
+        .authenticator(
+            grpc_runtime::MtlsAllowList::new().allow_spiffe_id("spiffe://cluster.local/ns/x/sa/other"),
+        );
+    let server = TestServer::start(other).await;
+    let (result, out) = grpcio.get_user(server.grpc, &creds, -3).await;
+    assert_eq!(
+        (result["ok"].as_bool(), result["code"].as_str()),
+        (Some(false), Some("PERMISSION_DENIED")),
+        "{}",
+        describe(&out)
+    );
+    server.stop().await;
+}
