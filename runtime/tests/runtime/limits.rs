@@ -151,3 +151,36 @@ async fn a_panicking_handler_answers_internal_and_is_counted() {
     still_serving(&server).await;
     server.stop().await;
 }
+
+#[tokio::test]
+async fn http2_settings_advertise_the_configured_stream_limit_and_oversized_metadata_is_refused() {
+    let server =
+        TestServer::start(misbehaving_server().configure(|c| c.limits.max_concurrent_streams = 37)).await;
+    let tcp = tokio::net::TcpStream::connect(server.grpc).await.expect("connect");
+    let (send, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    let driver = tokio::spawn(connection);
+    let mut send = send.ready().await.expect("ready");
+    let request = http::Request::post(format!("http://{}/grpc.health.v1.Health/Check", server.grpc))
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("request");
+    let (response, mut body) = send.send_request(request, false).expect("send");
+    body.send_data(vec![0u8, 0, 0, 0, 0].into(), true).expect("empty message");
+    let mut response = response.await.expect("response");
+    assert_eq!(response.status(), http::StatusCode::OK);
+    // The server's SETTINGS frame has been processed once a response arrived.
+    assert_eq!(send.current_max_send_streams(), 37, "SETTINGS_MAX_CONCURRENT_STREAMS on the wire");
+    while response.body_mut().data().await.is_some() {}
+    drop((send, response));
+    driver.abort();
+
+    // Metadata beyond max_header_list_size (16 KiB) never reaches a handler.
+    let mut client = server.client().await;
+    let mut request = get(1);
+    request.metadata_mut().insert("x-padding", "p".repeat(20 << 10).parse().expect("value"));
+    let status = client.get_user(request).await.expect_err("oversized metadata is refused");
+    assert_ne!(status.code(), Code::Ok);
+    still_serving(&server).await;
+    server.stop().await;
+}
