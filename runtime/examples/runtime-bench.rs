@@ -45,6 +45,16 @@ struct Args {
     /// Skip the callgrind measurement (when valgrind is missing).
     #[arg(long)]
     no_callgrind: bool,
+    /// Only measure instructions per call (callgrind), no load runs.
+    #[arg(long)]
+    callgrind_only: bool,
+    /// Extra environment for the full-chain server, `KEY=VALUE` (repeatable), e.g.
+    /// `RUST_LOG=warn` to see what the access log costs.
+    #[arg(long = "full-env")]
+    full_env: Vec<String>,
+    /// Keep the callgrind output files in this directory (for `callgrind_annotate`).
+    #[arg(long)]
+    keep_callgrind: Option<PathBuf>,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq)]
@@ -80,6 +90,8 @@ struct Running {
     port: u16,
 }
 
+static FULL_ENV: std::sync::OnceLock<Vec<(String, String)>> = std::sync::OnceLock::new();
+
 async fn start(
     variant: Variant,
     wrapper: Option<Vec<String>>,
@@ -103,6 +115,11 @@ async fn start(
         .stdout(Stdio::null())
         .stderr(Stdio::null())
         .kill_on_drop(true);
+    if variant == Variant::Full {
+        for (k, v) in FULL_ENV.get().map(Vec::as_slice).unwrap_or_default() {
+            cmd.env(k, v);
+        }
+    }
     let child = cmd.spawn().map_err(|e| format!("starting {}: {e}", binary.display()))?;
     let running = Running { child, port };
     let deadline = Instant::now() + Duration::from_secs(120);
@@ -168,7 +185,12 @@ async fn saturate(port: u16, seconds: u64) -> Result<(f64, u64), Box<dyn std::er
             while Instant::now() < until {
                 match client.get_user(GetUserRequest { user_id: 1 }).await {
                     Ok(_) => counts.ok.fetch_add(1, Ordering::Relaxed),
-                    Err(_) => counts.errors.fetch_add(1, Ordering::Relaxed),
+                    Err(status) => {
+                        if counts.errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                            eprintln!("first failed call: {:?} {}", status.code(), status.message());
+                        }
+                        0
+                    }
                 };
             }
         }));
@@ -210,8 +232,10 @@ async fn fixed_rate(
                         let _ = h.record(micros.max(1));
                     }
                 }
-                Err(_) => {
-                    errors.fetch_add(1, Ordering::Relaxed);
+                Err(status) => {
+                    if errors.fetch_add(1, Ordering::Relaxed) == 0 {
+                        eprintln!("first failed call: {:?} {}", status.code(), status.message());
+                    }
                 }
             }
         }));
@@ -263,6 +287,7 @@ async fn callgrind_per_call(
     variant: Variant,
     short: u64,
     long: u64,
+    keep: Option<&Path>,
 ) -> Result<f64, Box<dyn std::error::Error>> {
     let mut totals = Vec::new();
     for calls in [short, long] {
@@ -281,6 +306,12 @@ async fn callgrind_per_call(
         drop(client);
         stop(running).await?;
         let text = std::fs::read_to_string(&out)?;
+        if let Some(keep) = keep {
+            std::fs::create_dir_all(keep)?;
+            let name =
+                format!("{}-{calls}.callgrind", if variant == Variant::Bare { "bare" } else { "full" });
+            std::fs::copy(&out, keep.join(name))?;
+        }
         let total: u64 = text
             .lines()
             .find_map(|l| l.strip_prefix("totals:").or_else(|| l.strip_prefix("summary:")))
@@ -311,10 +342,21 @@ struct Results {
 #[tokio::main]
 async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let args = Args::parse();
+    let env: Vec<(String, String)> = args
+        .full_env
+        .iter()
+        .map(|kv| {
+            kv.split_once('=')
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .ok_or(format!("{kv}: not KEY=VALUE"))
+        })
+        .collect::<Result<_, _>>()?;
+    let _ = FULL_ENV.set(env);
     let variants = [Variant::Bare, Variant::Full];
     let mut results = [Results::default(), Results::default()];
+    let load_rounds = if args.callgrind_only { 0 } else { args.rounds };
 
-    for round in 0..args.rounds {
+    for round in 0..load_rounds {
         for (i, variant) in variants.iter().enumerate() {
             eprintln!("round {}: {} saturation", round + 1, variant.name());
             let running = start(*variant, None).await?;
@@ -331,7 +373,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     let rate = median(results[0].throughput.clone()) / 2.0;
-    for round in 0..args.rounds {
+    for round in 0..load_rounds {
         for (i, variant) in variants.iter().enumerate() {
             eprintln!("round {}: {} at {rate:.0} calls/s", round + 1, variant.name());
             let running = start(*variant, None).await?;
@@ -345,8 +387,15 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     if !args.no_callgrind {
         for (i, variant) in variants.iter().enumerate() {
             eprintln!("callgrind: {}", variant.name());
-            results[i].instructions =
-                Some(callgrind_per_call(*variant, args.callgrind_short, args.callgrind_long).await?);
+            results[i].instructions = Some(
+                callgrind_per_call(
+                    *variant,
+                    args.callgrind_short,
+                    args.callgrind_long,
+                    args.keep_callgrind.as_deref(),
+                )
+                .await?,
+            );
         }
     }
 
@@ -355,6 +404,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     println!("|---|---|---|---|---|");
     if let (Some(b), Some(f)) = (bare.instructions, full.instructions) {
         println!("| instructions per unary call (callgrind) | {b:.0} | {f:.0} | {:.2}× | ≤ 1.15× |", f / b);
+    }
+    if args.callgrind_only {
+        return Ok(());
     }
     let (tb, tf) = (median(bare.throughput.clone()), median(full.throughput.clone()));
     println!(

@@ -1,7 +1,12 @@
 //! gRPC status codes as the metrics spell them, and the trailers-only error responses the layers send.
 
-use http::{HeaderMap, HeaderValue};
+use http::{HeaderMap, HeaderName, HeaderValue};
 use tonic::Code;
+
+// Header names as constants: looking a header up by `&str` parses the name on every call.
+pub(crate) static GRPC_STATUS: HeaderName = HeaderName::from_static("grpc-status");
+pub(crate) static GRPC_MESSAGE: HeaderName = HeaderName::from_static("grpc-message");
+pub(crate) static GRPC_TIMEOUT: HeaderName = HeaderName::from_static("grpc-timeout");
 
 /// The go-grpc-prometheus spelling of a status code (`OK`, `NotFound`, `DeadlineExceeded`, …).
 ///
@@ -53,7 +58,7 @@ pub const ALL_CODES: [Code; 17] = [
 /// Reads `grpc-status` from a header map (response headers of a trailers-only response, or
 /// trailers). `None` when absent; an unparsable value counts as `Unknown`, as gRPC clients do.
 pub fn status_code_in(headers: &HeaderMap) -> Option<Code> {
-    let value = headers.get("grpc-status")?;
+    let value = headers.get(&GRPC_STATUS)?;
     let code =
         value.to_str().ok().and_then(|s| s.parse::<i32>().ok()).map(Code::from_i32).unwrap_or(Code::Unknown);
     Some(code)
@@ -78,9 +83,9 @@ pub fn error_response<B: Default>(status: tonic::Status) -> http::Response<B> {
 /// cuts a stream that already sent headers).
 pub fn status_trailers(code: Code, message: &str) -> HeaderMap {
     let mut trailers = HeaderMap::with_capacity(2);
-    trailers.insert("grpc-status", HeaderValue::from(code as i32));
+    trailers.insert(GRPC_STATUS.clone(), HeaderValue::from(code as i32));
     if let Ok(value) = HeaderValue::from_str(&percent_encode_message(message)) {
-        trailers.insert("grpc-message", value);
+        trailers.insert(GRPC_MESSAGE.clone(), value);
     }
     trailers
 }

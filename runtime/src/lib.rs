@@ -75,6 +75,22 @@
 //! gRPC-Web requests pass through CORS and the tonic-web translation first; native gRPC skips
 //! both.
 //!
+//! ## Logs and traces
+//!
+//! `LOG_FORMAT=json` writes one JSON object per line: `timestamp`, `level`, `target`, the
+//! event's fields, and inside an RPC its `trace_id`, `span_id` and `request_id`, so every line a
+//! handler logs can be joined with the access line and the trace. The access log line (target
+//! `grpc_runtime::access`, message `finished call`) has `grpc_service`, `grpc_method`,
+//! `grpc_type`, `grpc_code`, `duration_ms`, `tenant_id` and `peer_address`; its level follows
+//! the code (`info` for OK and client errors, `warn` for overload and timeouts, `error` for
+//! server faults). `RUST_LOG=info,grpc_runtime::access=off` turns it off.
+//!
+//! The trace id is the caller's (W3C `traceparent`) or a new one. With
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` set, each RPC is an OpenTelemetry server span named
+//! `package.Service/Method` with `rpc.system`, `rpc.service`, `rpc.method` and
+//! `rpc.grpc.status_code`, exported over OTLP/gRPC and flushed at shutdown; without it, no
+//! spans are built (the ids still reach logs and [`TraceContext`]).
+//!
 //! ## Shutdown
 //!
 //! On SIGTERM or SIGINT ([`BoundServer::serve`]): every service reports `NOT_SERVING` and
@@ -83,6 +99,9 @@
 //! GOAWAY; in-flight calls may finish until the shutdown timeout, then their connections are
 //! closed; spans are flushed; `serve` returns `Ok`.
 
+// Every public item is documented: the crate is the contract's other side.
+#![deny(missing_docs)]
+
 pub(crate) mod admin;
 pub mod auth;
 pub mod codes;
@@ -90,6 +109,7 @@ pub mod config;
 pub mod frames;
 pub mod health;
 pub mod layers;
+mod logging;
 pub mod method;
 pub mod metrics;
 pub mod server;

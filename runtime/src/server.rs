@@ -283,7 +283,7 @@ impl Server {
         let chain = ServiceBuilder::new()
             .layer(ContextLayer::new(methods.clone()))
             .layer(RecoveryLayer::new(server_metrics.panics.clone()))
-            .layer(TraceLayer)
+            .layer(TraceLayer::new(config.log_format == crate::config::LogFormat::Text))
             .layer(MetricsLayer)
             .layer(AccessLogLayer)
             .layer(AuthLayer::new(self.authenticator, self.auth_exempt))
@@ -295,10 +295,6 @@ impl Server {
                 closing.clone(),
             ))
             .service(routes);
-        let web = ServiceBuilder::new()
-            .layer(cors_layer(&config.web_origins))
-            .layer(tonic_web::GrpcWebLayer::new())
-            .service(chain.clone());
 
         let grpc_listener = TcpListener::bind(config.grpc_addr).await.map_err(|source| ServeError::Bind {
             listener: "gRPC",
@@ -320,7 +316,8 @@ impl Server {
         })?;
 
         Ok(BoundServer {
-            service: Dispatch { grpc: chain, web },
+            chain,
+            cors: cors_layer(&config.web_origins),
             grpc_listener,
             admin_listener,
             grpc_addr,
@@ -358,7 +355,8 @@ fn cors_layer(origins: &WebOrigins) -> CorsLayer {
 
 /// A bound server, ready to serve.
 pub struct BoundServer {
-    service: Dispatch<ChainService, WebService>,
+    chain: ChainService,
+    cors: CorsLayer,
     grpc_listener: TcpListener,
     admin_listener: TcpListener,
     grpc_addr: SocketAddr,
@@ -398,7 +396,6 @@ type ChainService = crate::layers::context::RequestContextService<
         >,
     >,
 >;
-type WebService = tower_http::cors::Cors<tonic_web::GrpcWebService<ChainService>>;
 
 impl BoundServer {
     /// The gRPC listener's address.
@@ -432,7 +429,8 @@ impl BoundServer {
     /// 5. telemetry is flushed.
     pub async fn serve_until(self, signal: impl Future<Output = ()>) -> Result<(), ServeError> {
         let BoundServer {
-            service,
+            chain,
+            cors,
             grpc_listener,
             admin_listener,
             grpc_addr,
@@ -465,10 +463,20 @@ impl BoundServer {
             "serving"
         );
         let stop_accepting = CancellationToken::new();
+        // One service stack per connection, carrying the connection's peer: cheaper than
+        // adding it to every request's extensions.
+        let make_service = move |peer: PeerInfo| {
+            let grpc = chain.clone().for_peer(peer);
+            let web = ServiceBuilder::new()
+                .layer(cors.clone())
+                .layer(tonic_web::GrpcWebLayer::new())
+                .service(grpc.clone());
+            Dispatch { grpc, web }
+        };
         let connections = tokio::spawn(serve_connections(
             grpc_listener,
             tls,
-            service,
+            make_service,
             config.clone(),
             stop_accepting.clone(),
         ));
@@ -495,7 +503,11 @@ impl BoundServer {
         stop_admin.cancel();
         let admin_result = admin_task.await;
         if let Some(telemetry) = telemetry {
-            telemetry.shutdown();
+            // Off the async threads: the exporter's connection runs on this runtime, which may
+            // have only the thread running this future.
+            if let Err(err) = tokio::task::spawn_blocking(move || telemetry.shutdown()).await {
+                tracing::warn!(error = %err, "flushing spans failed");
+            }
         }
         tracing::info!("shutdown complete");
         match admin_result {
@@ -549,13 +561,14 @@ fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
 
 /// Accepts connections until `stop` fires, then drains them: GOAWAY to every connection, wait
 /// up to the shutdown timeout, close what remains.
-async fn serve_connections<S, B>(
+async fn serve_connections<M, S, B>(
     listener: TcpListener,
     tls: Option<TlsReloader>,
-    service: S,
+    make_service: M,
     config: Config,
     stop: CancellationToken,
 ) where
+    M: Fn(PeerInfo) -> S,
     S: tower_service::Service<
             http::Request<hyper::body::Incoming>,
             Response = http::Response<B>,
@@ -586,8 +599,7 @@ async fn serve_connections<S, B>(
                             continue;
                         }
                     };
-                    let peer = conn.peer_info().clone();
-                    let service = WithPeer { inner: service.clone(), peer };
+                    let service = make_service(conn.peer_info().clone());
                     connections.spawn(serve_connection(
                         builder.clone(),
                         conn,
@@ -671,31 +683,6 @@ async fn serve_connection<S, B>(
                 }
             }
         }
-    }
-}
-
-/// Adds the connection's [`PeerInfo`] to every request.
-#[derive(Clone)]
-struct WithPeer<S> {
-    inner: S,
-    peer: PeerInfo,
-}
-
-impl<S, B> tower_service::Service<http::Request<B>> for WithPeer<S>
-where
-    S: tower_service::Service<http::Request<B>>,
-{
-    type Response = S::Response;
-    type Error = S::Error;
-    type Future = S::Future;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
-        self.inner.poll_ready(cx)
-    }
-
-    fn call(&mut self, mut req: http::Request<B>) -> Self::Future {
-        req.extensions_mut().insert(self.peer.clone());
-        self.inner.call(req)
     }
 }
 

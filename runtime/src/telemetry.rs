@@ -2,9 +2,12 @@
 //! so every RPC span has a W3C trace id (propagated from the caller's `traceparent`), exported
 //! over OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 //!
-//! Spans are created even without an exporter: the trace id then still reaches the logs and the
+//! Without an exporter no OpenTelemetry spans are built, but every RPC still gets a trace id
+//! (the caller's from `traceparent`, or a new one): it reaches the logs and the
 //! [`TraceContext`](crate::layers::trace::TraceContext) handlers see, so logs of one request can
-//! be correlated across services that do export.
+//! be correlated across services.
+
+use std::time::Duration;
 
 use opentelemetry::KeyValue;
 use opentelemetry::propagation::TextMapCompositePropagator;
@@ -18,9 +21,17 @@ use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
 use crate::config::{Config, LogFormat, ParentRoot, Sampler};
+use crate::logging::JsonLines;
 
 /// Instrumentation scope name of the spans this crate creates.
 pub const TRACER_NAME: &str = "grpc-runtime";
+
+/// Longest one OTLP export may take.
+pub const EXPORT_TIMEOUT: Duration = Duration::from_secs(3);
+
+/// How long [`Telemetry::shutdown`] waits for the exporter to stop once buffered spans have been
+/// flushed (the flush itself is bounded at 5 s by the OpenTelemetry SDK).
+pub const EXPORTER_SHUTDOWN_TIMEOUT: Duration = Duration::from_secs(1);
 
 /// Setting up telemetry failed.
 #[derive(Debug, thiserror::Error)]
@@ -36,10 +47,11 @@ pub enum TelemetryError {
     },
 }
 
-/// Owns the tracer provider; [`Telemetry::shutdown`] flushes pending spans.
+/// Owns the tracer provider (when spans are exported); [`Telemetry::shutdown`] flushes
+/// pending spans.
 #[derive(Debug)]
 pub struct Telemetry {
-    provider: SdkTracerProvider,
+    provider: Option<SdkTracerProvider>,
     installed: bool,
 }
 
@@ -65,28 +77,25 @@ impl Telemetry {
     /// kept and only the provider is returned: log lines then go wherever that subscriber sends
     /// them.
     pub fn init(config: &Config) -> Result<Self, TelemetryError> {
-        let provider = Self::provider(config)?;
         opentelemetry::global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
             Box::new(TraceContextPropagator::new()),
             Box::new(BaggagePropagator::new()),
         ]));
-        let tracer = provider.tracer(TRACER_NAME);
+        // Without an exporter there is no OpenTelemetry SDK work at all: the trace layer still
+        // continues the caller's trace id (or starts one) for logs and handlers, at a fraction
+        // of the cost of building spans nobody receives.
+        let provider = match &config.otel.endpoint {
+            Some(_) => Some(Self::provider(config)?),
+            None => None,
+        };
+        let otel = provider.as_ref().map(|p| {
+            tracing_opentelemetry::layer().with_tracer(p.tracer(TRACER_NAME)).with_tracked_inactivity(false)
+        });
         // RUST_LOG was validated by Config; fall back to `info` defensively.
         let filter = EnvFilter::try_new(&config.log_filter).unwrap_or_else(|_| EnvFilter::new("info"));
-        let otel = tracing_opentelemetry::layer().with_tracer(tracer).with_tracked_inactivity(false);
         let registry = tracing_subscriber::registry().with(filter).with(otel);
         let installed = match config.log_format {
-            LogFormat::Json => registry
-                .with(
-                    tracing_subscriber::fmt::layer()
-                        .json()
-                        .flatten_event(true)
-                        .with_current_span(false)
-                        .with_span_list(true)
-                        .with_writer(std::io::stdout),
-                )
-                .try_init()
-                .is_ok(),
+            LogFormat::Json => registry.with(JsonLines::new(std::io::stdout)).try_init().is_ok(),
             LogFormat::Text => registry
                 .with(tracing_subscriber::fmt::layer().with_writer(std::io::stdout))
                 .try_init()
@@ -110,6 +119,9 @@ impl Telemetry {
             let exporter = opentelemetry_otlp::SpanExporter::builder()
                 .with_tonic()
                 .with_endpoint(endpoint.clone())
+                // Bounds each export, and so the flush at shutdown, well inside the pod's grace
+                // period (drain delay + shutdown timeout + this < 30 s with the defaults).
+                .with_timeout(EXPORT_TIMEOUT)
                 .build()
                 .map_err(|source| TelemetryError::Exporter { endpoint: endpoint.clone(), source })?;
             builder = builder.with_batch_exporter(exporter);
@@ -123,11 +135,21 @@ impl Telemetry {
     }
 
     /// Exports spans still buffered and stops the exporter; call once, at the end of shutdown.
+    /// Takes at most about 6 s with an unreachable collector.
+    ///
+    /// This blocks the calling thread. From async code run it with
+    /// `tokio::task::spawn_blocking`: the OTLP exporter's connection is driven by the Tokio
+    /// runtime, and blocking a current-thread runtime's only thread here starves it, so the
+    /// flush times out and the spans are lost.
     pub fn shutdown(&self) {
-        if let Err(err) = self.provider.force_flush() {
+        let Some(provider) = &self.provider else { return };
+        // force_flush reports export failures (shutdown would drop them); the SDK bounds it.
+        if let Err(err) = provider.force_flush() {
             tracing::warn!(error = %err, "flushing spans failed");
         }
-        if let Err(err) = self.provider.shutdown() {
+        // Nothing is left to export, so stopping the exporter needs only a short bound (with
+        // the SDK's default of another 5 s, an unresponsive collector costs 10 s).
+        if let Err(err) = provider.shutdown_with_timeout(EXPORTER_SHUTDOWN_TIMEOUT) {
             tracing::debug!(error = %err, "tracer provider shutdown");
         }
     }

@@ -77,7 +77,7 @@ impl OnEnd for LogEnd {
             access_line!(level, grpc_code = code_label(outcome.code), duration_ms, "finished call");
             return;
         };
-        let tenant = ctx.tenant_id.as_deref().unwrap_or("");
+        let tenant = ctx.tenant_id.as_ref().map(|t| t.as_str()).unwrap_or("");
         let peer = ctx.peer.as_ref().and_then(|p| p.remote_addr).map(|a| a.to_string()).unwrap_or_default();
         access_line!(
             level,
@@ -85,9 +85,7 @@ impl OnEnd for LogEnd {
             grpc_method = %ctx.method.method,
             grpc_type = ctx.method.kind.as_str(),
             grpc_code = code_label(outcome.code),
-            messages_sent = outcome.messages_sent,
             duration_ms,
-            request_id = %ctx.request_id,
             tenant_id = tenant,
             peer_address = %peer,
             "finished call"

@@ -1,4 +1,4 @@
-//! Layer 6: authentication. Runs the configured [`Authenticator`](crate::auth::Authenticator);
+//! Layer 6: authentication. Runs the configured [`crate::auth::Authenticator`];
 //! a refusal short-circuits with `UNAUTHENTICATED` or `PERMISSION_DENIED` before deadline timers
 //! or concurrency permits are spent. The [`Principal`] is added to the request extensions.
 //! Services listed as exempt (by default the health service, which probes and load balancers

@@ -18,32 +18,85 @@ use crate::tls::PeerInfo;
 pub const REQUEST_ID_HEADER: &str = "x-request-id";
 /// Request metadata header carrying the tenant.
 pub const TENANT_ID_HEADER: &str = "x-tenant-id";
+
+static REQUEST_ID: http::HeaderName = http::HeaderName::from_static(REQUEST_ID_HEADER);
+static TENANT_ID: http::HeaderName = http::HeaderName::from_static(TENANT_ID_HEADER);
 /// Longest accepted incoming request id or tenant id; longer ones are replaced / ignored so a
 /// client cannot make every log line huge.
 pub const MAX_ID_LEN: usize = 128;
+
+/// A request or tenant id: 1 to [`MAX_ID_LEN`] visible ASCII characters. Cloning is cheap (it
+/// shares the header's bytes).
+#[derive(Clone, PartialEq, Eq)]
+pub struct Id(HeaderValue);
+
+impl Id {
+    /// The id as text.
+    pub fn as_str(&self) -> &str {
+        // Only constructed from values `sane_id` accepted, which are visible ASCII.
+        self.0.to_str().unwrap_or_default()
+    }
+
+    /// The id as a header value.
+    pub fn header_value(&self) -> &HeaderValue {
+        &self.0
+    }
+}
+
+impl std::fmt::Display for Id {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+impl std::fmt::Debug for Id {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Debug::fmt(self.as_str(), f)
+    }
+}
+
+impl PartialEq<str> for Id {
+    fn eq(&self, other: &str) -> bool {
+        self.as_str() == other
+    }
+}
+
+impl PartialEq<&str> for Id {
+    fn eq(&self, other: &&str) -> bool {
+        self.as_str() == *other
+    }
+}
 
 /// Per-call metadata, in the request extensions.
 #[derive(Debug, Clone)]
 pub struct RequestContext {
     /// The caller's `x-request-id` if it was a sane value, else a generated 32-hex-digit id.
-    pub request_id: Arc<str>,
+    pub request_id: Id,
     /// `x-tenant-id`, if sent (and no longer than [`MAX_ID_LEN`] visible ASCII characters).
-    pub tenant_id: Option<Arc<str>>,
+    pub tenant_id: Option<Id>,
     /// The connection's peer: address and, with mutual TLS, the verified certificate identity.
     pub peer: Option<PeerInfo>,
     /// The method being called (`unknown` for unregistered paths).
     pub method: Arc<RpcMethod>,
 }
 
-fn sane_id(value: &HeaderValue) -> Option<&str> {
-    let s = value.to_str().ok()?;
-    let ok = !s.is_empty() && s.len() <= MAX_ID_LEN && s.bytes().all(|b| b.is_ascii_graphic());
-    ok.then_some(s)
+fn sane_id(value: &HeaderValue) -> Option<Id> {
+    let b = value.as_bytes();
+    let ok = !b.is_empty() && b.len() <= MAX_ID_LEN && b.iter().all(u8::is_ascii_graphic);
+    ok.then(|| Id(value.clone()))
 }
 
-/// A fresh request id: 128 random bits in hex.
-pub(crate) fn generate_request_id() -> String {
-    format!("{:032x}", rand::random::<u128>())
+/// A fresh request id: 128 random bits as 32 lowercase hex digits.
+pub(crate) fn generate_request_id() -> Id {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    let mut n = rand::random::<u128>();
+    let mut out = [0u8; 32];
+    for byte in out.iter_mut().rev() {
+        *byte = HEX[(n & 0xf) as usize];
+        n >>= 4;
+    }
+    // Hex digits are always a valid header value.
+    Id(HeaderValue::from_bytes(&out).unwrap_or_else(|_| HeaderValue::from_static("0")))
 }
 
 /// Layer for [`RequestContextService`].
@@ -61,7 +114,7 @@ impl ContextLayer {
 impl<S> tower_layer::Layer<S> for ContextLayer {
     type Service = RequestContextService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        RequestContextService { inner, methods: self.methods.clone() }
+        RequestContextService { inner, methods: self.methods.clone(), peer: None }
     }
 }
 
@@ -70,6 +123,17 @@ impl<S> tower_layer::Layer<S> for ContextLayer {
 pub struct RequestContextService<S> {
     inner: S,
     methods: Arc<MethodTable>,
+    /// The connection's peer, set once per connection by the server (cheaper than a request
+    /// extension per call); otherwise read from a `PeerInfo` request extension.
+    peer: Option<PeerInfo>,
+}
+
+impl<S> RequestContextService<S> {
+    /// This service for one connection.
+    pub(crate) fn for_peer(mut self, peer: PeerInfo) -> Self {
+        self.peer = Some(peer);
+        self
+    }
 }
 
 impl<S, ReqBody, ResBody> tower_service::Service<http::Request<ReqBody>> for RequestContextService<S>
@@ -86,14 +150,14 @@ where
 
     fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
         let headers = req.headers();
-        let request_id: Arc<str> = match headers.get(REQUEST_ID_HEADER).and_then(sane_id) {
-            Some(id) => Arc::from(id),
-            None => Arc::from(generate_request_id()),
+        let request_id = headers.get(&REQUEST_ID).and_then(sane_id).unwrap_or_else(generate_request_id);
+        let tenant_id = headers.get(&TENANT_ID).and_then(sane_id);
+        let peer = match &self.peer {
+            Some(peer) => Some(peer.clone()),
+            None => req.extensions().get::<PeerInfo>().cloned(),
         };
-        let tenant_id = headers.get(TENANT_ID_HEADER).and_then(sane_id).map(Arc::from);
-        let peer = req.extensions().get::<PeerInfo>().cloned();
         let method = self.methods.lookup(req.uri().path());
-        let echo = HeaderValue::from_str(&request_id).ok();
+        let echo = Some(request_id.0.clone());
         req.extensions_mut().insert(RequestContext { request_id, tenant_id, peer, method });
         EchoRequestId { inner: self.inner.call(req), echo }
     }
@@ -117,8 +181,11 @@ where
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
         let this = self.project();
         let mut response = std::task::ready!(this.inner.poll(cx))?;
-        if let Some(id) = this.echo.take() {
-            response.headers_mut().insert(REQUEST_ID_HEADER, id);
+        if let Some(mut id) = this.echo.take() {
+            // "Never indexed" in HPACK: every id is unique, so adding it to the connection's
+            // header table would only evict useful entries (and cost a table insertion).
+            id.set_sensitive(true);
+            response.headers_mut().insert(REQUEST_ID.clone(), id);
         }
         Poll::Ready(Ok(response))
     }
@@ -130,9 +197,12 @@ mod tests {
 
     #[test]
     fn only_short_visible_ascii_ids_are_accepted() {
-        assert_eq!(sane_id(&HeaderValue::from_static("abc-123")), Some("abc-123"));
+        assert_eq!(sane_id(&HeaderValue::from_static("abc-123")).unwrap(), "abc-123");
         assert_eq!(sane_id(&HeaderValue::from_static("has space")), None);
         assert_eq!(sane_id(&HeaderValue::from_str(&"x".repeat(129)).unwrap()), None);
-        assert_eq!(generate_request_id().len(), 32);
+        let id = generate_request_id();
+        assert_eq!(id.as_str().len(), 32);
+        assert!(id.as_str().bytes().all(|b| b.is_ascii_hexdigit()));
+        assert_ne!(id, generate_request_id());
     }
 }

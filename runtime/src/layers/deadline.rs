@@ -93,7 +93,7 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
-        let client = req.headers().get("grpc-timeout").and_then(|v| {
+        let client = req.headers().get(&crate::codes::GRPC_TIMEOUT).and_then(|v| {
             let parsed = parse_grpc_timeout(v.as_bytes());
             if parsed.is_none() {
                 tracing::debug!(value = ?v, "ignoring malformed grpc-timeout");
@@ -107,16 +107,14 @@ where
         if let Some(deadline) = deadline {
             req.extensions_mut().insert(Deadline(deadline));
         }
-        DeadlineFuture {
-            inner: self.inner.call(req),
-            sleep: deadline.map(tokio::time::sleep_until),
-            deadline,
-        }
+        DeadlineFuture { inner: self.inner.call(req), sleep: None, deadline }
     }
 }
 
 pin_project! {
-    /// Races the inner future against the deadline.
+    /// Races the inner future against the deadline. The timer is armed only once the inner
+    /// future is pending: most unary handlers answer on their first poll, and registering a
+    /// timer they never need is a measurable part of a call's cost.
     pub struct DeadlineFuture<F> {
         #[pin]
         inner: F,
@@ -137,16 +135,21 @@ where
     type Output = Result<http::Response<DeadlineBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let this = self.project();
+        let mut this = self.project();
         if let Poll::Ready(result) = this.inner.poll(cx) {
             let deadline = *this.deadline;
             return Poll::Ready(result.map(|response| {
                 inner_body(response).map(|inner| DeadlineBody {
                     inner,
-                    sleep: deadline.map(tokio::time::sleep_until),
+                    sleep: None,
+                    deadline,
                     finished: false,
                 })
             }));
+        }
+        let Some(deadline) = *this.deadline else { return Poll::Pending };
+        if this.sleep.is_none() {
+            this.sleep.set(Some(tokio::time::sleep_until(deadline)));
         }
         if let Some(sleep) = this.sleep.as_pin_mut() {
             std::task::ready!(sleep.poll(cx));
@@ -154,6 +157,7 @@ where
             return Poll::Ready(Ok(response.map(|()| DeadlineBody {
                 inner: MaybeBody::Empty,
                 sleep: None,
+                deadline: None,
                 finished: true,
             })));
         }
@@ -168,6 +172,7 @@ pin_project! {
         inner: MaybeBody<B>,
         #[pin]
         sleep: Option<Sleep>,
+        deadline: Option<Instant>,
         finished: bool,
     }
 }
@@ -189,6 +194,10 @@ impl<B: Body<Data = Bytes>> Body for DeadlineBody<B> {
                 *this.finished = true;
             }
             return Poll::Ready(frame);
+        }
+        let Some(deadline) = *this.deadline else { return Poll::Pending };
+        if this.sleep.is_none() {
+            this.sleep.set(Some(tokio::time::sleep_until(deadline)));
         }
         if let Some(sleep) = this.sleep.as_pin_mut() {
             std::task::ready!(sleep.poll(cx));

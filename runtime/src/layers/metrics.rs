@@ -40,6 +40,8 @@ pub struct RecordEnd {
 }
 
 impl OnEnd for RecordEnd {
+    const COUNTS_MESSAGES: bool = true;
+
     fn on_end(self, outcome: Outcome) {
         if let Some(method) = self.method {
             let m = &method.metrics;

@@ -39,13 +39,17 @@ use crate::frames::FrameScanner;
 pub struct Outcome {
     /// The final status code (`Canceled` when the client went away first).
     pub code: Code,
-    /// Response messages sent.
+    /// Response messages sent (counted only for callbacks with
+    /// [`OnEnd::COUNTS_MESSAGES`]; 0 otherwise).
     pub messages_sent: u64,
 }
 
 /// Called once when an RPC's response ends, however it ends; implemented by the layers'
 /// completion callbacks.
 pub trait OnEnd: Send + 'static {
+    /// Whether [`Outcome::messages_sent`] is needed (counting costs a scan of each chunk).
+    const COUNTS_MESSAGES: bool = false;
+
     /// Receives the outcome, once.
     fn on_end(self, outcome: Outcome);
 }
@@ -109,7 +113,9 @@ where
             Poll::Pending => return polled,
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(data) = frame.data_ref() {
-                    *this.sent += this.scanner.scan(data).messages;
+                    if E::COUNTS_MESSAGES {
+                        *this.sent += this.scanner.scan(data).messages;
+                    }
                     return polled;
                 }
                 match frame.trailers_ref() {
@@ -139,6 +145,8 @@ where
 pin_project! {
     /// A body that is either the inner service's or empty (for trailers-only responses a layer
     /// produces itself).
+    // pin_project_lite cannot carry doc comments on enum variant fields.
+    #[allow(missing_docs)]
     #[project = MaybeProj]
     pub enum MaybeBody<B> {
         /// The inner service's body.

@@ -6,7 +6,6 @@ use std::any::Any;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::pin::Pin;
-use std::sync::Arc;
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -15,7 +14,7 @@ use pin_project_lite::pin_project;
 use prometheus::IntCounter;
 use tonic::Code;
 
-use super::context::RequestContext;
+use super::context::{Id, RequestContext};
 use super::{MaybeBody, inner_body};
 use crate::codes::{error_response, status_trailers};
 
@@ -58,8 +57,9 @@ fn panic_message(payload: &(dyn Any + Send)) -> &str {
         .unwrap_or("non-string panic payload")
 }
 
-fn record(panics: &IntCounter, request_id: &str, payload: &(dyn Any + Send)) {
+fn record(panics: &IntCounter, request_id: &Option<Id>, payload: &(dyn Any + Send)) {
     panics.inc();
+    let request_id = request_id.as_ref().map(Id::as_str).unwrap_or("");
     tracing::error!(panic = panic_message(payload), request_id, "RPC handler panicked; answered INTERNAL");
 }
 
@@ -78,11 +78,7 @@ where
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
         let panics = self.panics.clone();
-        let request_id: Arc<str> = req
-            .extensions()
-            .get::<RequestContext>()
-            .map(|c| c.request_id.clone())
-            .unwrap_or_else(|| Arc::from(""));
+        let request_id = req.extensions().get::<RequestContext>().map(|c| c.request_id.clone());
         // A panic while *creating* the future (a non-async handler prologue) is caught too.
         match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
             Ok(future) => RecoveryFuture::Running { future, panics, request_id },
@@ -101,10 +97,12 @@ fn internal_response<B>(panics: IntCounter) -> http::Response<RecoveryBody<B>> {
 
 pin_project! {
     /// Future turning a panic while it is polled into an `INTERNAL` response.
+    // pin_project_lite cannot carry doc comments on enum variant fields.
+    #[allow(missing_docs)]
     #[project = RecoveryProj]
     pub enum RecoveryFuture<F> {
         /// The inner future.
-        Running { #[pin] future: F, panics: IntCounter, request_id: Arc<str> },
+        Running { #[pin] future: F, panics: IntCounter, request_id: Option<Id> },
         /// `call` itself panicked.
         Panicked { panics: IntCounter },
     }
@@ -147,19 +145,19 @@ pin_project! {
         #[pin]
         inner: MaybeBody<B>,
         panics: IntCounter,
-        request_id: Arc<str>,
+        request_id: Option<Id>,
         // Set after a panic: the inner body is never polled again and the status was sent.
         poisoned: bool,
     }
 }
 
 impl<B> RecoveryBody<B> {
-    fn new(inner: MaybeBody<B>, panics: IntCounter, request_id: Arc<str>) -> Self {
+    fn new(inner: MaybeBody<B>, panics: IntCounter, request_id: Option<Id>) -> Self {
         RecoveryBody { inner, panics, request_id, poisoned: false }
     }
 
     fn empty(panics: IntCounter) -> Self {
-        RecoveryBody { inner: MaybeBody::Empty, panics, request_id: Arc::from(""), poisoned: false }
+        RecoveryBody { inner: MaybeBody::Empty, panics, request_id: None, poisoned: false }
     }
 }
 

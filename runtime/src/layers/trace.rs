@@ -58,12 +58,23 @@ fn is_server_error(code: Code) -> bool {
 
 /// Layer for [`Trace`].
 #[derive(Debug, Clone, Copy, Default)]
-pub struct TraceLayer;
+pub struct TraceLayer {
+    record_trace_id: bool,
+}
+
+impl TraceLayer {
+    /// `record_trace_id` adds the trace id as a `trace_id` span field, for log formats that
+    /// print span fields (text); the JSON format reads it from the OpenTelemetry context
+    /// instead, which is cheaper than recording a field.
+    pub(crate) fn new(record_trace_id: bool) -> Self {
+        TraceLayer { record_trace_id }
+    }
+}
 
 impl<S> tower_layer::Layer<S> for TraceLayer {
     type Service = Trace<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Trace { inner }
+        Trace { inner, record_trace_id: self.record_trace_id }
     }
 }
 
@@ -71,6 +82,7 @@ impl<S> tower_layer::Layer<S> for TraceLayer {
 #[derive(Debug, Clone)]
 pub struct Trace<S> {
     inner: S,
+    record_trace_id: bool,
 }
 
 /// Records the final status on the span.
@@ -80,9 +92,11 @@ pub struct SpanEnd {
 
 impl OnEnd for SpanEnd {
     fn on_end(self, outcome: Outcome) {
-        self.span.record("rpc.grpc.status_code", outcome.code as i64);
+        // Set on the OpenTelemetry span directly rather than recorded as `tracing` fields: a
+        // recorded field makes every formatting layer re-serialize the span's fields.
+        self.span.set_attribute("rpc.grpc.status_code", outcome.code as i64);
         if is_server_error(outcome.code) {
-            self.span.record("otel.status_code", "ERROR");
+            self.span.set_status(opentelemetry::trace::Status::error(crate::codes::code_label(outcome.code)));
         }
     }
 }
@@ -100,50 +114,63 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
-        let (name, service, method, request_id) = match req.extensions().get::<RequestContext>() {
-            Some(c) => (
-                c.method.full_name.as_str(),
-                c.method.service.as_str(),
-                c.method.method.as_str(),
-                &*c.request_id,
-            ),
-            None => ("unknown", "unknown", "unknown", ""),
+        let context = req.extensions().get::<RequestContext>();
+        let (name, service, method) = match context {
+            Some(c) => (c.method.full_name.as_str(), c.method.service.as_str(), c.method.method.as_str()),
+            None => ("unknown", "unknown", "unknown"),
         };
+        let request_id = context.map(|c| c.request_id.header_value().clone());
         let span = tracing::info_span!(
             "grpc.server",
             otel.name = name,
             otel.kind = "server",
-            otel.status_code = tracing::field::Empty,
             rpc.system = "grpc",
             rpc.service = service,
             rpc.method = method,
-            rpc.grpc.status_code = tracing::field::Empty,
-            request_id = request_id,
+            request_id = context.map(|c| c.request_id.as_str()).unwrap_or(""),
             trace_id = tracing::field::Empty,
         );
         if !span.is_disabled() {
-            let parent = opentelemetry::global::get_text_map_propagator(|p| {
-                p.extract(&HeaderExtractor(req.headers()))
-            });
-            // Fails only when no OpenTelemetry layer is installed; the span is then plain tracing.
-            let _ = span.set_parent(parent);
-            let cx = span.context();
-            let otel_span = cx.span();
-            let sc = otel_span.span_context();
-            if sc.is_valid() {
-                span.record("trace_id", tracing::field::display(sc.trace_id()));
-                req.extensions_mut().insert(TraceContext {
-                    trace_id: sc.trace_id(),
-                    span_id: sc.span_id(),
-                    sampled: sc.is_sampled(),
-                });
+            let ids = trace_ids(&span, req.headers());
+            if self.record_trace_id {
+                span.record("trace_id", tracing::field::display(ids.trace_id));
             }
+            if let Some(request_id) = request_id {
+                crate::logging::attach(
+                    &span,
+                    crate::logging::LogContext { trace_id: ids.trace_id, span_id: ids.span_id, request_id },
+                );
+            }
+            req.extensions_mut().insert(ids);
         }
         let future = {
             let _entered = span.enter();
             super::MapResponse::new(self.inner.call(req), SpanEnd { span: span.clone() })
         };
         TraceFuture { inner: future.instrument(span.clone()), span: Some(span) }
+    }
+}
+
+/// The RPC's trace context: from the OpenTelemetry span when spans are exported, else the
+/// caller's trace id (W3C `traceparent`) with a new span id, or a new trace.
+fn trace_ids(span: &tracing::Span, headers: &http::HeaderMap) -> TraceContext {
+    let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
+    let remote = parent.span().span_context().clone();
+    // Fails when no OpenTelemetry layer is installed (no exporter configured).
+    if span.set_parent(parent).is_ok() {
+        let cx = span.context();
+        let otel_span = cx.span();
+        let sc = otel_span.span_context();
+        if sc.is_valid() {
+            return TraceContext { trace_id: sc.trace_id(), span_id: sc.span_id(), sampled: sc.is_sampled() };
+        }
+    }
+    let span_id = opentelemetry::trace::SpanId::from(rand::random::<u64>().max(1));
+    if remote.is_valid() {
+        TraceContext { trace_id: remote.trace_id(), span_id, sampled: remote.is_sampled() }
+    } else {
+        let trace_id = opentelemetry::trace::TraceId::from(rand::random::<u128>().max(1));
+        TraceContext { trace_id, span_id, sampled: false }
     }
 }
 

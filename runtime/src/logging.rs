@@ -1,0 +1,251 @@
+//! The JSON log line format: one object per line with `timestamp`, `level`, `target`, the
+//! event's fields, and, inside an RPC, its `trace_id`, `span_id` and `request_id`.
+//!
+//! Hand-written rather than tracing-subscriber's JSON format or json-subscriber because the
+//! access log writes one line per call: tracing-subscriber's JSON formatter re-serializes every
+//! enclosing span's fields for each line and on each field record, and json-subscriber builds a
+//! map of JSON values per line; measured with callgrind, each cost more instructions per line
+//! than the whole bare tonic call (see docs/benchmarks.md). This layer formats events only
+//! (never span fields) into a reused per-thread buffer and writes it with one `write`.
+
+use std::cell::RefCell;
+use std::fmt::Write as _;
+use std::io::Write as _;
+
+use tracing::field::{Field, Visit};
+use tracing::{Event, Subscriber};
+use tracing_subscriber::layer::Context;
+use tracing_subscriber::registry::LookupSpan;
+
+/// What log lines inside an RPC carry, stored in the RPC span's extensions by the trace layer.
+#[derive(Debug, Clone)]
+pub(crate) struct LogContext {
+    pub(crate) trace_id: opentelemetry::trace::TraceId,
+    pub(crate) span_id: opentelemetry::trace::SpanId,
+    pub(crate) request_id: http::HeaderValue,
+}
+
+/// Attaches `log` to the span's extensions, when the subscriber is a tracing-subscriber
+/// `Registry` (it is whenever [`crate::Telemetry::init`] installed it).
+pub(crate) fn attach(span: &tracing::Span, log: LogContext) {
+    span.with_subscriber(|(id, dispatch)| {
+        if let Some(registry) = dispatch.downcast_ref::<tracing_subscriber::Registry>()
+            && let Some(span) = registry.span(id)
+        {
+            span.extensions_mut().insert(log);
+        }
+    });
+}
+
+/// A `tracing_subscriber` layer writing JSON lines to a writer.
+pub(crate) struct JsonLines<W> {
+    make_writer: W,
+}
+
+impl<W> JsonLines<W> {
+    pub(crate) fn new(make_writer: W) -> Self {
+        JsonLines { make_writer }
+    }
+}
+
+thread_local! {
+    static LINE: RefCell<String> = RefCell::new(String::with_capacity(512));
+}
+
+impl<S, W> tracing_subscriber::Layer<S> for JsonLines<W>
+where
+    S: Subscriber + for<'a> LookupSpan<'a>,
+    W: for<'w> tracing_subscriber::fmt::MakeWriter<'w> + 'static,
+{
+    fn on_event(&self, event: &Event<'_>, ctx: Context<'_, S>) {
+        LINE.with(|line| {
+            // A re-entrant event (a field's Debug impl that logs) gets a fresh buffer.
+            let mut fallback = String::new();
+            let mut borrowed = line.try_borrow_mut();
+            let buf: &mut String = match borrowed.as_deref_mut() {
+                Ok(buf) => buf,
+                Err(_) => &mut fallback,
+            };
+            buf.clear();
+            let meta = event.metadata();
+            buf.push_str("{\"timestamp\":\"");
+            let _ = write!(buf, "{}", jiff::Timestamp::now());
+            buf.push_str("\",\"level\":\"");
+            buf.push_str(meta.level().as_str());
+            buf.push_str("\",\"target\":");
+            push_json_str(buf, meta.target());
+            let mut visitor = FieldsVisitor { buf, scratch: String::new() };
+            event.record(&mut visitor);
+            let buf = visitor.buf;
+            if let Some(scope) = ctx.event_scope(event) {
+                for span in scope {
+                    if let Some(log) = span.extensions().get::<LogContext>() {
+                        let _ =
+                            write!(buf, ",\"trace_id\":\"{}\",\"span_id\":\"{}\"", log.trace_id, log.span_id);
+                        if let Ok(id) = log.request_id.to_str() {
+                            buf.push_str(",\"request_id\":");
+                            push_json_str(buf, id);
+                        }
+                        break;
+                    }
+                }
+            }
+            buf.push_str("}\n");
+            let _ = self.make_writer.make_writer_for(meta).write_all(buf.as_bytes());
+        });
+    }
+}
+
+struct FieldsVisitor<'a> {
+    buf: &'a mut String,
+    scratch: String,
+}
+
+impl FieldsVisitor<'_> {
+    fn key(&mut self, field: &Field) {
+        self.buf.push(',');
+        push_json_str(self.buf, field.name());
+        self.buf.push(':');
+    }
+}
+
+impl Visit for FieldsVisitor<'_> {
+    fn record_str(&mut self, field: &Field, value: &str) {
+        self.key(field);
+        push_json_str(self.buf, value);
+    }
+
+    fn record_i64(&mut self, field: &Field, value: i64) {
+        self.key(field);
+        let _ = write!(self.buf, "{value}");
+    }
+
+    fn record_u64(&mut self, field: &Field, value: u64) {
+        self.key(field);
+        let _ = write!(self.buf, "{value}");
+    }
+
+    fn record_f64(&mut self, field: &Field, value: f64) {
+        self.key(field);
+        if value.is_finite() {
+            let _ = write!(self.buf, "{value}");
+        } else {
+            let _ = write!(self.buf, "\"{value}\"");
+        }
+    }
+
+    fn record_bool(&mut self, field: &Field, value: bool) {
+        self.key(field);
+        self.buf.push_str(if value { "true" } else { "false" });
+    }
+
+    fn record_error(&mut self, field: &Field, value: &(dyn std::error::Error + 'static)) {
+        self.scratch.clear();
+        let _ = write!(self.scratch, "{value}");
+        self.key(field);
+        push_json_str(self.buf, &self.scratch);
+    }
+
+    fn record_debug(&mut self, field: &Field, value: &dyn std::fmt::Debug) {
+        self.scratch.clear();
+        let _ = write!(self.scratch, "{value:?}");
+        self.key(field);
+        push_json_str(self.buf, &self.scratch);
+    }
+}
+
+/// Appends `s` as a JSON string literal (RFC 8259 escaping).
+fn push_json_str(buf: &mut String, s: &str) {
+    buf.push('"');
+    let mut start = 0;
+    for (i, c) in s.char_indices() {
+        let escaped = match c {
+            '"' => "\\\"",
+            '\\' => "\\\\",
+            '\n' => "\\n",
+            '\r' => "\\r",
+            '\t' => "\\t",
+            c if (c as u32) < 0x20 => "",
+            _ => continue,
+        };
+        buf.push_str(&s[start..i]);
+        if escaped.is_empty() {
+            let _ = write!(buf, "\\u{:04x}", c as u32);
+        } else {
+            buf.push_str(escaped);
+        }
+        start = i + c.len_utf8();
+    }
+    buf.push_str(&s[start..]);
+    buf.push('"');
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::sync::{Arc, Mutex};
+    use tracing_subscriber::layer::SubscriberExt;
+
+    #[derive(Clone, Default)]
+    struct Captured(Arc<Mutex<Vec<u8>>>);
+
+    impl std::io::Write for Captured {
+        fn write(&mut self, data: &[u8]) -> std::io::Result<usize> {
+            self.0.lock().unwrap().extend_from_slice(data);
+            Ok(data.len())
+        }
+        fn flush(&mut self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    impl<'a> tracing_subscriber::fmt::MakeWriter<'a> for Captured {
+        type Writer = Captured;
+        fn make_writer(&'a self) -> Self::Writer {
+            self.clone()
+        }
+    }
+
+    #[test]
+    fn json_strings_are_escaped_per_rfc_8259() {
+        let mut buf = String::new();
+        push_json_str(&mut buf, "a\"b\\c\nd\u{1}é");
+        assert_eq!(buf, r#""a\"b\\c\nd\u0001é""#);
+        let parsed: String = serde_json::from_str(&buf).unwrap();
+        assert_eq!(parsed, "a\"b\\c\nd\u{1}é");
+    }
+
+    #[test]
+    fn lines_are_json_objects_with_event_fields_and_the_rpc_ids_of_the_enclosing_span() {
+        let out = Captured::default();
+        let subscriber = tracing_subscriber::registry().with(JsonLines::new(out.clone()));
+        tracing::subscriber::with_default(subscriber, || {
+            tracing::info!(answer = 42, ratio = 0.5, ok = true, name = "x\"y", "plain line");
+            let span = tracing::info_span!("grpc.server");
+            attach(
+                &span,
+                LogContext {
+                    trace_id: opentelemetry::trace::TraceId::from(0x4bf92f3577b34da6a3ce929d0e0e4736u128),
+                    span_id: opentelemetry::trace::SpanId::from(0x00f067aa0ba902b7u64),
+                    request_id: http::HeaderValue::from_static("req-1"),
+                },
+            );
+            let _entered = span.enter();
+            tracing::warn!(error = %"boom", "inside");
+        });
+        let text = String::from_utf8(out.0.lock().unwrap().clone()).unwrap();
+        let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+        assert_eq!(lines[0]["message"], "plain line");
+        assert_eq!(lines[0]["answer"], 42);
+        assert_eq!(lines[0]["ratio"], 0.5);
+        assert_eq!(lines[0]["ok"], true);
+        assert_eq!(lines[0]["name"], "x\"y");
+        assert_eq!(lines[0]["level"], "INFO");
+        assert!(lines[0].get("trace_id").is_none());
+        assert_eq!(lines[1]["trace_id"], "4bf92f3577b34da6a3ce929d0e0e4736");
+        assert_eq!(lines[1]["span_id"], "00f067aa0ba902b7");
+        assert_eq!(lines[1]["request_id"], "req-1");
+        assert_eq!(lines[1]["level"], "WARN");
+        assert!(lines[1]["timestamp"].as_str().unwrap().ends_with('Z'));
+    }
+}
