@@ -121,7 +121,7 @@ pub use config::{Config, ConfigError, Limits, LogFormat, ShutdownConfig, WebOrig
 pub use health::Health;
 pub use layers::context::RequestContext;
 pub use layers::deadline::Deadline;
-pub use layers::trace::TraceContext;
+pub use layers::trace::{Baggage, TraceContext};
 pub use server::{BoundServer, ServeError, Server};
 pub use telemetry::Telemetry;
 pub use tls::{PeerIdentity, PeerInfo, TlsMode};

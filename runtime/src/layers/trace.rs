@@ -30,6 +30,17 @@ pub struct TraceContext {
     pub sampled: bool,
 }
 
+/// The caller's W3C `baggage` entries, in the request extensions when the call carried any.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Baggage(pub Vec<(String, String)>);
+
+impl Baggage {
+    /// The value of one baggage entry.
+    pub fn get(&self, key: &str) -> Option<&str> {
+        self.0.iter().find(|(k, _)| k == key).map(|(_, v)| v.as_str())
+    }
+}
+
 struct HeaderExtractor<'a>(&'a http::HeaderMap);
 
 impl Extractor for HeaderExtractor<'_> {
@@ -130,8 +141,13 @@ where
             request_id = context.map(|c| c.request_id.as_str()).unwrap_or(""),
             trace_id = tracing::field::Empty,
         );
+        // The trace context is computed even when no subscriber records the span: handlers
+        // rely on it to propagate the trace.
+        let (ids, baggage) = trace_ids(&span, req.headers());
+        if let Some(baggage) = baggage {
+            req.extensions_mut().insert(baggage);
+        }
         if !span.is_disabled() {
-            let ids = trace_ids(&span, req.headers());
             if self.record_trace_id {
                 span.record("trace_id", tracing::field::display(ids.trace_id));
             }
@@ -141,8 +157,8 @@ where
                     crate::logging::LogContext { trace_id: ids.trace_id, span_id: ids.span_id, request_id },
                 );
             }
-            req.extensions_mut().insert(ids);
         }
+        req.extensions_mut().insert(ids);
         let future = {
             let _entered = span.enter();
             super::MapResponse::new(self.inner.call(req), SpanEnd { span: span.clone() })
@@ -153,8 +169,17 @@ where
 
 /// The RPC's trace context: from the OpenTelemetry span when spans are exported, else the
 /// caller's trace id (W3C `traceparent`) with a new span id, or a new trace.
-fn trace_ids(span: &tracing::Span, headers: &http::HeaderMap) -> TraceContext {
+fn trace_ids(span: &tracing::Span, headers: &http::HeaderMap) -> (TraceContext, Option<Baggage>) {
     let parent = opentelemetry::global::get_text_map_propagator(|p| p.extract(&HeaderExtractor(headers)));
+    let baggage = {
+        use opentelemetry::baggage::BaggageExt;
+        let b = parent.baggage();
+        (!b.is_empty()).then(|| Baggage(b.iter().map(|(k, (v, _))| (k.to_string(), v.to_string())).collect()))
+    };
+    (trace_context(span, parent), baggage)
+}
+
+fn trace_context(span: &tracing::Span, parent: opentelemetry::Context) -> TraceContext {
     let remote = parent.span().span_context().clone();
     // Fails when no OpenTelemetry layer is installed (no exporter configured).
     if span.set_parent(parent).is_ok() {

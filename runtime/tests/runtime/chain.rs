@@ -121,3 +121,47 @@ async fn readyz_fails_while_any_registered_service_is_not_serving() {
     assert_eq!(crate::harness::admin_get(server.admin, "/readyz").await.0, 200);
     server.stop().await;
 }
+
+#[tokio::test]
+async fn traceparent_and_baggage_from_the_caller_reach_the_handler() {
+    // What Telemetry::init installs; in-process test servers skip the global setup.
+    opentelemetry::global::set_text_map_propagator(
+        opentelemetry::propagation::TextMapCompositePropagator::new(vec![
+            Box::new(opentelemetry_sdk::propagation::TraceContextPropagator::new()),
+            Box::new(opentelemetry_sdk::propagation::BaggagePropagator::new()),
+        ]),
+    );
+    let server = TestServer::start(misbehaving_server()).await;
+    let mut client = server.client().await;
+    let request = with(
+        with(context_call(), "traceparent", "00-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01"),
+        "baggage",
+        "plan=gold,region=eu",
+    );
+    let fields: Vec<String> = client
+        .get_user(request)
+        .await
+        .expect("call")
+        .into_inner()
+        .name
+        .split('|')
+        .map(str::to_string)
+        .collect();
+    assert_eq!(fields[4], "4bf92f3577b34da6a3ce929d0e0e4736", "the caller's trace continues");
+    assert_eq!(fields[5], "gold", "baggage reaches the handler");
+
+    // Without a traceparent, a new trace starts.
+    let fields: Vec<String> = client
+        .get_user(context_call())
+        .await
+        .expect("call")
+        .into_inner()
+        .name
+        .split('|')
+        .map(str::to_string)
+        .collect();
+    assert_eq!(fields[4].len(), 32);
+    assert_ne!(fields[4], "4bf92f3577b34da6a3ce929d0e0e4736");
+    assert_eq!(fields[5], "");
+    server.stop().await;
+}

@@ -66,3 +66,30 @@ async fn grpcurl_checks_health_lists_services_by_reflection_and_gets_a_user() {
 
     server.stop().await;
 }
+
+#[tokio::test]
+async fn the_descriptors_compiled_by_protox_match_protoc() {
+    use prost::Message;
+    let Some(protoc) = require_tool("protoc") else { return };
+    let dir = tempfile::tempdir().expect("tempdir");
+    let out = dir.path().join("user.pb");
+    let proto_root = crate::harness::repo_root().join("runtime/proto");
+    let result = run(tokio::process::Command::new(protoc)
+        .arg(format!("--proto_path={}", proto_root.display()))
+        .arg(format!("--descriptor_set_out={}", out.display()))
+        .arg("user/v1/user.proto"))
+    .await;
+    assert!(result.status.success(), "{}", describe(&result));
+    let reference = prost_types::FileDescriptorSet::decode(std::fs::read(&out).expect("read").as_slice())
+        .expect("decode");
+    let ours =
+        prost_types::FileDescriptorSet::decode(crate::service::pb::FILE_DESCRIPTOR_SET).expect("decode");
+    let strip = |mut set: prost_types::FileDescriptorSet| {
+        // protox keeps source info only when asked; compare the schema itself.
+        for file in &mut set.file {
+            file.source_code_info = None;
+        }
+        set
+    };
+    assert_eq!(strip(ours), strip(reference), "protox and protoc disagree on user/v1/user.proto");
+}

@@ -213,7 +213,8 @@ where
 /// A user service whose handlers misbehave on purpose, for the chain, limit and shutdown tests:
 ///
 /// - `GetUser(-1)` sleeps 1.5 s, then answers; `GetUser(-2)` panics; `GetUser(-3)` answers a
-///   user whose name describes the request context (`request_id|tenant|principal|deadline`);
+///   user whose name describes the request context
+///   (`request_id|tenant|principal|deadline ms|trace id|baggage "plan"`);
 ///   other ids answer a user at once.
 /// - `CreateUser` with name `big` answers a user with an 8 KiB name; otherwise echoes.
 /// - `ListUsers` streams a user every 100 ms, forever (until the client, a deadline or
@@ -242,13 +243,15 @@ impl crate::service::pb::user_service_server::UserService for Misbehaving {
                 let principal = request.extensions().get::<grpc_runtime::Principal>();
                 let deadline = request.extensions().get::<grpc_runtime::Deadline>();
                 let trace = request.extensions().get::<grpc_runtime::TraceContext>();
+                let baggage = request.extensions().get::<grpc_runtime::Baggage>();
                 let name = format!(
-                    "{}|{}|{}|{}|{}",
+                    "{}|{}|{}|{}|{}|{}",
                     ctx.map(|c| c.request_id.to_string()).unwrap_or_default(),
                     ctx.and_then(|c| c.tenant_id.as_ref().map(ToString::to_string)).unwrap_or_default(),
                     principal.map(|p| p.subject.clone()).unwrap_or_default(),
                     deadline.map(|d| d.remaining().as_millis().to_string()).unwrap_or_default(),
                     trace.map(|t| t.trace_id.to_string()).unwrap_or_default(),
+                    baggage.and_then(|b| b.get("plan")).unwrap_or_default(),
                 );
                 Ok(tonic::Response::new(User { id: -3, name, tags: vec![] }))
             }
