@@ -154,27 +154,42 @@ impl Visit for FieldsVisitor<'_> {
     }
 }
 
-/// Appends `s` as a JSON string literal (RFC 8259 escaping).
+/// Bytes that must be escaped in a JSON string: control characters, `"` and `\\`.
+static NEEDS_ESCAPE: [bool; 256] = {
+    let mut table = [false; 256];
+    let mut i = 0;
+    while i < 0x20 {
+        table[i] = true;
+        i += 1;
+    }
+    table[b'"' as usize] = true;
+    table[b'\\' as usize] = true;
+    table
+};
+
+/// Appends `s` as a JSON string literal (RFC 8259 escaping). Works on bytes: every byte that
+/// needs escaping is ASCII, so runs of other bytes (multi-byte UTF-8 included) are copied whole.
 fn push_json_str(buf: &mut String, s: &str) {
     buf.push('"');
+    let bytes = s.as_bytes();
     let mut start = 0;
-    for (i, c) in s.char_indices() {
-        let escaped = match c {
-            '"' => "\\\"",
-            '\\' => "\\\\",
-            '\n' => "\\n",
-            '\r' => "\\r",
-            '\t' => "\\t",
-            c if (c as u32) < 0x20 => "",
-            _ => continue,
-        };
-        buf.push_str(&s[start..i]);
-        if escaped.is_empty() {
-            let _ = write!(buf, "\\u{:04x}", c as u32);
-        } else {
-            buf.push_str(escaped);
+    for (i, &b) in bytes.iter().enumerate() {
+        if !NEEDS_ESCAPE[b as usize] {
+            continue;
         }
-        start = i + c.len_utf8();
+        // `i` is at an ASCII byte, so both slices end on char boundaries.
+        buf.push_str(&s[start..i]);
+        match b {
+            b'"' => buf.push_str("\\\""),
+            b'\\' => buf.push_str("\\\\"),
+            b'\n' => buf.push_str("\\n"),
+            b'\r' => buf.push_str("\\r"),
+            b'\t' => buf.push_str("\\t"),
+            _ => {
+                let _ = write!(buf, "\\u{:04x}", b);
+            }
+        }
+        start = i + 1;
     }
     buf.push_str(&s[start..]);
     buf.push('"');

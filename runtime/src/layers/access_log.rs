@@ -7,7 +7,7 @@ use std::time::Instant;
 
 use tonic::Code;
 
-use super::context::RequestContext;
+use super::context::{Id, RequestContext};
 use super::{MapResponse, ObservedBody, OnEnd, Outcome};
 use crate::codes::code_label;
 
@@ -77,13 +77,13 @@ impl OnEnd for LogEnd {
             access_line!(level, grpc_code = code_label(outcome.code), duration_ms, "finished call");
             return;
         };
-        let tenant = ctx.tenant_id.as_ref().map(|t| t.as_str()).unwrap_or("");
-        let peer = ctx.peer.as_ref().and_then(|p| p.remote_addr).map(|a| a.to_string()).unwrap_or_default();
+        let tenant = ctx.tenant_id().map(Id::as_str).unwrap_or("");
+        let peer = ctx.peer().and_then(|p| p.remote_addr).map(|a| a.to_string()).unwrap_or_default();
         access_line!(
             level,
-            grpc_service = %ctx.method.service,
-            grpc_method = %ctx.method.method,
-            grpc_type = ctx.method.kind.as_str(),
+            grpc_service = %ctx.method().service,
+            grpc_method = %ctx.method().method,
+            grpc_type = ctx.method().kind.as_str(),
             grpc_code = code_label(outcome.code),
             duration_ms,
             tenant_id = tenant,

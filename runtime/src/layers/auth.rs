@@ -13,7 +13,6 @@ use futures::future::Either;
 use super::MaybeBody;
 use super::context::RequestContext;
 use crate::auth::{AuthRequest, Authenticator, Principal};
-use crate::codes::error_response;
 
 /// Layer for [`Auth`].
 #[derive(Clone)]
@@ -50,15 +49,13 @@ pub struct Auth<S> {
     exempt_services: Arc<HashSet<String>>,
 }
 
-type Ready<B, E> = std::future::Ready<Result<http::Response<MaybeBody<B>>, E>>;
-
 impl<S, ReqBody, ResBody> tower_service::Service<http::Request<ReqBody>> for Auth<S>
 where
     S: tower_service::Service<http::Request<ReqBody>, Response = http::Response<ResBody>>,
 {
     type Response = http::Response<MaybeBody<ResBody>>;
     type Error = S::Error;
-    type Future = Either<Ready<ResBody, S::Error>, super::InnerBody<S::Future>>;
+    type Future = Either<super::Reject<MaybeBody<ResBody>, S::Error>, super::InnerBody<S::Future>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
@@ -69,10 +66,10 @@ where
             return Either::Right(super::InnerBody::new(self.inner.call(req)));
         };
         let context = req.extensions().get::<RequestContext>();
-        if context.is_some_and(|c| self.exempt_services.contains(&c.method.service)) {
+        if context.is_some_and(|c| self.exempt_services.contains(&c.method().service)) {
             return Either::Right(super::InnerBody::new(self.inner.call(req)));
         }
-        let peer = context.and_then(|c| c.peer.as_ref()).and_then(|p| p.identity.as_deref());
+        let peer = context.and_then(|c| c.peer()).and_then(|p| p.identity.as_deref());
         let verdict = authenticator.authenticate(&AuthRequest {
             path: req.uri().path(),
             metadata: req.headers(),
@@ -85,7 +82,7 @@ where
             }
             Err(err) => {
                 tracing::debug!(error = %err, "call refused by authentication");
-                Either::Left(std::future::ready(Ok(error_response(err.into()))))
+                Either::Left(super::Reject::new(err.into()))
             }
         }
     }

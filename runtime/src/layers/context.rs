@@ -67,17 +67,40 @@ impl PartialEq<&str> for Id {
     }
 }
 
-/// Per-call metadata, in the request extensions.
+/// Per-call metadata, in the request extensions
+/// (`request.extensions().get::<RequestContext>()`). Cloning is one reference count: layers
+/// keep it until the call ends, and their futures and bodies are moved a lot.
 #[derive(Debug, Clone)]
-pub struct RequestContext {
+pub struct RequestContext(Arc<ContextInner>);
+
+#[derive(Debug)]
+struct ContextInner {
+    request_id: Id,
+    tenant_id: Option<Id>,
+    peer: Option<PeerInfo>,
+    method: Arc<RpcMethod>,
+}
+
+impl RequestContext {
     /// The caller's `x-request-id` if it was a sane value, else a generated 32-hex-digit id.
-    pub request_id: Id,
+    pub fn request_id(&self) -> &Id {
+        &self.0.request_id
+    }
+
     /// `x-tenant-id`, if sent (and no longer than [`MAX_ID_LEN`] visible ASCII characters).
-    pub tenant_id: Option<Id>,
+    pub fn tenant_id(&self) -> Option<&Id> {
+        self.0.tenant_id.as_ref()
+    }
+
     /// The connection's peer: address and, with mutual TLS, the verified certificate identity.
-    pub peer: Option<PeerInfo>,
-    /// The method being called (`unknown` for unregistered paths).
-    pub method: Arc<RpcMethod>,
+    pub fn peer(&self) -> Option<&PeerInfo> {
+        self.0.peer.as_ref()
+    }
+
+    /// The method being called (service and method `unknown` for unregistered paths).
+    pub fn method(&self) -> &Arc<RpcMethod> {
+        &self.0.method
+    }
 }
 
 fn sane_id(value: &HeaderValue) -> Option<Id> {
@@ -158,7 +181,12 @@ where
         };
         let method = self.methods.lookup(req.uri().path());
         let echo = Some(request_id.0.clone());
-        req.extensions_mut().insert(RequestContext { request_id, tenant_id, peer, method });
+        req.extensions_mut().insert(RequestContext(Arc::new(ContextInner {
+            request_id,
+            tenant_id,
+            peer,
+            method,
+        })));
         EchoRequestId { inner: self.inner.call(req), echo }
     }
 }

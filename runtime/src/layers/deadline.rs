@@ -101,7 +101,7 @@ where
             parsed
         });
         let streams =
-            req.extensions().get::<RequestContext>().is_some_and(|c| c.method.kind.server_streams());
+            req.extensions().get::<RequestContext>().is_some_and(|c| c.method().kind.server_streams());
         let timeout = client.or(if streams { None } else { self.default });
         let deadline = timeout.map(|t| Instant::now() + t);
         if let Some(deadline) = deadline {
@@ -114,12 +114,12 @@ where
 pin_project! {
     /// Races the inner future against the deadline. The timer is armed only once the inner
     /// future is pending: most unary handlers answer on their first poll, and registering a
-    /// timer they never need is a measurable part of a call's cost.
+    /// timer they never need is a measurable part of a call's cost. It is boxed for the same
+    /// reason: a `Sleep` is large, and every layer above moves this future.
     pub struct DeadlineFuture<F> {
         #[pin]
         inner: F,
-        #[pin]
-        sleep: Option<Sleep>,
+        sleep: Option<Pin<Box<Sleep>>>,
         deadline: Option<Instant>,
     }
 }
@@ -135,7 +135,7 @@ where
     type Output = Result<http::Response<DeadlineBody<B>>, E>;
 
     fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        let mut this = self.project();
+        let this = self.project();
         if let Poll::Ready(result) = this.inner.poll(cx) {
             let deadline = *this.deadline;
             return Poll::Ready(result.map(|response| {
@@ -148,20 +148,15 @@ where
             }));
         }
         let Some(deadline) = *this.deadline else { return Poll::Pending };
-        if this.sleep.is_none() {
-            this.sleep.set(Some(tokio::time::sleep_until(deadline)));
-        }
-        if let Some(sleep) = this.sleep.as_pin_mut() {
-            std::task::ready!(sleep.poll(cx));
-            let response: http::Response<()> = error_response(exceeded());
-            return Poll::Ready(Ok(response.map(|()| DeadlineBody {
-                inner: MaybeBody::Empty,
-                sleep: None,
-                deadline: None,
-                finished: true,
-            })));
-        }
-        Poll::Pending
+        let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        std::task::ready!(sleep.as_mut().poll(cx));
+        let response: http::Response<()> = error_response(exceeded());
+        Poll::Ready(Ok(response.map(|()| DeadlineBody {
+            inner: MaybeBody::Empty,
+            sleep: None,
+            deadline: None,
+            finished: true,
+        })))
     }
 }
 
@@ -170,8 +165,7 @@ pin_project! {
     pub struct DeadlineBody<B> {
         #[pin]
         inner: MaybeBody<B>,
-        #[pin]
-        sleep: Option<Sleep>,
+        sleep: Option<Pin<Box<Sleep>>>,
         deadline: Option<Instant>,
         finished: bool,
     }
@@ -196,20 +190,12 @@ impl<B: Body<Data = Bytes>> Body for DeadlineBody<B> {
             return Poll::Ready(frame);
         }
         let Some(deadline) = *this.deadline else { return Poll::Pending };
-        if this.sleep.is_none() {
-            this.sleep.set(Some(tokio::time::sleep_until(deadline)));
-        }
-        if let Some(sleep) = this.sleep.as_pin_mut() {
-            std::task::ready!(sleep.poll(cx));
-            *this.finished = true;
-            // Replace the stream: dropping the inner body stops the handler's stream.
-            this.inner.set(MaybeBody::Empty);
-            return Poll::Ready(Some(Ok(Frame::trailers(status_trailers(
-                Code::DeadlineExceeded,
-                "deadline exceeded",
-            )))));
-        }
-        Poll::Pending
+        let sleep = this.sleep.get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        std::task::ready!(sleep.as_mut().poll(cx));
+        *this.finished = true;
+        // Replace the stream: dropping the inner body stops the handler's stream.
+        this.inner.set(MaybeBody::Empty);
+        Poll::Ready(Some(Ok(Frame::trailers(status_trailers(Code::DeadlineExceeded, "deadline exceeded")))))
     }
 
     fn is_end_stream(&self) -> bool {

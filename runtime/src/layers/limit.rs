@@ -26,7 +26,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Code;
 
 use super::{InnerBody, MaybeBody};
-use crate::codes::{error_response, status_trailers};
+use crate::codes::status_trailers;
 use crate::frames::FrameScanner;
 
 /// Shared switch the server flips when it stops accepting.
@@ -86,25 +86,20 @@ pub struct Limit<S> {
     closing: Closing,
 }
 
-type Ready<B, E> = std::future::Ready<Result<http::Response<LimitBody<B>>, E>>;
-
 impl<S, ReqBody, ResBody> tower_service::Service<http::Request<ReqBody>> for Limit<S>
 where
     S: tower_service::Service<http::Request<SizeLimitedBody<ReqBody>>, Response = http::Response<ResBody>>,
 {
     type Response = http::Response<LimitBody<ResBody>>;
     type Error = S::Error;
-    type Future = Either<Ready<ResBody, S::Error>, LimitFuture<S::Future>>;
+    type Future = Either<super::Reject<LimitBody<ResBody>, S::Error>, LimitFuture<S::Future>>;
 
     fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Self::Error>> {
         self.inner.poll_ready(cx)
     }
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
-        let refuse = |status: tonic::Status| {
-            let response: http::Response<()> = error_response(status);
-            Either::Left(std::future::ready(Ok(response.map(|()| LimitBody::empty()))))
-        };
+        let refuse = |status: tonic::Status| Either::Left(super::Reject::new(status));
         if self.closing.is_closed() {
             return refuse(tonic::Status::unavailable("server is shutting down"));
         }
@@ -168,8 +163,8 @@ pin_project! {
     }
 }
 
-impl<B> LimitBody<B> {
-    fn empty() -> Self {
+impl<B> Default for LimitBody<B> {
+    fn default() -> Self {
         LimitBody {
             inner: MaybeBody::Empty,
             permit: None,

@@ -65,7 +65,7 @@ where
     }
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
-        let method = req.extensions().get::<RequestContext>().map(|c| c.method.clone());
+        let method = req.extensions().get::<RequestContext>().map(|c| c.method().clone());
         if let Some(method) = &method {
             method.metrics.started.inc();
         }

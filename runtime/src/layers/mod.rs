@@ -274,3 +274,29 @@ where
         self.project().inner.poll(cx).map_ok(inner_body)
     }
 }
+
+/// A call refused by a layer without calling the inner service. Only the boxed status is
+/// stored and the response is built when polled: this future is a variant of the layer's
+/// future, which every layer above moves, so it must stay small.
+pub struct Reject<B, E> {
+    status: Option<Box<tonic::Status>>,
+    _types: std::marker::PhantomData<fn() -> (B, E)>,
+}
+
+impl<B, E> Reject<B, E> {
+    pub(crate) fn new(status: tonic::Status) -> Self {
+        Reject { status: Some(Box::new(status)), _types: std::marker::PhantomData }
+    }
+}
+
+impl<B: Default, E> std::future::Future for Reject<B, E> {
+    type Output = Result<http::Response<B>, E>;
+
+    fn poll(mut self: Pin<&mut Self>, _cx: &mut Context<'_>) -> Poll<Self::Output> {
+        match self.status.take() {
+            Some(status) => Poll::Ready(Ok(crate::codes::error_response(*status))),
+            // Polled again after completion: a caller bug; stay pending rather than panic.
+            None => Poll::Pending,
+        }
+    }
+}

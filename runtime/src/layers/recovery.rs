@@ -78,7 +78,7 @@ where
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
         let panics = self.panics.clone();
-        let request_id = req.extensions().get::<RequestContext>().map(|c| c.request_id.clone());
+        let request_id = req.extensions().get::<RequestContext>().map(|c| c.request_id().clone());
         // A panic while *creating* the future (a non-async handler prologue) is caught too.
         match std::panic::catch_unwind(AssertUnwindSafe(|| self.inner.call(req))) {
             Ok(future) => RecoveryFuture::Running { future, panics, request_id },

@@ -127,10 +127,12 @@ where
     fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
         let context = req.extensions().get::<RequestContext>();
         let (name, service, method) = match context {
-            Some(c) => (c.method.full_name.as_str(), c.method.service.as_str(), c.method.method.as_str()),
+            Some(c) => {
+                (c.method().full_name.as_str(), c.method().service.as_str(), c.method().method.as_str())
+            }
             None => ("unknown", "unknown", "unknown"),
         };
-        let request_id = context.map(|c| c.request_id.header_value().clone());
+        let request_id = context.map(|c| c.request_id().header_value().clone());
         let span = tracing::info_span!(
             "grpc.server",
             otel.name = name,
@@ -138,7 +140,7 @@ where
             rpc.system = "grpc",
             rpc.service = service,
             rpc.method = method,
-            request_id = context.map(|c| c.request_id.as_str()).unwrap_or(""),
+            request_id = context.map(|c| c.request_id().as_str()).unwrap_or(""),
             trace_id = tracing::field::Empty,
         );
         // The trace context is computed even when no subscriber records the span: handlers

@@ -246,8 +246,8 @@ impl crate::service::pb::user_service_server::UserService for Misbehaving {
                 let baggage = request.extensions().get::<grpc_runtime::Baggage>();
                 let name = format!(
                     "{}|{}|{}|{}|{}|{}",
-                    ctx.map(|c| c.request_id.to_string()).unwrap_or_default(),
-                    ctx.and_then(|c| c.tenant_id.as_ref().map(ToString::to_string)).unwrap_or_default(),
+                    ctx.map(|c| c.request_id().to_string()).unwrap_or_default(),
+                    ctx.and_then(|c| c.tenant_id().map(ToString::to_string)).unwrap_or_default(),
                     principal.map(|p| p.subject.clone()).unwrap_or_default(),
                     deadline.map(|d| d.remaining().as_millis().to_string()).unwrap_or_default(),
                     trace.map(|t| t.trace_id.to_string()).unwrap_or_default(),
