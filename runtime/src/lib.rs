@@ -81,7 +81,7 @@
 //! event's fields, and inside an RPC its `trace_id`, `span_id` and `request_id`, so every line a
 //! handler logs can be joined with the access line and the trace. The access log line (target
 //! `grpc_runtime::access`, message `finished call`) has `grpc_service`, `grpc_method`,
-//! `grpc_type`, `grpc_code`, `duration_ms`, `tenant_id` and `peer_address`; its level follows
+//! `grpc_type`, `grpc_code`, `duration_us` (microseconds), `tenant_id` and `peer_address`; its level follows
 //! the code (`info` for OK and client errors, `warn` for overload and timeouts, `error` for
 //! server faults). `RUST_LOG=info,grpc_runtime::access=off` turns it off.
 //!

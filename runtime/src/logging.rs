@@ -80,8 +80,11 @@ where
             if let Some(scope) = ctx.event_scope(event) {
                 for span in scope {
                     if let Some(log) = span.extensions().get::<LogContext>() {
-                        let _ =
-                            write!(buf, ",\"trace_id\":\"{}\",\"span_id\":\"{}\"", log.trace_id, log.span_id);
+                        buf.push_str(",\"trace_id\":\"");
+                        push_hex(buf, &log.trace_id.to_bytes());
+                        buf.push_str("\",\"span_id\":\"");
+                        push_hex(buf, &log.span_id.to_bytes());
+                        buf.push('"');
                         if let Ok(id) = log.request_id.to_str() {
                             buf.push_str(",\"request_id\":");
                             push_json_str(buf, id);
@@ -154,6 +157,15 @@ impl Visit for FieldsVisitor<'_> {
     }
 }
 
+/// Appends lowercase hex digits of `bytes` (trace and span ids, as W3C writes them).
+fn push_hex(buf: &mut String, bytes: &[u8]) {
+    const HEX: &[u8; 16] = b"0123456789abcdef";
+    for &b in bytes {
+        buf.push(char::from(HEX[usize::from(b >> 4)]));
+        buf.push(char::from(HEX[usize::from(b & 0xf)]));
+    }
+}
+
 /// Bytes that must be escaped in a JSON string: control characters, `"` and `\\`.
 static NEEDS_ESCAPE: [bool; 256] = {
     let mut table = [false; 256];
@@ -172,6 +184,14 @@ static NEEDS_ESCAPE: [bool; 256] = {
 fn push_json_str(buf: &mut String, s: &str) {
     buf.push('"');
     let bytes = s.as_bytes();
+    // Fast path for the usual case. A fold without early exit over plain comparisons
+    // vectorizes; `any` would test byte by byte.
+    let needs_escape = bytes.iter().fold(false, |acc, &b| acc | (b < 0x20) | (b == b'"') | (b == b'\\'));
+    if !needs_escape {
+        buf.push_str(s);
+        buf.push('"');
+        return;
+    }
     let mut start = 0;
     for (i, &b) in bytes.iter().enumerate() {
         if !NEEDS_ESCAPE[b as usize] {

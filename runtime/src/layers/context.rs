@@ -78,10 +78,16 @@ struct ContextInner {
     request_id: Id,
     tenant_id: Option<Id>,
     peer: Option<PeerInfo>,
+    peer_address: Option<Arc<str>>,
     method: Arc<RpcMethod>,
 }
 
 impl RequestContext {
+    /// The peer's address as text (`ip:port`), formatted once per connection.
+    pub fn peer_address(&self) -> Option<&str> {
+        self.0.peer_address.as_deref()
+    }
+
     /// The caller's `x-request-id` if it was a sane value, else a generated 32-hex-digit id.
     pub fn request_id(&self) -> &Id {
         &self.0.request_id
@@ -137,7 +143,7 @@ impl ContextLayer {
 impl<S> tower_layer::Layer<S> for ContextLayer {
     type Service = RequestContextService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        RequestContextService { inner, methods: self.methods.clone(), peer: None }
+        RequestContextService { inner, methods: self.methods.clone(), peer: None, peer_address: None }
     }
 }
 
@@ -149,11 +155,14 @@ pub struct RequestContextService<S> {
     /// The connection's peer, set once per connection by the server (cheaper than a request
     /// extension per call); otherwise read from a `PeerInfo` request extension.
     peer: Option<PeerInfo>,
+    /// The peer's address, formatted once per connection for log lines.
+    peer_address: Option<Arc<str>>,
 }
 
 impl<S> RequestContextService<S> {
     /// This service for one connection.
     pub(crate) fn for_peer(mut self, peer: PeerInfo) -> Self {
+        self.peer_address = peer.remote_addr.map(|a| Arc::from(a.to_string()));
         self.peer = Some(peer);
         self
     }
@@ -175,9 +184,13 @@ where
         let headers = req.headers();
         let request_id = headers.get(&REQUEST_ID).and_then(sane_id).unwrap_or_else(generate_request_id);
         let tenant_id = headers.get(&TENANT_ID).and_then(sane_id);
-        let peer = match &self.peer {
-            Some(peer) => Some(peer.clone()),
-            None => req.extensions().get::<PeerInfo>().cloned(),
+        let (peer, peer_address) = match &self.peer {
+            Some(peer) => (Some(peer.clone()), self.peer_address.clone()),
+            None => {
+                let peer = req.extensions().get::<PeerInfo>().cloned();
+                let address = peer.as_ref().and_then(|p| p.remote_addr).map(|a| Arc::from(a.to_string()));
+                (peer, address)
+            }
         };
         let method = self.methods.lookup(req.uri().path());
         let echo = Some(request_id.0.clone());
@@ -185,6 +198,7 @@ where
             request_id,
             tenant_id,
             peer,
+            peer_address,
             method,
         })));
         EchoRequestId { inner: self.inner.call(req), echo }
