@@ -15,6 +15,13 @@ echo "==> format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+echo "==> one TLS crypto provider (ring) in the dependency tree"
+if grep -Eq '^name = "aws-lc-(rs|sys)"' Cargo.lock; then
+  echo "aws-lc-rs is in Cargo.lock: rustls must use only the ring provider" >&2
+  cargo tree --workspace -e normal,build,dev -i aws-lc-rs >&2 || true
+  exit 1
+fi
+
 echo "==> kustomize builds"
 kubectl kustomize config/default >/dev/null
 
