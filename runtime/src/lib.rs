@@ -75,6 +75,10 @@
 //! gRPC-Web requests pass through CORS and the tonic-web translation first; native gRPC skips
 //! both.
 //!
+//! Handlers read the connection's peer from [`RequestContext::peer`]: the runtime accepts
+//! connections itself (for TLS hot reload and draining), so tonic's `Request::remote_addr()`
+//! and `peer_certs()` are not populated.
+//!
 //! ## Logs and traces
 //!
 //! `LOG_FORMAT=json` writes one JSON object per line: `timestamp`, `level`, `target`, the
