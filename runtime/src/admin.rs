@@ -14,7 +14,6 @@ use axum::routing::get;
 use prometheus::Registry;
 
 use crate::health::Health;
-use crate::tls::TlsReloader;
 
 /// Content type of the Prometheus text exposition format.
 const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
@@ -23,7 +22,6 @@ const PROMETHEUS_TEXT: &str = "text/plain; version=0.0.4; charset=utf-8";
 pub(crate) struct AdminState {
     pub(crate) registry: Registry,
     pub(crate) health: Health,
-    pub(crate) tls: Option<TlsReloader>,
 }
 
 pub(crate) fn router(state: AdminState) -> Router {
@@ -42,8 +40,9 @@ async fn healthz() -> &'static str {
     "ok\n"
 }
 
-/// 200 when every registered service is `SERVING`, TLS material (if any) is loaded, and the
-/// server is not draining; 503 with the reasons otherwise.
+/// 200 when every registered service is `SERVING` and the server is not draining; 503 with the
+/// reasons otherwise. TLS material is loaded by construction: `bind` fails without it, and a
+/// broken rotation keeps the previous certificate.
 async fn readyz(State(state): State<Arc<AdminState>>) -> (StatusCode, String) {
     let mut reasons = Vec::new();
     if state.health.is_draining() {
@@ -51,9 +50,6 @@ async fn readyz(State(state): State<Arc<AdminState>>) -> (StatusCode, String) {
     }
     for name in state.health.not_serving() {
         reasons.push(format!("service {name} is not SERVING"));
-    }
-    if state.tls.as_ref().is_some_and(|t| !t.is_loaded()) {
-        reasons.push("TLS material is not loaded".to_string());
     }
     if reasons.is_empty() {
         (StatusCode::OK, "ready\n".into())

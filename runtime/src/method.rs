@@ -124,12 +124,9 @@ impl MethodTable {
         self.by_path.get(path).unwrap_or(&self.unknown).clone()
     }
 
-    /// Names of every service found in the descriptors, sorted.
-    pub(crate) fn services(&self) -> Vec<String> {
-        let mut names: Vec<String> = self.by_path.values().map(|m| m.service.clone()).collect();
-        names.sort();
-        names.dedup();
-        names
+    /// Whether the descriptors define `service` (`package.Service`).
+    pub(crate) fn has_service(&self, service: &str) -> bool {
+        self.by_path.values().any(|m| m.service == service)
     }
 }
 

@@ -233,7 +233,7 @@ impl Server {
         descriptors.extend(self.descriptors.iter().copied());
         let methods = Arc::new(MethodTable::build(&descriptors, &server_metrics)?);
         for name in &self.services {
-            if !methods.services().iter().any(|s| s == name) {
+            if !methods.has_service(name) {
                 tracing::warn!(
                     service = name,
                     "no file descriptor set registered for this service: reflection will not list it and its \
@@ -322,7 +322,7 @@ impl Server {
             admin_listener,
             grpc_addr,
             admin_addr,
-            admin: AdminState { registry: registry.clone(), health: health.clone(), tls: tls.clone() },
+            admin: AdminState { registry: registry.clone(), health: health.clone() },
             health,
             tls,
             closing,
@@ -653,8 +653,11 @@ async fn serve_connection<S, B>(
 {
     let connection = builder.serve_connection(TokioIo::new(conn), TowerToHyperService::new(service));
     let mut connection = pin!(connection);
+    // Max connection age, then its grace period; disarmed once shutdown drains the connection
+    // (the supervisor's shutdown timeout bounds it from then on).
     let age = tokio::time::sleep(max_age);
     let mut age = pin!(age);
+    let mut age_armed = true;
     let mut closing = false;
     loop {
         tokio::select! {
@@ -664,7 +667,7 @@ async fn serve_connection<S, B>(
                 }
                 return;
             }
-            () = age.as_mut() => {
+            () = age.as_mut(), if age_armed => {
                 if closing {
                     tracing::debug!("connection outlived its grace period; closing");
                     return;
@@ -677,9 +680,8 @@ async fn serve_connection<S, B>(
             changed = drain.changed(), if !closing => {
                 if changed.is_err() || *drain.borrow() {
                     closing = true;
+                    age_armed = false;
                     connection.as_mut().graceful_shutdown();
-                    // The shutdown timeout, enforced by the supervisor, bounds what follows.
-                    age.as_mut().reset(tokio::time::Instant::now() + Duration::from_secs(365 * 24 * 3600));
                 }
             }
         }

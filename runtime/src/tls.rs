@@ -508,13 +508,6 @@ impl TlsReloader {
         })
     }
 
-    /// True once a valid config has been loaded, which holds for every `TlsReloader` since
-    /// [`TlsReloader::load`] only returns one after a successful load and reloads never unload it.
-    /// Kept as a method so `/readyz` does not depend on that construction detail.
-    pub fn is_loaded(&self) -> bool {
-        true
-    }
-
     /// NotAfter of the current leaf certificate (unix seconds), for the expiry metric.
     pub fn not_after_unix(&self) -> i64 {
         self.active().not_after
@@ -1178,7 +1171,6 @@ mod tests {
         write_tls(dir.path(), &leaf, None);
         let metrics = metrics();
         let reloader = TlsReloader::load(TlsMode::Server, dir.path(), metrics.clone()).unwrap();
-        assert!(reloader.is_loaded());
         assert_eq!(reloader.not_after_unix(), unix(2090));
         assert_eq!(metrics.certificate_expiry.get(), unix(2090));
         let mut server = Server::start(Some(reloader), Duration::from_secs(2)).await;

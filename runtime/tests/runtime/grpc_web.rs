@@ -18,51 +18,28 @@ async fn buf_curl_calls_unary_and_server_streaming_methods_over_grpc_web() {
     let Some(buf) = require_tool("buf") else { return };
     let server = web_server().await;
     let schema = user_proto();
-    let schema = schema.to_str().expect("utf-8 path");
+    let base = server.url();
+    // `buf curl --protocol grpcweb` with the proto file as schema: one call, its output.
+    let call = |method: &str, data: &str| {
+        let mut cmd = tokio::process::Command::new(&buf);
+        cmd.args(["curl", "--protocol", "grpcweb", "--schema"])
+            .arg(&schema)
+            .args(["-d", data])
+            .arg(format!("{base}/user.v1.UserService/{method}"));
+        async move { run(&mut cmd).await }
+    };
 
-    let url = format!("{}/user.v1.UserService/GetUser", server.url());
-    let out = run(tokio::process::Command::new(&buf).args([
-        "curl",
-        "--protocol",
-        "grpcweb",
-        "--schema",
-        schema,
-        "-d",
-        r#"{"userId": 1}"#,
-        &url,
-    ]))
-    .await;
+    let out = call("GetUser", r#"{"userId": 1}"#).await;
     assert!(out.status.success(), "{}", describe(&out));
     let user: serde_json::Value = serde_json::from_slice(&out.stdout).expect("JSON");
     assert_eq!((user["id"].as_str(), user["name"].as_str()), (Some("1"), Some("alice")));
 
     // NOT_FOUND travels in the gRPC-Web trailer frame; buf curl exits with code × 8.
-    let out = run(tokio::process::Command::new(&buf).args([
-        "curl",
-        "--protocol",
-        "grpcweb",
-        "--schema",
-        schema,
-        "-d",
-        r#"{"userId": 99}"#,
-        &url,
-    ]))
-    .await;
+    let out = call("GetUser", r#"{"userId": 99}"#).await;
     assert_eq!(out.status.code(), Some(5 * 8), "{}", describe(&out));
     assert!(String::from_utf8_lossy(&out.stderr).contains("not_found"), "{}", describe(&out));
 
-    let url = format!("{}/user.v1.UserService/ListUsers", server.url());
-    let out = run(tokio::process::Command::new(&buf).args([
-        "curl",
-        "--protocol",
-        "grpcweb",
-        "--schema",
-        schema,
-        "-d",
-        "{}",
-        &url,
-    ]))
-    .await;
+    let out = call("ListUsers", "{}").await;
     assert!(out.status.success(), "{}", describe(&out));
     let text = String::from_utf8_lossy(&out.stdout);
     assert!(text.contains("alice") && text.contains("bob"), "{}", describe(&out));

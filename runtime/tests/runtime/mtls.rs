@@ -151,16 +151,54 @@ fn server_files<'a>(leaf: &'a Leaf, ca: &'a Ca) -> [(&'static str, &'a str); 3] 
     [(CERT_FILE, &leaf.cert_pem), (KEY_FILE, &leaf.key_pem), (CA_FILE, &ca.pem)]
 }
 
-/// A server with the seeded user service in `mode`, reading `dir`.
-fn tls_server(mode: TlsMode, dir: &Path, reload_interval: Option<Duration>) -> grpc_runtime::Server {
+/// `server` in TLS `mode`, reading `dir`.
+fn with_tls(
+    server: grpc_runtime::Server,
+    mode: TlsMode,
+    dir: &Path,
+    reload_interval: Option<Duration>,
+) -> grpc_runtime::Server {
     let dir = dir.to_path_buf();
-    user_server().configure(move |c| {
+    server.configure(move |c| {
         c.tls_mode = mode;
         c.tls_dir = Some(dir);
         if let Some(interval) = reload_interval {
             c.tls_reload_interval = interval;
         }
     })
+}
+
+/// A server with the seeded user service in `mode`, reading `dir`.
+fn tls_server(mode: TlsMode, dir: &Path, reload_interval: Option<Duration>) -> grpc_runtime::Server {
+    with_tls(user_server(), mode, dir, reload_interval)
+}
+
+/// The setup most tests share: a CA, server certificate 1 in a Secret-style volume, and a valid
+/// client certificate (with a SPIFFE ID) written out for grpcio.
+struct MutualTls {
+    tmp: TempDir,
+    ca: Ca,
+    first: Leaf,
+    volume: SecretVolume,
+    client: Leaf,
+    creds: Creds,
+}
+
+impl MutualTls {
+    fn new() -> MutualTls {
+        let tmp = TempDir::new().expect("tempdir");
+        let ca = Ca::new("test CA");
+        let first = ca.server(1);
+        let volume = SecretVolume::create(&tmp.path().join("tls"), &server_files(&first, &ca));
+        let client = ca.valid_client();
+        let creds = client_creds(tmp.path(), "client", &ca.pem, Some(&client));
+        MutualTls { tmp, ca, first, volume, client, creds }
+    }
+
+    /// The TLS directory (the mounted Secret).
+    fn dir(&self) -> PathBuf {
+        self.tmp.path().join("tls")
+    }
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -339,14 +377,10 @@ async fn assert_ready(admin: SocketAddr) {
 #[tokio::test]
 async fn mutual_tls_accepts_a_grpcio_client_with_a_valid_certificate() {
     let Some(grpcio) = Grpcio::find() else { return };
-    let tmp = TempDir::new().expect("tempdir");
-    let ca = Ca::new("test CA");
-    let server_leaf = ca.server(1);
-    SecretVolume::create(&tmp.path().join("tls"), &server_files(&server_leaf, &ca));
-    let creds = client_creds(tmp.path(), "client", &ca.pem, Some(&ca.valid_client()));
-    let server = TestServer::start(tls_server(TlsMode::Mutual, &tmp.path().join("tls"), None)).await;
+    let tls = MutualTls::new();
+    let server = TestServer::start(tls_server(TlsMode::Mutual, &tls.dir(), None)).await;
 
-    let (result, out) = grpcio.get_user(server.grpc, &creds, 1).await;
+    let (result, out) = grpcio.get_user(server.grpc, &tls.creds, 1).await;
     assert_alice(&result, &out);
     assert_ready(server.admin).await;
     let metrics = scrape(server.admin).await;
@@ -363,12 +397,10 @@ async fn mutual_tls_accepts_a_grpcio_client_with_a_valid_certificate() {
 #[tokio::test]
 async fn mutual_tls_rejects_grpcio_clients_without_a_certificate_from_another_ca_or_expired() {
     let Some(grpcio) = Grpcio::find() else { return };
-    let tmp = TempDir::new().expect("tempdir");
-    let ca = Ca::new("test CA");
+    let tls = MutualTls::new();
+    let (tmp, ca) = (&tls.tmp, &tls.ca);
     let other_ca = Ca::new("other CA");
-    let server_leaf = ca.server(1);
-    SecretVolume::create(&tmp.path().join("tls"), &server_files(&server_leaf, &ca));
-    let server = TestServer::start(tls_server(TlsMode::Mutual, &tmp.path().join("tls"), None)).await;
+    let server = TestServer::start(tls_server(TlsMode::Mutual, &tls.dir(), None)).await;
     let before = metric(&scrape(server.admin).await, TLS_HANDSHAKE_FAILURES_TOTAL, &[]);
 
     let no_cert = client_creds(tmp.path(), "anonymous", &ca.pem, None);
@@ -405,8 +437,7 @@ async fn mutual_tls_rejects_grpcio_clients_without_a_certificate_from_another_ca
     assert!(errors >= 3.0, "reason=\"error\" is {errors}");
 
     // The server keeps serving.
-    let valid = client_creds(tmp.path(), "valid", &ca.pem, Some(&ca.valid_client()));
-    let (result, out) = grpcio.get_user(server.grpc, &valid, 1).await;
+    let (result, out) = grpcio.get_user(server.grpc, &tls.creds, 1).await;
     assert_alice(&result, &out);
     assert_ready(server.admin).await;
 
@@ -416,15 +447,11 @@ async fn mutual_tls_rejects_grpcio_clients_without_a_certificate_from_another_ca
 #[tokio::test]
 async fn certificate_rotation_on_disk_is_picked_up_while_a_client_keeps_calling_without_a_failed_rpc() {
     let Some(grpcio) = Grpcio::find() else { return };
-    let tmp = TempDir::new().expect("tempdir");
-    let ca = Ca::new("test CA");
-    let first = ca.server(1);
-    let tls_dir = tmp.path().join("tls");
-    let mut volume = SecretVolume::create(&tls_dir, &server_files(&first, &ca));
-    let client = ca.valid_client();
-    let creds = client_creds(tmp.path(), "client", &ca.pem, Some(&client));
+    let tls = MutualTls::new();
     let server =
-        TestServer::start(tls_server(TlsMode::Mutual, &tls_dir, Some(Duration::from_millis(200)))).await;
+        TestServer::start(tls_server(TlsMode::Mutual, &tls.dir(), Some(Duration::from_millis(200)))).await;
+    // The temp dir stays in `tls` (dropped at the end of the test).
+    let MutualTls { ca, first, mut volume, client, creds, .. } = tls;
     assert_eq!(served_leaf(server.grpc, &ca.pem, Some(&client)).await, first.der);
 
     let mut looping = grpcio.command(
@@ -481,15 +508,11 @@ async fn certificate_rotation_on_disk_is_picked_up_while_a_client_keeps_calling_
 #[tokio::test]
 async fn a_broken_certificate_file_keeps_the_old_certificate_and_is_reported() {
     let Some(grpcio) = Grpcio::find() else { return };
-    let tmp = TempDir::new().expect("tempdir");
-    let ca = Ca::new("test CA");
-    let first = ca.server(1);
-    let tls_dir = tmp.path().join("tls");
-    let mut volume = SecretVolume::create(&tls_dir, &server_files(&first, &ca));
-    let client = ca.valid_client();
-    let creds = client_creds(tmp.path(), "client", &ca.pem, Some(&client));
+    let tls = MutualTls::new();
     let server =
-        TestServer::start(tls_server(TlsMode::Mutual, &tls_dir, Some(Duration::from_millis(200)))).await;
+        TestServer::start(tls_server(TlsMode::Mutual, &tls.dir(), Some(Duration::from_millis(200)))).await;
+    // The temp dir stays in `tls` (dropped at the end of the test).
+    let MutualTls { ca, first, mut volume, client, creds, .. } = tls;
     let failure = [("result", "failure")];
 
     // A garbage key.
@@ -561,37 +584,24 @@ async fn server_tls_mode_serves_clients_without_certificates() {
 #[tokio::test]
 async fn the_mtls_allow_list_admits_a_listed_spiffe_id_and_denies_others_with_the_identity_in_the_handler() {
     let Some(grpcio) = Grpcio::find() else { return };
-    let tmp = TempDir::new().expect("tempdir");
-    let ca = Ca::new("test CA");
-    let server_leaf = ca.server(1);
-    SecretVolume::create(&tmp.path().join("tls"), &server_files(&server_leaf, &ca));
-    let creds = client_creds(tmp.path(), "client", &ca.pem, Some(&ca.valid_client()));
-    let dir = tmp.path().join("tls");
-    let listed = crate::harness::misbehaving_server()
-        .configure(move |c| {
-            c.tls_mode = TlsMode::Mutual;
-            c.tls_dir = Some(dir);
-        })
+    let tls = MutualTls::new();
+    let creds = &tls.creds;
+    let listed = with_tls(crate::harness::misbehaving_server(), TlsMode::Mutual, &tls.dir(), None)
         .authenticator(grpc_runtime::MtlsAllowList::new().allow_spiffe_id(SPIFFE_ID));
     let server = TestServer::start(listed).await;
     // GetUser(-3) answers with the request context; its third field is the principal.
-    let (result, out) = grpcio.get_user(server.grpc, &creds, -3).await;
+    let (result, out) = grpcio.get_user(server.grpc, creds, -3).await;
     assert_eq!(result["ok"], true, "{}", describe(&out));
     let name = result["user"]["name"].as_str().unwrap_or_default().to_string();
     assert_eq!(name.split('|').nth(2), Some(SPIFFE_ID), "{}", describe(&out));
     server.stop().await;
 
-    let dir = tmp.path().join("tls");
-    let other = crate::harness::misbehaving_server()
-        .configure(move |c| {
-            c.tls_mode = TlsMode::Mutual;
-            c.tls_dir = Some(dir);
-        })
+    let other = with_tls(crate::harness::misbehaving_server(), TlsMode::Mutual, &tls.dir(), None)
         .authenticator(
             grpc_runtime::MtlsAllowList::new().allow_spiffe_id("spiffe://cluster.local/ns/x/sa/other"),
         );
     let server = TestServer::start(other).await;
-    let (result, out) = grpcio.get_user(server.grpc, &creds, -3).await;
+    let (result, out) = grpcio.get_user(server.grpc, creds, -3).await;
     assert_eq!(
         (result["ok"].as_bool(), result["code"].as_str()),
         (Some(false), Some("PERMISSION_DENIED")),
