@@ -10,7 +10,7 @@ use k8s_openapi::api::core::v1::Service;
 use kube::api::{Api, ListParams};
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::Reporter;
-use kube::runtime::reflector::{self, Store};
+use kube::runtime::reflector;
 use kube::runtime::utils::{PredicateConfig, predicates};
 use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource};
@@ -141,11 +141,13 @@ pub async fn run_controller(
         };
     let children = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
 
+    let sync = CacheSync::new(readiness.clone());
     let (grpc_store, grpc_writer) = reflector::store();
     let grpc_stream = watcher(grpc_api, watcher::Config::default())
         .default_backoff()
         .modify(trim_for_cache)
         .reflect(grpc_writer)
+        .inspect(sync.marker(0))
         .applied_objects()
         .predicate_filter(spec_or_deletion, PredicateConfig::default());
     let (deploy_store, deploy_writer) = reflector::store();
@@ -156,6 +158,7 @@ pub async fn run_controller(
             reconcile::apply::slim_deployment(d);
         })
         .reflect(deploy_writer)
+        .inspect(sync.marker(1))
         .applied_objects()
         .predicate_filter(predicates::resource_version, PredicateConfig::default());
     let (svc_store, svc_writer) = reflector::store();
@@ -163,6 +166,7 @@ pub async fn run_controller(
         .default_backoff()
         .modify(trim_for_cache)
         .reflect(svc_writer)
+        .inspect(sync.marker(2))
         .applied_objects()
         .predicate_filter(predicates::resource_version, PredicateConfig::default());
 
@@ -174,9 +178,6 @@ pub async fn run_controller(
         metrics,
         opts.reconcile.clone(),
     ));
-
-    let ready = mark_ready(readiness.clone(), grpc_store.clone(), deploy_store, svc_store);
-    tokio::spawn(ready);
 
     Controller::for_stream(grpc_stream, grpc_store)
         .owns_stream(deploy_stream)
@@ -199,21 +200,38 @@ pub async fn run_controller(
     info!("controller stopped");
 }
 
-async fn mark_ready(
+/// Sets readiness once every cache has its initial list, seen in the watch
+/// streams themselves (`InitDone`).
+///
+/// Not `Store::wait_until_ready`: kube-runtime's store readiness is a futures
+/// oneshot, which keeps one waker, and the Controller already waits on the
+/// GrpcService store. A second waiter steals or loses the wake-up; on a real
+/// API server that left `/readyz` at 503 for good, or the Controller never
+/// starting.
+#[derive(Clone)]
+struct CacheSync {
+    synced: Arc<[std::sync::atomic::AtomicBool; 3]>,
     readiness: Readiness,
-    grpc: Store<GrpcService>,
-    deployments: Store<Deployment>,
-    services: Store<Service>,
-) {
-    let synced = futures::future::try_join3(
-        grpc.wait_until_ready(),
-        deployments.wait_until_ready(),
-        services.wait_until_ready(),
-    )
-    .await;
-    if synced.is_ok() {
-        info!("caches synced; controller ready");
-        readiness.set(true);
+}
+
+impl CacheSync {
+    fn new(readiness: Readiness) -> Self {
+        Self { synced: Arc::new(Default::default()), readiness }
+    }
+
+    /// An `inspect` callback for cache number `i`'s reflected watch stream.
+    fn marker<K>(&self, i: usize) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) + use<K> {
+        let sync = self.clone();
+        move |event| {
+            if let Ok(watcher::Event::InitDone) = event {
+                sync.synced[i].store(true, std::sync::atomic::Ordering::Release);
+                let all = sync.synced.iter().all(|s| s.load(std::sync::atomic::Ordering::Acquire));
+                if all && !sync.readiness.get() {
+                    info!("caches synced; controller ready");
+                    sync.readiness.set(true);
+                }
+            }
+        }
     }
 }
 
