@@ -155,7 +155,9 @@ pub const SLIM_DEPLOYMENT_PATHS: &[&str] = &["/spec/template"];
 
 /// Drops the fields the cache does not keep (see [`SLIM_DEPLOYMENT_PATHS`]).
 pub fn slim_deployment(d: &mut k8s_openapi::api::apps::v1::Deployment) {
-    d.spec.template = Default::default();
+    if let Some(spec) = d.spec.as_mut() {
+        spec.template = Default::default();
+    }
 }
 
 /// Drift detection for children cached without some fields.
@@ -407,7 +409,7 @@ mod slim_tests {
     #[test]
     fn visible_difference_in_a_slim_copy_means_apply() {
         let (want, mut slim_live) = live(3);
-        slim_live.spec.replicas = Some(9);
+        slim_live.spec.get_or_insert_default().replicas = Some(9);
         assert_eq!(Slim::default().decide(&want, &slim_live, OWNER).expect("decides"), SlimDecision::Apply);
     }
 }

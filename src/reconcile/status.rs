@@ -85,7 +85,7 @@ pub fn deployment_available(deployment: &Deployment) -> Verdict {
         );
     }
     let conditions = status.conditions.as_deref().unwrap_or_default();
-    if let Some(c) = conditions.iter().find(|c| c.type_.as_deref() == Some("Progressing"))
+    if let Some(c) = conditions.iter().find(|c| c.type_ == "Progressing")
         && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
     {
         return Verdict::not_ok(
@@ -93,7 +93,7 @@ pub fn deployment_available(deployment: &Deployment) -> Verdict {
             c.message.clone().unwrap_or_else(|| "Deployment exceeded its progress deadline".to_owned()),
         );
     }
-    let want = deployment.spec.replicas.unwrap_or(1);
+    let want = deployment.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
     let updated = status.updated_replicas.unwrap_or(0);
     if updated < want {
         return Verdict::not_ok(
@@ -109,9 +109,9 @@ pub fn deployment_available(deployment: &Deployment) -> Verdict {
         );
     }
     let available = status.available_replicas.unwrap_or(0);
-    let available_condition = conditions.iter().find(|c| c.type_.as_deref() == Some("Available"));
+    let available_condition = conditions.iter().find(|c| c.type_ == "Available");
     match available_condition {
-        Some(c) if c.status.as_deref() == Some("True") => {
+        Some(c) if c.status == "True" => {
             Verdict::ok(reason::MINIMUM_REPLICAS_AVAILABLE, format!("{available} of {want} pods available"))
         }
         Some(c) => Verdict::not_ok(
@@ -226,7 +226,7 @@ mod tests {
     fn deployment(replicas: i32, generation: i64, status: Option<DeploymentStatus>) -> Deployment {
         Deployment {
             metadata: ObjectMeta { generation: Some(generation), ..ObjectMeta::default() },
-            spec: DeploymentSpec { replicas: Some(replicas), ..DeploymentSpec::default() },
+            spec: Some(DeploymentSpec { replicas: Some(replicas), ..DeploymentSpec::default() }),
             status,
         }
     }
@@ -239,8 +239,8 @@ mod tests {
             ready_replicas: Some(available),
             available_replicas: Some(available),
             conditions: Some(vec![DeploymentCondition {
-                type_: Some("Available".into()),
-                status: Some(available_cond.into()),
+                type_: "Available".into(),
+                status: available_cond.into(),
                 ..DeploymentCondition::default()
             }]),
             ..DeploymentStatus::default()
@@ -276,8 +276,8 @@ mod tests {
     fn progress_deadline_is_reported() {
         let mut s = dep_status(2, 1, 1, "True");
         s.conditions.get_or_insert_default().push(DeploymentCondition {
-            type_: Some("Progressing".into()),
-            status: Some("False".into()),
+            type_: "Progressing".into(),
+            status: "False".into(),
             reason: Some("ProgressDeadlineExceeded".into()),
             message: Some("ReplicaSet \"x\" has timed out progressing.".into()),
             ..DeploymentCondition::default()

@@ -29,7 +29,7 @@ pub fn deployment(svc: &ValidatedService) -> Deployment {
 
     Deployment {
         metadata: child_meta(svc),
-        spec: DeploymentSpec {
+        spec: Some(DeploymentSpec {
             replicas: Some(svc.replicas),
             selector: LabelSelector { match_labels: Some(selector_labels(svc)), match_expressions: None },
             template: PodTemplateSpec {
@@ -41,7 +41,7 @@ pub fn deployment(svc: &ValidatedService) -> Deployment {
                 spec: Some(pod_spec(svc)),
             },
             ..DeploymentSpec::default()
-        },
+        }),
         status: None,
     }
 }

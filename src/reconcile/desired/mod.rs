@@ -116,7 +116,7 @@ mod tests {
     #[test]
     fn container_follows_pod_security_restricted() {
         let dep = build(&sample()).deployment;
-        let pod = dep.spec.template.spec.expect("pod spec");
+        let pod = dep.spec.expect("deployment spec").template.spec.expect("pod spec");
         let c = &pod.containers[0];
         let sc = c.security_context.as_ref().expect("security context");
         assert_eq!(sc.run_as_non_root, Some(true));
@@ -131,7 +131,7 @@ mod tests {
     #[test]
     fn probes_are_http_on_the_admin_port() {
         let dep = build(&sample()).deployment;
-        let c = &dep.spec.template.spec.expect("pod spec").containers[0];
+        let c = &dep.spec.expect("deployment spec").template.spec.expect("pod spec").containers[0];
         let get = |p: &Option<k8s_openapi::api::core::v1::Probe>| {
             p.as_ref().and_then(|p| p.http_get.clone()).map(|g| (g.path, g.port))
         };
@@ -145,7 +145,10 @@ mod tests {
         let mut obj = sample();
         obj.spec.env = vec![EnvVar { name: "FEATURE".into(), value: Some("on".into()), value_from: None }];
         let dep = build(&obj).deployment;
-        let env = dep.spec.template.spec.expect("pod spec").containers[0].env.clone().expect("env");
+        let env = dep.spec.expect("deployment spec").template.spec.expect("pod spec").containers[0]
+            .env
+            .clone()
+            .expect("env");
         let names: Vec<&str> = env.iter().map(|e| e.name.as_str()).collect();
         assert_eq!(
             names,
