@@ -5,14 +5,14 @@
 CARGO ?= cargo
 CRD_FILE := crds/grpcservices.grpcoperator.io.yaml
 
-.PHONY: all build test lint fmt crds render-sample test-all e2e-fake bench bench-runtime run-example
+.PHONY: all build test lint fmt crds render-sample test-all test-infra test-cluster e2e bench bench-runtime run-example
 
 all: build
 
 build:
 	$(CARGO) build --workspace --all-targets
 
-## Unit and integration tests (needs no cluster; kubectl is used when present).
+## Unit and integration tests (the integration tests start a real control plane: see test-infra).
 test:
 	$(CARGO) test --workspace
 
@@ -37,11 +37,20 @@ render-sample:
 test-all:
 	./scripts/test-all.sh
 
-## End-to-end test against the Kubernetes API double.
-e2e-fake:
-	./e2e/run-against-fake.sh
+## Build the real control plane (kube-apiserver, controller-manager, scheduler,
+## etcd, kwok) from Go modules into ~/.cache/grpc-operator/test-infra (once).
+test-infra:
+	./scripts/build-test-infra.sh
 
-## Convergence benchmark (see docs/benchmarks.md).
+## A real control plane on loopback for trying the operator by hand (Ctrl-C stops it).
+test-cluster:
+	$(CARGO) run -p grpc-operator-testkit --bin test-cluster -- --kubeconfig $(CURDIR)/.tools/test-cluster.kubeconfig
+
+## End-to-end test against test-cluster.
+e2e:
+	./e2e/run-against-test-cluster.sh
+
+## Convergence benchmark on the real control plane (see docs/benchmarks.md).
 bench:
 	$(CARGO) build --release --bin grpc-operator
 	$(CARGO) run --release -p grpc-operator --example converge-bench -- --objects 1000 --idle-seconds 60

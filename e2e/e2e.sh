@@ -1,23 +1,27 @@
 #!/usr/bin/env bash
-# End-to-end test of grpc-operator against the cluster of $KUBECONFIG.
+# End-to-end test of grpc-operator against the cluster of $KUBECONFIG, as a
+# user installs and runs it:
 #
-# It installs crds/, runs the operator binary locally against the cluster,
-# applies a GrpcService, waits for Ready, deletes it and checks that the
-# Deployment and Service are gone. It works unchanged against a real cluster
-# (kind, k3d) and against the API double (see run-against-fake.sh).
+#   1. apply the CRDs (server-side) and the operator's ClusterRole;
+#   2. kubectl create namespace; a ServiceAccount and RoleBinding there (the
+#      namespaced install);
+#   3. run the operator binary locally with that ServiceAccount's token, so its
+#      RBAC is the one under test (never cluster-admin);
+#   4. apply the sample, kubectl wait for Ready with every pod Ready;
+#   5. delete the sample: the garbage collector removes the children.
+#
+# The test command runs it against test-cluster (run-against-test-cluster.sh),
+# where kwok plays the kubelets. It is meant to run unchanged on kind or k3d
+# with E2E_IMAGE set to an image that implements the workload contract (not
+# verifiable on the project's machines: they have no container engine).
 #
 # Environment:
-#   KUBECONFIG              cluster to use (required)
-#   OPERATOR_BIN            operator binary (default: target/debug/grpc-operator, built if missing)
-#   E2E_NAMESPACE           namespace for the test objects (default: grpc-operator-e2e)
-#   E2E_IMAGE               workload image; on a real cluster it must implement the
-#                           workload contract (/healthz and /readyz on ADMIN_PORT,
-#                           non-root, read-only root fs) or Ready never becomes True
-#   E2E_FAKE_KUBELET=1      play the Deployment controller: mark the Deployment
-#                           available (only for the API double, where no kubelet runs)
-#   E2E_KUBECTL_VALIDATE    kubectl --validate value (default: strict; the API double
-#                           serves no OpenAPI document, so use false there)
-#   E2E_TIMEOUT             seconds to wait for each step (default: 120)
+#   KUBECONFIG     cluster to use, as an admin (required)
+#   OPERATOR_BIN   operator binary (default: target/debug/grpc-operator, built if missing)
+#   E2E_NAMESPACE  namespace for the test objects (default: grpc-operator-e2e)
+#   E2E_IMAGE      workload image; on a real cluster it must serve /healthz and
+#                  /readyz on ADMIN_PORT as non-root with a read-only root fs
+#   E2E_TIMEOUT    seconds to wait for each step (default: 120)
 set -euo pipefail
 
 root=$(cd "$(dirname "$0")/.." && pwd)
@@ -26,9 +30,9 @@ export KUBECONFIG
 bin=${OPERATOR_BIN:-$root/target/debug/grpc-operator}
 ns=${E2E_NAMESPACE:-grpc-operator-e2e}
 image=${E2E_IMAGE:-$(sed -n 's/^  image: //p' "$root/config/samples/user-service.yaml")}
-validate=${E2E_KUBECTL_VALIDATE:-strict}
 timeout=${E2E_TIMEOUT:-120}
 name=user-service
+account=grpc-operator
 k() { kubectl --request-timeout=30s "$@"; }
 step() { printf '\n==> %s\n' "$*"; }
 fail() { echo "E2E FAILED: $*" >&2; exit 1; }
@@ -56,16 +60,37 @@ cleanup() {
 }
 trap cleanup EXIT
 
-step "installing the CRD"
-k apply --validate="$validate" -f "$root/crds/"
+step "installing the CRD and the operator's ClusterRole (server-side apply)"
+k apply --server-side -f "$root/crds/"
 k wait --for=condition=Established --timeout="${timeout}s" crd/grpcservices.grpcoperator.io
+k apply --server-side -f "$root/config/rbac/role.yaml"
 
-step "creating namespace $ns"
-k create namespace "$ns" --dry-run=client -o yaml | k apply --validate="$validate" -f -
+step "creating namespace $ns and the operator's ServiceAccount in it"
+k delete namespace "$ns" --ignore-not-found --wait=true --timeout="${timeout}s" >/dev/null
+k create namespace "$ns"
+k -n "$ns" create serviceaccount "$account"
+k -n "$ns" create rolebinding "$account" --clusterrole="$account" --serviceaccount="$ns:$account"
 
-step "starting the operator"
+step "writing a kubeconfig with the ServiceAccount's token"
+server=$(k config view --raw --minify --flatten -o jsonpath='{.clusters[0].cluster.server}')
+k config view --raw --minify --flatten -o jsonpath='{.clusters[0].cluster.certificate-authority-data}' | base64 -d >"$workdir/ca.crt"
+token=$(k -n "$ns" create token "$account" --duration=2h)
+operator_kubeconfig="$workdir/operator.kubeconfig"
+KUBECONFIG="$operator_kubeconfig" kubectl config set-cluster e2e --server="$server" \
+  --certificate-authority="$workdir/ca.crt" --embed-certs=true >/dev/null
+KUBECONFIG="$operator_kubeconfig" kubectl config set-credentials "$account" --token="$token" >/dev/null
+KUBECONFIG="$operator_kubeconfig" kubectl config set-context e2e --cluster=e2e --user="$account" >/dev/null
+KUBECONFIG="$operator_kubeconfig" kubectl config use-context e2e >/dev/null
+KUBECONFIG="$operator_kubeconfig" kubectl auth can-i patch deployments -n "$ns" | grep -qx yes \
+  || fail "the ServiceAccount cannot patch Deployments in $ns"
+if KUBECONFIG="$operator_kubeconfig" kubectl auth can-i list deployments -n default 2>/dev/null | grep -qx yes; then
+  fail "the ServiceAccount reaches beyond its namespace"
+fi
+
+step "starting the operator as $ns/$account"
 admin_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-"$bin" run --namespace "$ns" --admin-addr "127.0.0.1:$admin_port" --log-format text >"$workdir/operator.log" 2>&1 &
+KUBECONFIG="$operator_kubeconfig" "$bin" run --namespace "$ns" --admin-addr "127.0.0.1:$admin_port" \
+  --log-format text >"$workdir/operator.log" 2>&1 &
 operator_pid=$!
 for _ in $(seq 1 "$timeout"); do
   if curl -fsS "http://127.0.0.1:$admin_port/readyz" >/dev/null 2>&1; then break; fi
@@ -78,26 +103,7 @@ step "applying the sample GrpcService as $ns/$name"
 # The sample itself (config/samples), moved to the test namespace and, when
 # E2E_IMAGE is set, to an image that implements the workload contract.
 sed -e "s/^  namespace: .*/  namespace: $ns/" -e "s|^  image: .*|  image: $image|" \
-  "$root/config/samples/user-service.yaml" | k apply --validate="$validate" -f -
-
-step "waiting for the Deployment and Service"
-for _ in $(seq 1 "$timeout"); do
-  if k -n "$ns" get deployment "$name" >/dev/null 2>&1 && k -n "$ns" get service "$name" >/dev/null 2>&1; then break; fi
-  sleep 1
-done
-k -n "$ns" get deployment "$name" >/dev/null || fail "Deployment not created"
-k -n "$ns" get service "$name" >/dev/null || fail "Service not created"
-owner=$(k -n "$ns" get deployment "$name" -o jsonpath='{.metadata.ownerReferences[0].kind}')
-[ "$owner" = "GrpcService" ] || fail "Deployment not owned by the GrpcService (owner: '$owner')"
-app_protocol=$(k -n "$ns" get service "$name" -o jsonpath='{.spec.ports[?(@.name=="grpc")].appProtocol}')
-[ "$app_protocol" = "kubernetes.io/h2c" ] || fail "grpc port appProtocol is '$app_protocol'"
-
-if [ "${E2E_FAKE_KUBELET:-0}" = 1 ]; then
-  step "marking the Deployment available (no kubelet on the API double)"
-  generation=$(k -n "$ns" get deployment "$name" -o jsonpath='{.metadata.generation}')
-  replicas=$(k -n "$ns" get deployment "$name" -o jsonpath='{.spec.replicas}')
-  k -n "$ns" patch deployment "$name" --subresource=status --type=merge -p "{\"status\":{\"observedGeneration\":$generation,\"replicas\":$replicas,\"updatedReplicas\":$replicas,\"readyReplicas\":$replicas,\"availableReplicas\":$replicas,\"conditions\":[{\"type\":\"Available\",\"status\":\"True\",\"reason\":\"MinimumReplicasAvailable\"}]}}"
-fi
+  "$root/config/samples/user-service.yaml" | k apply -f -
 
 step "waiting for Ready"
 k -n "$ns" wait --for=condition=Ready --timeout="${timeout}s" "grpcservice/$name"
@@ -108,7 +114,19 @@ observed=$(k -n "$ns" get grpcservice "$name" -o jsonpath='{.status.observedGene
 generation=$(k -n "$ns" get grpcservice "$name" -o jsonpath='{.metadata.generation}')
 [ "$observed" = "$generation" ] || fail "observedGeneration $observed != generation $generation"
 
-step "deleting the GrpcService"
+step "checking the children and the pods"
+owner=$(k -n "$ns" get deployment "$name" -o jsonpath='{.metadata.ownerReferences[0].kind}')
+[ "$owner" = "GrpcService" ] || fail "Deployment not owned by the GrpcService (owner: '$owner')"
+app_protocol=$(k -n "$ns" get service "$name" -o jsonpath='{.spec.ports[?(@.name=="grpc")].appProtocol}')
+[ "$app_protocol" = "kubernetes.io/h2c" ] || fail "grpc port appProtocol is '$app_protocol'"
+replicas=$(k -n "$ns" get grpcservice "$name" -o jsonpath='{.spec.replicas}')
+k -n "$ns" wait --for=condition=Ready --timeout="${timeout}s" pod -l "grpcoperator.io/service=$name"
+ready_pods=$(k -n "$ns" get pods -l "grpcoperator.io/service=$name" \
+  -o jsonpath='{range .items[*]}{.status.conditions[?(@.type=="Ready")].status}{"\n"}{end}' | grep -c '^True$' || true)
+[ "$ready_pods" = "$replicas" ] || fail "$ready_pods of $replicas pods Ready"
+k -n "$ns" get pods -l "grpcoperator.io/service=$name" -o wide
+
+step "deleting the GrpcService: the garbage collector removes its children"
 k -n "$ns" delete grpcservice "$name" --wait=true --timeout="${timeout}s"
 k -n "$ns" wait --for=delete --timeout="${timeout}s" "deployment/$name" 2>/dev/null || true
 k -n "$ns" wait --for=delete --timeout="${timeout}s" "service/$name" 2>/dev/null || true

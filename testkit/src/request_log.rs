@@ -27,7 +27,7 @@ impl Verb {
     }
 }
 
-/// One request the double served.
+/// One request the proxy saw.
 #[derive(Clone, Debug)]
 pub struct RequestRecord {
     pub method: String,
@@ -53,7 +53,6 @@ pub struct RequestRecord {
 pub(crate) struct RequestInfo {
     pub is_resource: bool,
     pub group: String,
-    pub version: String,
     pub resource: String,
     pub subresource: Option<String>,
     pub namespace: Option<String>,
@@ -64,17 +63,12 @@ pub(crate) struct RequestInfo {
 
 pub(crate) fn parse_path(path: &str) -> RequestInfo {
     let segs: Vec<&str> = path.split('/').filter(|s| !s.is_empty()).collect();
-    let (group, version, mut rest) = match segs.as_slice() {
-        ["api", v, rest @ ..] if !rest.is_empty() => ("", *v, rest.to_vec()),
-        ["apis", g, v, rest @ ..] if !rest.is_empty() => (*g, *v, rest.to_vec()),
+    let (group, mut rest) = match segs.as_slice() {
+        ["api", _version, rest @ ..] if !rest.is_empty() => ("", rest.to_vec()),
+        ["apis", g, _version, rest @ ..] if !rest.is_empty() => (*g, rest.to_vec()),
         _ => return RequestInfo::default(),
     };
-    let mut info = RequestInfo {
-        is_resource: true,
-        group: group.to_string(),
-        version: version.to_string(),
-        ..Default::default()
-    };
+    let mut info = RequestInfo { is_resource: true, group: group.to_string(), ..Default::default() };
     if rest.first() == Some(&"watch") {
         info.watch_path = true;
         rest.remove(0);

@@ -6,7 +6,7 @@ use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::harness::Harness;
+use grpc_operator_testkit::TestCluster;
 
 const BIN: &str = env!("CARGO_BIN_EXE_grpc-operator");
 
@@ -109,38 +109,79 @@ async fn http_get(port: u16, path: &str) -> String {
 
 #[tokio::test]
 async fn run_reports_a_missing_crd_then_serves_admin_endpoints_and_stops_on_sigterm() {
-    let h = Harness::without_controller().await;
+    let cluster = TestCluster::get().expect("test cluster");
+    // Deletes the CRD: no other test may run meanwhile.
+    let _exclusive = cluster.crds_exclusive().await;
+    let client = cluster.client().await.expect("client");
+    let ns = cluster.namespace(&client, "cli").await.expect("namespace");
+    let token = cluster.operator_token(&client, &ns.name).await.expect("token");
+    let admin = cluster.admin_config().await.expect("admin config");
     let dir = tempfile::tempdir().expect("tempdir");
     let kubeconfig = dir.path().join("kubeconfig");
-    h.server.write_kubeconfig(&kubeconfig).expect("kubeconfig");
+    cluster
+        .write_operator_kubeconfig(&token, &admin.cluster_url.to_string(), &kubeconfig)
+        .await
+        .expect("kubeconfig");
+
+    // Earlier tests' namespaces may still be terminating, their GrpcServices
+    // held by the finalizer of an operator that has stopped; release them, or
+    // the CRD's deletion waits for them forever.
+    let left = cluster
+        .kubectl(
+            &[
+                "get",
+                "grpcservices",
+                "-A",
+                "-o",
+                "jsonpath={range .items[*]}{.metadata.namespace} {.metadata.name}{'\\n'}{end}",
+            ],
+            None,
+        )
+        .expect("list GrpcServices");
+    for (namespace, name) in left.lines().filter_map(|l| l.split_once(' ')) {
+        let _ = cluster.kubectl(
+            &[
+                "-n",
+                namespace,
+                "patch",
+                "grpcservice",
+                name,
+                "--type=merge",
+                "-p",
+                r#"{"metadata":{"finalizers":null}}"#,
+            ],
+            None,
+        );
+    }
 
     // A cluster without the CRD: a clear message, not a retry loop.
-    let crds: kube::Api<
-        k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition,
-    > = kube::Api::all(h.client.clone());
-    crds.delete("grpcservices.grpcoperator.io", &Default::default()).await.expect("CRD deleted");
-    // tokio's Command: the API double runs on this test's runtime, which a
-    // blocking wait would starve.
+    let crd_file = repo("crds/grpcservices.grpcoperator.io.yaml");
+    cluster.kubectl(&["delete", "-f", &crd_file, "--wait=true"], None).expect("CRD deleted");
     let out = tokio::process::Command::new(BIN)
-        .args(["run", "--admin-addr", "127.0.0.1:0"])
+        .args(["run", "--namespace", &ns.name, "--admin-addr", "127.0.0.1:0"])
         .env("KUBECONFIG", &kubeconfig)
         .output()
         .await
         .expect("runs");
-    assert_eq!(out.status.code(), Some(1));
+    let restored = cluster.kubectl(&["apply", "--server-side", "-f", &crd_file], None).and_then(|_| {
+        cluster.kubectl(
+            &["wait", "--for=condition=Established", "--timeout=60s", "crd/grpcservices.grpcoperator.io"],
+            None,
+        )
+    });
+    assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("kubectl apply -f crds/"));
+    restored.expect("CRD re-created");
 
-    crds.create(&Default::default(), &<grpc_operator::api::GrpcService as kube::CustomResourceExt>::crd())
-        .await
-        .expect("CRD re-created");
     let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
     let child = tokio::process::Command::new(BIN)
-        .args(["run", "--admin-addr", &format!("127.0.0.1:{port}")])
+        .args(["run", "--namespace", &ns.name, "--admin-addr", &format!("127.0.0.1:{port}")])
         .env("KUBECONFIG", &kubeconfig)
         .stderr(Stdio::piped())
+        .kill_on_drop(true)
         .spawn()
         .expect("spawn");
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + Duration::from_secs(30);
     loop {
         if tokio::net::TcpStream::connect(("127.0.0.1", port)).await.is_ok()
             && http_get(port, "/readyz").await.starts_with("HTTP/1.1 200")
@@ -165,5 +206,4 @@ async fn run_reports_a_missing_crd_then_serves_admin_endpoints_and_stops_on_sigt
     let first = logs.lines().next().unwrap_or_default();
     let parsed: serde_json::Value = serde_json::from_str(first).expect("JSON logs by default");
     assert_eq!(parsed["level"], "INFO", "{first}");
-    h.shutdown().await;
 }

@@ -1,4 +1,8 @@
-//! Starts the API double with the CRD installed and the controller running.
+//! Each test gets its own namespace on the shared real control plane
+//! (testkit's [`TestCluster`]) and its own operator: the real Controller,
+//! watching only that namespace, authenticated with the `grpc-operator`
+//! ServiceAccount's token under the RBAC of `config/rbac`, talking to the API
+//! server through a fault-injecting proxy.
 
 use std::future::Future;
 use std::time::{Duration, Instant};
@@ -8,51 +12,81 @@ use grpc_operator::api::{GrpcService, GrpcServiceSpec};
 use grpc_operator::metrics::Metrics;
 use grpc_operator::reconcile::ReconcileConfig;
 use grpc_operator::run::{ControllerOptions, run_controller};
-use grpc_operator_testkit::{FakeApiServer, RequestRecord, Verb};
-use k8s_openapi::api::core::v1::Namespace;
-use k8s_openapi::apiextensions_apiserver::pkg::apis::apiextensions::v1::CustomResourceDefinition;
-use kube::api::{Api, ObjectMeta, PostParams};
-use kube::{Client, CustomResourceExt};
-use serde_json::{Value, json};
+use grpc_operator_testkit::{FaultProxy, RequestRecord, TestCluster, TestNamespace, Verb};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::Service;
+use kube::api::{Api, ListParams, PostParams};
+use kube::{Client, Resource};
+use serde::Serialize;
+use serde_json::Value;
 use tokio::sync::oneshot;
 use tokio::task::JoinHandle;
 
-pub const NS: &str = "shop";
+/// How long a test waits for the cluster to reach a state.
+const PATIENCE: Duration = Duration::from_secs(60);
 
 pub struct Harness {
-    pub server: FakeApiServer,
+    pub cluster: &'static TestCluster,
+    /// Cluster-admin client for the test's own reads and writes.
     pub client: Client,
+    pub ns: TestNamespace,
+    /// Between the operator and the API server.
+    pub proxy: FaultProxy,
+    operator_token: String,
     controller: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
     pub readiness: Readiness,
+    _crds: tokio::sync::RwLockReadGuard<'static, ()>,
 }
 
 impl Harness {
-    /// The double with the CRD and namespace `shop`, no controller yet.
+    /// A fresh namespace with the operator's identity, no controller yet.
     pub async fn without_controller() -> Self {
-        let server = FakeApiServer::start().await.expect("API double starts");
-        let client = server.client().await.expect("client");
-        let crds: Api<CustomResourceDefinition> = Api::all(client.clone());
-        crds.create(&PostParams::default(), &GrpcService::crd()).await.expect("CRD registers");
-        let namespaces: Api<Namespace> = Api::all(client.clone());
-        let ns = Namespace {
-            metadata: ObjectMeta { name: Some(NS.into()), ..ObjectMeta::default() },
-            ..Namespace::default()
-        };
-        namespaces.create(&PostParams::default(), &ns).await.expect("namespace");
-        Self { server, client, controller: None, readiness: Readiness::default() }
+        // `TEST_LOG=grpc_operator=debug,kube=debug cargo test ...` shows the operator's logs.
+        if let Ok(filter) = std::env::var("TEST_LOG") {
+            let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
+        }
+        // The first call starts the cluster: seconds of blocking work.
+        let cluster =
+            tokio::task::spawn_blocking(TestCluster::get).await.expect("join").expect("test cluster");
+        let crds = cluster.crds_shared().await;
+        let client = cluster.client().await.expect("admin client");
+        let ns = cluster.namespace(&client, "op").await.expect("namespace");
+        let operator_token = cluster.operator_token(&client, &ns.name).await.expect("operator token");
+        let admin = cluster.admin_config().await.expect("admin config");
+        let proxy = FaultProxy::start(&admin).await.expect("proxy");
+        Self {
+            cluster,
+            client,
+            ns,
+            proxy,
+            operator_token,
+            controller: None,
+            readiness: Readiness::default(),
+            _crds: crds,
+        }
     }
 
-    /// The double with the CRD installed and the controller running.
+    /// With the operator running in the namespace.
     pub async fn start() -> Self {
         let mut h = Self::without_controller().await;
         h.start_controller().await;
         h
     }
 
+    pub fn ns(&self) -> &str {
+        &self.ns.name
+    }
+
     pub async fn start_controller(&mut self) {
+        let config = self
+            .cluster
+            .operator_config(&self.operator_token, &self.proxy.url())
+            .await
+            .expect("operator config");
+        let client = Client::try_from(config).expect("operator client");
         let (tx, rx) = oneshot::channel::<()>();
         let opts = ControllerOptions {
-            namespace: None,
+            namespace: Some(self.ns.name.clone()),
             reconcile: ReconcileConfig {
                 backoff_base: Duration::from_millis(50),
                 backoff_max: Duration::from_millis(500),
@@ -65,7 +99,7 @@ impl Harness {
         };
         self.readiness = Readiness::default();
         let task = tokio::spawn(run_controller(
-            self.client.clone(),
+            client,
             opts,
             Metrics::new().expect("metrics"),
             self.readiness.clone(),
@@ -74,12 +108,20 @@ impl Harness {
             },
         ));
         self.controller = Some((tx, task));
-        let readiness = self.readiness.clone();
-        eventually("controller caches sync", || {
-            let r = readiness.clone();
-            async move { r.get().then_some(()) }
-        })
-        .await;
+        let deadline = Instant::now() + PATIENCE;
+        while !self.readiness.get() {
+            assert!(
+                Instant::now() < deadline,
+                "the controller's caches did not sync; its requests:\n{}",
+                self.proxy
+                    .requests()
+                    .iter()
+                    .map(|r| format!("{:?} {}{} -> {}", r.verb, r.path, r.query, r.status))
+                    .collect::<Vec<_>>()
+                    .join("\n")
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
     }
 
     pub async fn stop_controller(&mut self) {
@@ -92,68 +134,62 @@ impl Harness {
         }
     }
 
-    pub fn api(&self) -> Api<GrpcService> {
-        Api::namespaced(self.client.clone(), NS)
+    pub fn api<K>(&self) -> Api<K>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>,
+    {
+        Api::namespaced(self.client.clone(), &self.ns.name)
     }
 
-    pub fn deployment(&self, name: &str) -> Option<Value> {
-        self.server.get_object("apps", "deployments", Some(NS), name)
+    async fn get_json<K>(&self, name: &str) -> Option<Value>
+    where
+        K: Resource<Scope = k8s_openapi::NamespaceResourceScope, DynamicType = ()>
+            + Clone
+            + serde::de::DeserializeOwned
+            + Serialize
+            + std::fmt::Debug,
+    {
+        let obj = self.api::<K>().get_opt(name).await.expect("GET succeeds")?;
+        Some(serde_json::to_value(obj).expect("serializes"))
     }
 
-    pub fn service(&self, name: &str) -> Option<Value> {
-        self.server.get_object("", "services", Some(NS), name)
+    pub async fn deployment(&self, name: &str) -> Option<Value> {
+        self.get_json::<Deployment>(name).await
     }
 
-    pub fn grpc_service(&self, name: &str) -> Option<Value> {
-        self.server.get_object("grpcoperator.io", "grpcservices", Some(NS), name)
+    pub async fn service(&self, name: &str) -> Option<Value> {
+        self.get_json::<Service>(name).await
     }
 
-    /// Plays the Deployment controller and kubelet: the current generation is
-    /// rolled out and every pod is available.
-    pub fn mark_available(&self, name: &str) {
-        let dep = self.deployment(name).expect("deployment exists");
-        let generation = dep["metadata"]["generation"].as_i64().unwrap_or(1);
-        let replicas = dep["spec"]["replicas"].as_i64().unwrap_or(1);
-        self.server
-            .set_status(
-                "apps",
-                "deployments",
-                Some(NS),
-                name,
-                json!({
-                    "observedGeneration": generation,
-                    "replicas": replicas,
-                    "updatedReplicas": replicas,
-                    "readyReplicas": replicas,
-                    "availableReplicas": replicas,
-                    "conditions": [
-                        {"type": "Available", "status": "True", "reason": "MinimumReplicasAvailable"},
-                        {"type": "Progressing", "status": "True", "reason": "NewReplicaSetAvailable"}
-                    ]
-                }),
-            )
-            .expect("status written");
+    pub async fn grpc_service(&self, name: &str) -> Option<Value> {
+        self.get_json::<GrpcService>(name).await
     }
 
     /// Waits for the Ready condition to have `status` and `reason`; returns the object.
     pub async fn wait_ready(&self, name: &str, status: &str, reason: &str) -> Value {
         let what = format!("{name} Ready={status} reason={reason}");
         eventually(&what, || async {
-            let obj = self.grpc_service(name)?;
+            let obj = self.grpc_service(name).await?;
             let c = condition(&obj, "Ready")?;
             (c["status"] == status && c["reason"] == reason).then_some(obj)
         })
         .await
     }
 
-    /// Write requests recorded since the last clear, excluding Events.
+    /// Write requests the operator made since the last clear, Events excluded.
     pub fn writes(&self) -> Vec<RequestRecord> {
-        self.server.requests().into_iter().filter(|r| r.verb.is_write() && r.resource != "events").collect()
+        self.proxy.writes()
+    }
+
+    /// Events (events.k8s.io) in the namespace, as JSON.
+    pub async fn events(&self) -> Vec<Value> {
+        let api: Api<k8s_openapi::api::events::v1::Event> = self.api();
+        let list = api.list(&ListParams::default()).await.expect("list events");
+        list.items.into_iter().map(|e| serde_json::to_value(e).expect("serializes")).collect()
     }
 
     pub async fn shutdown(mut self) {
         self.stop_controller().await;
-        self.server.shutdown().await;
     }
 }
 
@@ -182,22 +218,22 @@ pub fn sample(name: &str) -> GrpcService {
 }
 
 pub async fn create(h: &Harness, obj: &GrpcService) -> GrpcService {
-    h.api().create(&PostParams::default(), obj).await.expect("GrpcService created")
+    h.api::<GrpcService>().create(&PostParams::default(), obj).await.expect("GrpcService created")
 }
 
-/// Polls `f` every 20 ms until it yields a value, failing after 20 s with `what`.
+/// Polls `f` every 50 ms until it yields a value, failing after a minute with `what`.
 pub async fn eventually<T, F, Fut>(what: &str, mut f: F) -> T
 where
     F: FnMut() -> Fut,
     Fut: Future<Output = Option<T>>,
 {
-    let deadline = Instant::now() + Duration::from_secs(20);
+    let deadline = Instant::now() + PATIENCE;
     loop {
         if let Some(v) = f().await {
             return v;
         }
         assert!(Instant::now() < deadline, "timed out waiting for: {what}");
-        tokio::time::sleep(Duration::from_millis(20)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
 

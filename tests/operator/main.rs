@@ -1,8 +1,11 @@
-//! Integration tests of the operator against the Kubernetes API double: the
-//! real kube client and the real kube-runtime Controller over HTTP.
+//! Integration tests of the operator against a real Kubernetes control plane
+//! (testkit's TestCluster: kube-apiserver, controller-manager, scheduler,
+//! etcd, kwok nodes), the operator running as its own ServiceAccount.
 //! One test binary (builds are slow on small machines); modules by topic.
 
 mod cli;
 mod crd_validation;
+mod envoy;
 mod harness;
+mod rbac;
 mod scenarios;

@@ -1,50 +1,78 @@
-//! Controller scenarios: the real Controller against the API double. Each test
-//! asserts both the calls the operator made and the end state.
+//! Controller scenarios on the real control plane: the real Controller, the
+//! real Deployment controller, scheduler and garbage collector, kwok playing
+//! the kubelets. Each test asserts the end state a user would check, and the
+//! calls the operator made (seen by the proxy in front of the API server).
 
 use std::time::Duration;
 
+use grpc_operator::api::GrpcService;
 use grpc_operator::reconcile::cleanup::FINALIZER;
 use grpc_operator_testkit::{Fault, FaultKind, Verb};
-use k8s_openapi::api::core::v1::EnvVar;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{EnvVar, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::{Value, json};
 
-use crate::harness::{Harness, NS, condition, count, create, eventually, sample};
+use crate::harness::{Harness, condition, count, create, eventually, sample};
 
 /// Someone else (`kubectl edit`) changes the Deployment with a strategic merge patch.
 async fn edit_deployment(h: &Harness, patch: Value) {
-    let deployments: kube::Api<k8s_openapi::api::apps::v1::Deployment> =
-        kube::Api::namespaced(h.client.clone(), NS);
     let params = PatchParams { field_manager: Some("kubectl-edit".into()), ..PatchParams::default() };
-    deployments
+    h.api::<Deployment>()
         .patch("user-service", &params, &Patch::Strategic(&patch))
         .await
         .expect("someone edits the Deployment");
+}
+
+async fn patch_spec(h: &Harness, name: &str, spec: Value) {
+    h.api::<GrpcService>()
+        .patch(name, &PatchParams::default(), &Patch::Merge(&json!({ "spec": spec })))
+        .await
+        .expect("GrpcService patched");
 }
 
 fn owner_uid(obj: &Value) -> Option<&str> {
     obj["metadata"]["ownerReferences"].as_array()?.iter().find(|o| o["controller"] == true)?["uid"].as_str()
 }
 
+/// A GrpcService whose pods cannot be scheduled: they ask for more CPU than the node has.
+fn unschedulable(name: &str) -> GrpcService {
+    let mut svc = sample(name);
+    svc.spec.resources = Some(ResourceRequirements {
+        // Canonical form: the API server stores "10000" as "10k", and the
+        // operator does not canonicalize quantities yet, so a restarted
+        // operator would re-apply a non-canonical one once.
+        requests: Some([("cpu".to_owned(), Quantity("10k".into()))].into()),
+        ..ResourceRequirements::default()
+    });
+    svc
+}
+
 #[tokio::test]
 async fn created_grpc_service_gets_owned_deployment_and_service_and_ready_follows_availability() {
     let h = Harness::start().await;
-    let created = create(&h, &sample("user-service")).await;
+    let created = create(&h, &unschedulable("user-service")).await;
     let uid = created.metadata.uid.clone().expect("uid");
 
-    let progressing = h.wait_ready("user-service", "False", "RolloutInProgress").await;
-    assert_eq!(progressing["status"]["observedGeneration"], 1);
-    assert_eq!(progressing["status"]["endpoint"], "user-service.shop.svc:50051");
-    assert_eq!(progressing["metadata"]["finalizers"], json!([FINALIZER]));
-    let available = condition(&progressing, "DeploymentAvailable").expect("DeploymentAvailable");
+    // Pods exist but stay Pending: the real Deployment controller reports it.
+    let waiting = h.wait_ready("user-service", "False", "MinimumReplicasUnavailable").await;
+    assert_eq!(waiting["status"]["observedGeneration"], 1);
+    assert_eq!(waiting["status"]["endpoint"], format!("user-service.{}.svc:50051", h.ns()));
+    assert_eq!(waiting["metadata"]["finalizers"], json!([FINALIZER]));
+    let available = condition(&waiting, "DeploymentAvailable").expect("DeploymentAvailable");
     assert_eq!(available["status"], "False");
 
-    let dep = h.deployment("user-service").expect("deployment");
-    let svc = h.service("user-service").expect("service");
+    let dep = h.deployment("user-service").await.expect("deployment");
+    let svc = h.service("user-service").await.expect("service");
     assert_eq!(owner_uid(&dep), Some(uid.as_str()));
     assert_eq!(owner_uid(&svc), Some(uid.as_str()));
     assert_eq!(dep["spec"]["replicas"], 2);
     assert_eq!(svc["spec"]["ports"][0]["appProtocol"], "kubernetes.io/h2c");
+    assert!(
+        svc["spec"]["clusterIP"].as_str().is_some_and(|ip| !ip.is_empty()),
+        "the real server allocated an IP"
+    );
 
     // Children are written with server-side apply by one field manager.
     let writes = h.writes();
@@ -56,7 +84,8 @@ async fn created_grpc_service_gets_owned_deployment_and_service_and_ready_follow
         assert_eq!(r.field_manager.as_deref(), Some("grpc-operator"), "{r:?}");
     }
 
-    h.mark_available("user-service");
+    // Schedulable again: kwok runs the pods, they turn Ready, the Deployment Available.
+    patch_spec(&h, "user-service", json!({"resources": null})).await;
     let ready = h.wait_ready("user-service", "True", "Ready").await;
     assert_eq!(ready["status"]["readyReplicas"], 2);
     assert_eq!(condition(&ready, "DeploymentAvailable").expect("condition")["status"], "True");
@@ -67,26 +96,33 @@ async fn created_grpc_service_gets_owned_deployment_and_service_and_ready_follow
 async fn spec_change_rolls_out_the_new_generation_and_advances_observed_generation() {
     let h = Harness::start().await;
     create(&h, &sample("user-service")).await;
-    h.wait_ready("user-service", "False", "RolloutInProgress").await;
-    h.mark_available("user-service");
     h.wait_ready("user-service", "True", "Ready").await;
 
-    let patch = json!({"spec": {"image": "registry.example.com/shop/user-service:2.0.0", "replicas": 3}});
-    h.api().patch("user-service", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patched");
-
-    let rolling = h.wait_ready("user-service", "False", "RolloutInProgress").await;
-    assert_eq!(rolling["metadata"]["generation"], 2);
-    assert_eq!(rolling["status"]["observedGeneration"], 2);
-    let dep = h.deployment("user-service").expect("deployment");
+    patch_spec(
+        &h,
+        "user-service",
+        json!({"image": "registry.example.com/shop/user-service:2.0.0", "replicas": 3}),
+    )
+    .await;
+    let ready = eventually("generation 2 Ready", || async {
+        let obj = h.grpc_service("user-service").await?;
+        let c = condition(&obj, "Ready")?;
+        (c["status"] == "True" && c["observedGeneration"] == 2).then_some(obj)
+    })
+    .await;
+    assert_eq!(ready["metadata"]["generation"], 2);
+    assert_eq!(ready["status"]["observedGeneration"], 2);
+    assert_eq!(ready["status"]["readyReplicas"], 3);
+    let dep = h.deployment("user-service").await.expect("deployment");
     assert_eq!(
         dep["spec"]["template"]["spec"]["containers"][0]["image"],
         "registry.example.com/shop/user-service:2.0.0"
     );
     assert_eq!(dep["spec"]["replicas"], 3);
-
-    h.mark_available("user-service");
-    let ready = h.wait_ready("user-service", "True", "Ready").await;
-    assert_eq!(condition(&ready, "Ready").expect("ready")["observedGeneration"], 2);
+    assert_eq!(
+        dep["status"]["updatedReplicas"], 3,
+        "the real Deployment controller rolled out the new template"
+    );
     h.shutdown().await;
 }
 
@@ -94,12 +130,12 @@ async fn spec_change_rolls_out_the_new_generation_and_advances_observed_generati
 async fn managed_field_edited_by_someone_else_is_corrected() {
     let h = Harness::start().await;
     create(&h, &sample("user-service")).await;
-    h.wait_ready("user-service", "False", "RolloutInProgress").await;
+    h.wait_ready("user-service", "True", "Ready").await;
 
     edit_deployment(&h, json!({"spec": {"replicas": 7, "template": {"spec": {"containers": [{"name": "server", "image": "evil:latest"}]}}}})).await;
 
     eventually("replicas and image restored", || async {
-        let dep = h.deployment("user-service")?;
+        let dep = h.deployment("user-service").await?;
         (dep["spec"]["replicas"] == 2
             && dep["spec"]["template"]["spec"]["containers"][0]["image"]
                 == "registry.example.com/shop/user-service:1.0.0")
@@ -112,32 +148,35 @@ async fn managed_field_edited_by_someone_else_is_corrected() {
 #[tokio::test]
 async fn pre_existing_unowned_deployment_is_reported_and_left_untouched() {
     let h = Harness::start().await;
-    let foreign = h
-        .server
-        .put_object(
-            "apps",
-            "deployments",
-            json!({
-                "apiVersion": "apps/v1", "kind": "Deployment",
-                "metadata": {"name": "user-service", "namespace": NS, "labels": {"team": "legacy"}},
-                "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "legacy"}},
-                         "template": {"metadata": {"labels": {"app": "legacy"}},
-                                      "spec": {"containers": [{"name": "legacy", "image": "legacy:1"}]}}}
-            }),
-        )
-        .expect("foreign deployment");
-    h.server.clear_requests();
+    let foreign: Deployment = serde_json::from_value(json!({
+        "apiVersion": "apps/v1", "kind": "Deployment",
+        "metadata": {"name": "user-service", "labels": {"team": "legacy"}},
+        "spec": {"replicas": 1, "selector": {"matchLabels": {"app": "legacy"}},
+                 "template": {"metadata": {"labels": {"app": "legacy"}},
+                              "spec": {"containers": [{"name": "legacy", "image": "legacy:1"}]}}}
+    }))
+    .expect("deployment");
+    let foreign =
+        h.api::<Deployment>().create(&PostParams::default(), &foreign).await.expect("foreign deployment");
+    h.proxy.clear_requests();
 
     create(&h, &sample("user-service")).await;
     let obj = h.wait_ready("user-service", "False", "NotOwned").await;
     let message = condition(&obj, "Ready").expect("ready")["message"].as_str().unwrap_or_default().to_owned();
-    assert!(message.contains("Deployment shop/user-service exists and is not owned"), "{message}");
+    assert!(
+        message.contains(&format!("Deployment {}/user-service exists and is not owned", h.ns())),
+        "{message}"
+    );
 
     // Let a few retries happen, then check nothing was written to children.
     tokio::time::sleep(Duration::from_millis(1500)).await;
-    let after = h.deployment("user-service").expect("still there");
-    assert_eq!(after["metadata"]["resourceVersion"], foreign["metadata"]["resourceVersion"]);
-    assert!(h.service("user-service").is_none(), "nothing is half-applied");
+    let after = h.deployment("user-service").await.expect("still there");
+    let before_rv = foreign.metadata.resource_version.clone().expect("rv");
+    let after_spec_unchanged = after["spec"]["template"]["spec"]["containers"][0]["image"] == "legacy:1";
+    assert!(after_spec_unchanged, "{after}");
+    assert_eq!(after["metadata"]["generation"], 1, "spec never changed (rv was {before_rv})");
+    assert!(after["metadata"]["ownerReferences"].is_null(), "no owner reference added");
+    assert!(h.service("user-service").await.is_none(), "nothing is half-applied");
     let writes = h.writes();
     assert_eq!(
         count(&writes, Verb::Apply, "deployments") + count(&writes, Verb::Apply, "services"),
@@ -148,23 +187,26 @@ async fn pre_existing_unowned_deployment_is_reported_and_left_untouched() {
 }
 
 #[tokio::test]
-async fn deleting_a_grpc_service_removes_the_finalizer_and_its_children() {
+async fn deleting_a_grpc_service_removes_the_finalizer_and_the_garbage_collector_removes_its_children() {
     let h = Harness::start().await;
     create(&h, &sample("user-service")).await;
-    h.wait_ready("user-service", "False", "RolloutInProgress").await;
-    assert!(h.service("user-service").is_some());
+    h.wait_ready("user-service", "True", "Ready").await;
+    assert!(h.service("user-service").await.is_some());
 
-    h.api().delete("user-service", &DeleteParams::default()).await.expect("delete accepted");
+    h.api::<GrpcService>().delete("user-service", &DeleteParams::default()).await.expect("delete accepted");
     eventually("GrpcService and children gone", || async {
-        (h.grpc_service("user-service").is_none()
-            && h.deployment("user-service").is_none()
-            && h.service("user-service").is_none())
+        (h.grpc_service("user-service").await.is_none()
+            && h.deployment("user-service").await.is_none()
+            && h.service("user-service").await.is_none())
         .then_some(())
     })
     .await;
-    let finalizer_removals =
-        h.server.requests().iter().filter(|r| r.verb == Verb::Patch && r.resource == "grpcservices").count();
-    assert!(finalizer_removals >= 2, "finalizer added then removed with patches");
+    let finalizer_patches =
+        h.proxy.requests().iter().filter(|r| r.verb == Verb::Patch && r.resource == "grpcservices").count();
+    assert!(finalizer_patches >= 2, "finalizer added then removed with patches");
+    // The operator deleted nothing itself: the garbage collector did.
+    let deletes: Vec<_> = h.proxy.requests().into_iter().filter(|r| r.verb == Verb::Delete).collect();
+    assert!(deletes.is_empty(), "{deletes:?}");
     h.shutdown().await;
 }
 
@@ -172,31 +214,27 @@ async fn deleting_a_grpc_service_removes_the_finalizer_and_its_children() {
 async fn restarted_operator_converges_without_duplicate_writes() {
     let mut h = Harness::start().await;
     create(&h, &sample("a")).await;
-    create(&h, &sample("b")).await;
-    h.wait_ready("a", "False", "RolloutInProgress").await;
-    h.wait_ready("b", "False", "RolloutInProgress").await;
+    create(&h, &unschedulable("b")).await;
+    h.wait_ready("a", "True", "Ready").await;
+    h.wait_ready("b", "False", "MinimumReplicasUnavailable").await;
     h.stop_controller().await;
 
-    // While the operator is down, one Deployment becomes available.
-    h.mark_available("a");
-    h.server.clear_requests();
+    // A new operator (fresh caches, a full list) finds everything in place,
+    // the Ready one and the waiting one alike: it writes nothing.
+    h.proxy.clear_requests();
     h.start_controller().await;
-    h.wait_ready("a", "True", "Ready").await;
-    tokio::time::sleep(Duration::from_millis(500)).await;
+    tokio::time::sleep(Duration::from_secs(2)).await;
 
     let writes = h.writes();
     assert_eq!(count(&writes, Verb::Apply, "deployments"), 0, "children already match: {writes:?}");
     assert_eq!(count(&writes, Verb::Apply, "services"), 0, "{writes:?}");
     assert_eq!(count(&writes, Verb::Patch, "grpcservices"), 0, "finalizers already present: {writes:?}");
-    // Only a's status changed; b's status is already right.
-    assert_eq!(writes.len(), 1, "exactly one status write: {writes:?}");
-    assert_eq!(writes[0].subresource.as_deref(), Some("status"));
-    assert_eq!(writes[0].name.as_deref(), Some("a"));
+    assert!(writes.is_empty(), "statuses already right: {writes:?}");
     h.shutdown().await;
 }
 
 #[tokio::test]
-async fn injected_api_errors_and_dropped_watches_still_converge() {
+async fn injected_api_errors_and_cut_watches_still_converge() {
     let h = Harness::start().await;
     for (verb, resource, subresource, code, times) in [
         (Verb::Apply, "deployments", None, 500, 2),
@@ -204,7 +242,7 @@ async fn injected_api_errors_and_dropped_watches_still_converge() {
         (Verb::Apply, "grpcservices", Some("status"), 409, 1),
         (Verb::Patch, "grpcservices", None, 503, 1),
     ] {
-        h.server.inject(Fault {
+        h.proxy.inject(Fault {
             verb: Some(verb),
             resource: Some(resource.into()),
             subresource: subresource.map(Into::into),
@@ -213,15 +251,14 @@ async fn injected_api_errors_and_dropped_watches_still_converge() {
         });
     }
     create(&h, &sample("user-service")).await;
-    h.server.drop_watches();
-    h.wait_ready("user-service", "False", "RolloutInProgress").await;
-    h.server.drop_watches();
-    h.mark_available("user-service");
+    h.proxy.cut_watches();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    h.proxy.cut_watches();
     h.wait_ready("user-service", "True", "Ready").await;
 
     let warnings: Vec<String> = h
-        .server
-        .list_objects("events.k8s.io", "events", Some(NS))
+        .events()
+        .await
         .iter()
         .filter(|e| e["type"] == "Warning" && e["reason"] == "ReconcileFailed")
         .map(|e| e["note"].as_str().unwrap_or_default().to_owned())
@@ -233,11 +270,28 @@ async fn injected_api_errors_and_dropped_watches_still_converge() {
         "{warnings:?}"
     );
     let failed: Vec<u16> =
-        h.server.requests().iter().map(|r| r.status).filter(|s| *s >= 400 && *s != 404).collect();
+        h.proxy.requests().iter().map(|r| r.status).filter(|s| *s >= 400 && *s != 404).collect();
     assert!(
         failed.contains(&500) && failed.contains(&429) && failed.contains(&409) && failed.contains(&503),
         "{failed:?}"
     );
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_api_outage_is_survived_and_changes_made_during_it_are_applied() {
+    let h = Harness::start().await;
+    create(&h, &sample("user-service")).await;
+    h.wait_ready("user-service", "True", "Ready").await;
+
+    h.proxy.black_hole(Duration::from_secs(3));
+    patch_spec(&h, "user-service", json!({"replicas": 3})).await;
+    eventually("the change made during the outage is applied", || async {
+        let dep = h.deployment("user-service").await?;
+        (dep["spec"]["replicas"] == 3).then_some(())
+    })
+    .await;
+    h.wait_ready("user-service", "True", "Ready").await;
     h.shutdown().await;
 }
 
@@ -251,17 +305,16 @@ async fn invalid_spec_reports_the_field_and_creates_or_changes_no_child() {
     let message = condition(&obj, "Ready").expect("ready")["message"].as_str().unwrap_or_default().to_owned();
     assert!(message.contains("spec.env[0].name"), "{message}");
     assert_eq!(obj["status"]["observedGeneration"], 1);
-    assert!(h.deployment("bad").is_none() && h.service("bad").is_none());
+    assert!(h.deployment("bad").await.is_none() && h.service("bad").await.is_none());
 
     // A valid object made invalid keeps its children exactly as they were.
     create(&h, &sample("good")).await;
-    h.wait_ready("good", "False", "RolloutInProgress").await;
-    let before = h.deployment("good").expect("deployment");
-    let patch = json!({"spec": {"replicas": 5, "env": [{"name": "POD_IP", "value": "x"}]}});
-    h.api().patch("good", &PatchParams::default(), &Patch::Merge(&patch)).await.expect("patched");
+    h.wait_ready("good", "True", "Ready").await;
+    let before = h.deployment("good").await.expect("deployment");
+    patch_spec(&h, "good", json!({"replicas": 5, "env": [{"name": "POD_IP", "value": "x"}]})).await;
     h.wait_ready("good", "False", "InvalidSpec").await;
-    let after = h.deployment("good").expect("deployment");
-    assert_eq!(before["metadata"]["resourceVersion"], after["metadata"]["resourceVersion"]);
+    let after = h.deployment("good").await.expect("deployment");
+    assert_eq!(before["metadata"]["generation"], after["metadata"]["generation"]);
     assert_eq!(after["spec"]["replicas"], 2);
     h.shutdown().await;
 }
@@ -270,13 +323,11 @@ async fn invalid_spec_reports_the_field_and_creates_or_changes_no_child() {
 async fn idle_grpc_service_causes_no_writes() {
     let h = Harness::start().await;
     create(&h, &sample("user-service")).await;
-    h.wait_ready("user-service", "False", "RolloutInProgress").await;
-    h.mark_available("user-service");
     h.wait_ready("user-service", "True", "Ready").await;
-    tokio::time::sleep(Duration::from_millis(300)).await;
-    h.server.clear_requests();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    h.proxy.clear_requests();
     tokio::time::sleep(Duration::from_secs(3)).await;
-    let writes: Vec<_> = h.server.requests().into_iter().filter(|r| r.verb.is_write()).collect();
+    let writes: Vec<_> = h.proxy.requests().into_iter().filter(|r| r.verb.is_write()).collect();
     assert!(writes.is_empty(), "{writes:?}");
     h.shutdown().await;
 }
@@ -285,7 +336,7 @@ async fn idle_grpc_service_causes_no_writes() {
 async fn pod_template_edit_alone_is_detected_though_the_cache_omits_templates() {
     let h = Harness::start().await;
     create(&h, &sample("user-service")).await;
-    h.wait_ready("user-service", "False", "RolloutInProgress").await;
+    h.wait_ready("user-service", "True", "Ready").await;
 
     // Only the template changes: the operator's cache has no template, so it
     // must notice the new generation and compare the full object.
@@ -295,7 +346,7 @@ async fn pod_template_edit_alone_is_detected_though_the_cache_omits_templates() 
     )
     .await;
     eventually("image restored", || async {
-        let dep = h.deployment("user-service")?;
+        let dep = h.deployment("user-service").await?;
         (dep["spec"]["template"]["spec"]["containers"][0]["image"]
             == "registry.example.com/shop/user-service:1.0.0")
             .then_some(())
