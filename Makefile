@@ -44,6 +44,7 @@ test-infra:
 
 ## A real control plane on loopback for trying the operator by hand (Ctrl-C stops it).
 test-cluster:
+	mkdir -p $(CURDIR)/.tools
 	$(CARGO) run -p grpc-operator-testkit --bin test-cluster -- --kubeconfig $(CURDIR)/.tools/test-cluster.kubeconfig
 
 ## End-to-end test against test-cluster.

@@ -47,6 +47,9 @@ operator_pid=
 cleanup() {
   local rc=$?
   if [ -n "$operator_pid" ] && kill -0 "$operator_pid" 2>/dev/null; then
+    # While the operator still runs, so that it releases its finalizer and the
+    # namespace can go (a rerun would otherwise meet it Terminating).
+    k -n "$ns" delete grpcservices --all --wait=true --timeout=30s >/dev/null 2>&1 || true
     kill -TERM "$operator_pid" 2>/dev/null || true
     wait "$operator_pid" 2>/dev/null || true
   fi
@@ -135,7 +138,7 @@ if k -n "$ns" get service "$name" >/dev/null 2>&1; then fail "Service left behin
 
 step "checking operator metrics"
 metrics=$(curl -fsS "http://127.0.0.1:$admin_port/metrics")
-echo "$metrics" | grep -q '^grpc_operator_reconcile_total{outcome="ready"}' || fail "no successful reconcile in metrics"
+grep -q '^grpc_operator_reconcile_total{outcome="ready"}' <<<"$metrics" || fail "no successful reconcile in metrics"
 
 step "stopping the operator (SIGTERM)"
 kill -TERM "$operator_pid"

@@ -7,6 +7,9 @@ root=$(cd "$(dirname "$0")/.." && pwd)
 cd "$root"
 cargo build --quiet --bin grpc-operator -p grpc-operator
 cargo build --quiet --bin test-cluster -p grpc-operator-testkit
+# Build the control plane first (minutes, once per machine), so that the wait
+# below is only for the cluster to start.
+./scripts/build-test-infra.sh >/dev/null
 target=$(cargo metadata --format-version 1 --no-deps | python3 -c 'import json,sys; print(json.load(sys.stdin)["target_directory"])')
 
 workdir=$(mktemp -d)
@@ -25,12 +28,14 @@ cleanup() {
   exit $rc
 }
 trap cleanup EXIT
-for _ in $(seq 1 1800); do
+for _ in $(seq 1 600); do
   [ -s "$workdir/kubeconfig" ] && break
   kill -0 "$cluster_pid" 2>/dev/null || { echo "test-cluster exited:" >&2; tail -n 30 "$workdir/cluster.log" >&2; exit 1; }
   sleep 0.2
 done
 [ -s "$workdir/kubeconfig" ] || { echo "test-cluster did not become ready" >&2; exit 1; }
 
+# fd 3 closed for e2e.sh and the operator it starts: only this script holds
+# the pipe that keeps the cluster up.
 KUBECONFIG="$workdir/kubeconfig" OPERATOR_BIN="$target/debug/grpc-operator" E2E_TIMEOUT="${E2E_TIMEOUT:-120}" \
-  "$root/e2e/e2e.sh"
+  "$root/e2e/e2e.sh" 3>&-

@@ -23,7 +23,7 @@ use std::time::{Duration, Instant};
 
 use futures::{StreamExt, stream};
 use grpc_operator::api::GrpcService;
-use grpc_operator_testkit::{FaultProxy, RequestRecord, TestCluster};
+use grpc_operator_testkit::{FaultProxy, TestCluster};
 use kube::api::{Api, ListParams, PostParams};
 use serde_json::json;
 
@@ -171,6 +171,20 @@ async fn main() -> anyhow::Result<()> {
     proxy.clear_requests();
     let apiserver_cpu_start = cpu_seconds(apiserver_pid);
 
+    // Ctrl-C or SIGTERM: stop the operator (Drop) before going; the cluster's
+    // watchdog removes the cluster when this process ends.
+    let operator = std::sync::Arc::new(std::sync::Mutex::new(Some(operator)));
+    let on_signal = operator.clone();
+    tokio::spawn(async move {
+        let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).ok();
+        tokio::select! {
+            _ = tokio::signal::ctrl_c() => {}
+            _ = async { if let Some(t) = term.as_mut() { t.recv().await; } else { std::future::pending::<()>().await } } => {}
+        }
+        drop(on_signal.lock().map(|mut o| o.take()));
+        std::process::exit(130);
+    });
+
     // Create every object at once (64 in flight, like a kubectl apply of a big directory).
     let api: Api<GrpcService> = Api::namespaced(client.clone(), &ns.name);
     let t0 = Instant::now();
@@ -235,10 +249,10 @@ async fn main() -> anyhow::Result<()> {
     let peak_rss = rss_kib(pid, "VmHWM:");
     let idle_rss = rss_kib(pid, "VmRSS:");
 
-    let ops: Vec<&RequestRecord> = converge_records.iter().collect();
+    let ops = &converge_records;
     let n = args.objects as f64;
     let mut by_verb: BTreeMap<String, usize> = BTreeMap::new();
-    for r in &ops {
+    for r in ops {
         *by_verb
             .entry(format!(
                 "{:?} {}{}",
@@ -278,7 +292,7 @@ async fn main() -> anyhow::Result<()> {
     for (k, v) in &by_verb {
         println!("| {k} | {v} | {:.2} |", *v as f64 / n);
     }
-    drop(operator);
+    drop(operator.lock().map(|mut o| o.take()));
     drop(ns);
     Ok(())
 }

@@ -236,7 +236,9 @@ fn with_type_meta<K: kube::Resource<DynamicType = ()> + serde::Serialize>(
 }
 
 /// A namespace created for one test; deleted (without waiting) on drop, also
-/// when the test panics.
+/// when the test panics. The test's operator is gone by then, so the
+/// GrpcServices' finalizers are released first; otherwise the namespace
+/// would stay Terminating and block a later deletion of the CRD.
 pub struct TestNamespace {
     pub name: String,
     kubeconfig: PathBuf,
@@ -244,6 +246,13 @@ pub struct TestNamespace {
 
 impl Drop for TestNamespace {
     fn drop(&mut self) {
+        let ns = self.name.as_str();
+        let names = kubectl(&self.kubeconfig, &["-n", ns, "get", "grpcservices", "-o", "name"], None);
+        for name in names.unwrap_or_default().lines().filter(|l| !l.is_empty()) {
+            let release = r#"{"metadata":{"finalizers":null}}"#;
+            let _ =
+                kubectl(&self.kubeconfig, &["-n", ns, "patch", name, "--type=merge", "-p", release], None);
+        }
         let _ = kubectl(
             &self.kubeconfig,
             &["delete", "namespace", &self.name, "--wait=false", "--ignore-not-found"],

@@ -269,6 +269,9 @@ async fn handle(
         None => {}
     }
 
+    // Subscribed before the request goes out, so a cut that happens while the
+    // watch is being opened still cuts it.
+    let cut = s.cut.subscribe();
     let (mut parts, body) = req.into_parts();
     // Origin-form request line; Host names the API server.
     parts.uri = parts.uri.path_and_query().map_or_else(|| Uri::from_static("/"), |p| Uri::from(p.clone()));
@@ -286,11 +289,7 @@ async fn handle(
     record.status = resp.status().as_u16();
     lock(&s.requests).push(record);
     let (parts, body) = resp.into_parts();
-    let body = if verb == Verb::Watch {
-        cuttable(body, s.cut.subscribe())
-    } else {
-        body.map_err(Into::into).boxed()
-    };
+    let body = if verb == Verb::Watch { cuttable(body, cut) } else { body.map_err(Into::into).boxed() };
     Ok(Response::from_parts(parts, body))
 }
 
@@ -305,7 +304,6 @@ fn aborted() -> Response<ProxyBody> {
 /// hyper drops the connection mid-watch as a network cut would.
 fn cuttable(mut body: Incoming, mut cut: watch::Receiver<u64>) -> ProxyBody {
     let (tx, rx) = mpsc::channel::<Result<Frame<Bytes>, BoxError>>(16);
-    cut.mark_unchanged();
     tokio::spawn(async move {
         loop {
             tokio::select! {

@@ -44,7 +44,8 @@ pub struct RequestRecord {
     pub field_manager: Option<String>,
     pub content_type: Option<String>,
     pub user_agent: Option<String>,
-    /// HTTP status answered; 0 for a request that was hung by an injected fault.
+    /// HTTP status answered; 0 for a request that got no answer (hung by a
+    /// fault, or made during a black-holed outage).
     pub status: u16,
 }
 

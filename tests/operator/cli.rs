@@ -123,46 +123,20 @@ async fn run_reports_a_missing_crd_then_serves_admin_endpoints_and_stops_on_sigt
         .await
         .expect("kubeconfig");
 
-    // Earlier tests' namespaces may still be terminating, their GrpcServices
-    // held by the finalizer of an operator that has stopped; release them, or
-    // the CRD's deletion waits for them forever.
-    let left = cluster
-        .kubectl(
-            &[
-                "get",
-                "grpcservices",
-                "-A",
-                "-o",
-                "jsonpath={range .items[*]}{.metadata.namespace} {.metadata.name}{'\\n'}{end}",
-            ],
-            None,
-        )
-        .expect("list GrpcServices");
-    for (namespace, name) in left.lines().filter_map(|l| l.split_once(' ')) {
-        let _ = cluster.kubectl(
-            &[
-                "-n",
-                namespace,
-                "patch",
-                "grpcservice",
-                name,
-                "--type=merge",
-                "-p",
-                r#"{"metadata":{"finalizers":null}}"#,
-            ],
-            None,
-        );
-    }
-
     // A cluster without the CRD: a clear message, not a retry loop.
     let crd_file = repo("crds/grpcservices.grpcoperator.io.yaml");
     cluster.kubectl(&["delete", "-f", &crd_file, "--wait=true"], None).expect("CRD deleted");
-    let out = tokio::process::Command::new(BIN)
-        .args(["run", "--namespace", &ns.name, "--admin-addr", "127.0.0.1:0"])
-        .env("KUBECONFIG", &kubeconfig)
-        .output()
-        .await
-        .expect("runs");
+    let out = tokio::time::timeout(
+        Duration::from_secs(60),
+        tokio::process::Command::new(BIN)
+            .args(["run", "--namespace", &ns.name, "--admin-addr", "127.0.0.1:0"])
+            .env("KUBECONFIG", &kubeconfig)
+            .kill_on_drop(true)
+            .output(),
+    )
+    .await
+    .expect("the operator exits promptly without its CRD")
+    .expect("runs");
     let restored = cluster.kubectl(&["apply", "--server-side", "-f", &crd_file], None).and_then(|_| {
         cluster.kubectl(
             &["wait", "--for=condition=Established", "--timeout=60s", "crd/grpcservices.grpcoperator.io"],

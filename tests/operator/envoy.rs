@@ -2,7 +2,7 @@
 //! scripts/install-tools.sh as .tools/bin/envoy): its config validation and a
 //! request proxied through it on loopback. The gRPC-Web sidecar builds on this.
 
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
@@ -69,6 +69,16 @@ async fn http(addr: &str, request: &str) -> String {
     out
 }
 
+/// `envoy --mode validate -c CONFIG`
+async fn validate(envoy: &Path, config: &Path) -> std::process::Output {
+    tokio::process::Command::new(envoy)
+        .args(["--mode", "validate", "-c"])
+        .arg(config)
+        .output()
+        .await
+        .expect("envoy runs")
+}
+
 #[tokio::test]
 async fn envoy_validates_its_config_and_proxies_a_request_on_loopback() {
     let envoy = envoy();
@@ -98,24 +108,14 @@ async fn envoy_validates_its_config_and_proxies_a_request_on_loopback() {
 
     let config = dir.path().join("envoy.yaml");
     std::fs::write(&config, bootstrap(upstream_port)).expect("write config");
-    let validate = tokio::process::Command::new(&envoy)
-        .args(["--mode", "validate", "-c"])
-        .arg(&config)
-        .output()
-        .await
-        .expect("envoy runs");
-    assert!(validate.status.success(), "{}", String::from_utf8_lossy(&validate.stderr));
+    let valid = validate(&envoy, &config).await;
+    assert!(valid.status.success(), "{}", String::from_utf8_lossy(&valid.stderr));
 
     // Validation is real: a route to a cluster that does not exist is refused.
     let broken = dir.path().join("broken.yaml");
     std::fs::write(&broken, bootstrap(upstream_port).replace("cluster: upstream }", "cluster: missing }"))
         .expect("write");
-    let refused = tokio::process::Command::new(&envoy)
-        .args(["--mode", "validate", "-c"])
-        .arg(&broken)
-        .output()
-        .await
-        .expect("envoy runs");
+    let refused = validate(&envoy, &broken).await;
     assert!(!refused.status.success());
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(err.contains("unknown cluster 'missing'"), "{err}");

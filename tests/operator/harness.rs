@@ -35,6 +35,8 @@ pub struct Harness {
     operator_token: String,
     controller: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
     pub readiness: Readiness,
+    /// The running operator's metrics.
+    pub metrics: Metrics,
     _crds: tokio::sync::RwLockReadGuard<'static, ()>,
 }
 
@@ -62,6 +64,7 @@ impl Harness {
             operator_token,
             controller: None,
             readiness: Readiness::default(),
+            metrics: Metrics::new().expect("metrics"),
             _crds: crds,
         }
     }
@@ -98,10 +101,11 @@ impl Harness {
             debounce: Duration::from_millis(20),
         };
         self.readiness = Readiness::default();
+        self.metrics = Metrics::new().expect("metrics");
         let task = tokio::spawn(run_controller(
             client,
             opts,
-            Metrics::new().expect("metrics"),
+            self.metrics.clone(),
             self.readiness.clone(),
             async move {
                 let _ = rx.await;
@@ -174,6 +178,12 @@ impl Harness {
             (c["status"] == status && c["reason"] == reason).then_some(obj)
         })
         .await
+    }
+
+    /// Reconcile runs of the current operator, all outcomes.
+    pub fn reconciles(&self) -> u64 {
+        let families = prometheus::core::Collector::collect(&self.metrics.reconciles);
+        families.iter().flat_map(|f| f.get_metric()).map(|m| m.get_counter().get_value() as u64).sum()
     }
 
     /// Write requests the operator made since the last clear, Events excluded.

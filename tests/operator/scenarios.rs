@@ -223,7 +223,8 @@ async fn restarted_operator_converges_without_duplicate_writes() {
     // the Ready one and the waiting one alike: it writes nothing.
     h.proxy.clear_requests();
     h.start_controller().await;
-    tokio::time::sleep(Duration::from_secs(2)).await;
+    eventually("the new operator reconciled both", || async { (h.reconciles() >= 2).then_some(()) }).await;
+    tokio::time::sleep(Duration::from_millis(500)).await;
 
     let writes = h.writes();
     assert_eq!(count(&writes, Verb::Apply, "deployments"), 0, "children already match: {writes:?}");
@@ -250,11 +251,14 @@ async fn injected_api_errors_and_cut_watches_still_converge() {
             times,
         });
     }
+    let watches = || h.proxy.requests().iter().filter(|r| r.verb == Verb::Watch).count();
+    let before = watches();
     create(&h, &sample("user-service")).await;
     h.proxy.cut_watches();
-    tokio::time::sleep(Duration::from_millis(300)).await;
+    eventually("the operator re-watched", || async { (watches() >= before + 3).then_some(()) }).await;
     h.proxy.cut_watches();
     h.wait_ready("user-service", "True", "Ready").await;
+    assert!(watches() >= before + 6, "each cut made the operator open its three watches again");
 
     let warnings: Vec<String> = h
         .events()
@@ -353,4 +357,29 @@ async fn pod_template_edit_alone_is_detected_though_the_cache_omits_templates() 
     })
     .await;
     h.shutdown().await;
+}
+
+#[tokio::test]
+async fn a_hung_api_request_for_one_grpc_service_does_not_hold_up_another() {
+    let h = Harness::start().await;
+    h.proxy.inject(Fault {
+        verb: Some(Verb::Apply),
+        resource: Some("deployments".into()),
+        subresource: None,
+        kind: FaultKind::Hang,
+        times: 1,
+    });
+    create(&h, &sample("a")).await;
+    eventually("one Deployment apply hangs", || async {
+        h.proxy
+            .requests()
+            .iter()
+            .any(|r| r.verb == Verb::Apply && r.resource == "deployments" && r.status == 0)
+            .then_some(())
+    })
+    .await;
+    create(&h, &sample("b")).await;
+    h.wait_ready("b", "True", "Ready").await;
+    // No graceful shutdown: it would wait for the hung reconcile. The test's
+    // runtime ends, and with it the controller and the proxy.
 }

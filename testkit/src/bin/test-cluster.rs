@@ -75,6 +75,8 @@ async fn main() -> anyhow::Result<()> {
         () = stdin_closed => {}
     }
     tracing::info!("stopping the cluster");
+    // The kubeconfig points at a cluster that is about to be gone.
+    let _ = std::fs::remove_file(&args.kubeconfig);
     tokio::task::spawn_blocking(move || cluster.stop()).await?;
     Ok(())
 }
