@@ -8,6 +8,7 @@ pub mod apply;
 pub mod cleanup;
 pub mod desired;
 pub mod fetch;
+pub mod quantity;
 pub mod status;
 pub mod validate;
 

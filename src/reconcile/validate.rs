@@ -47,7 +47,7 @@ pub struct ValidatedService {
     pub services: Vec<String>,
     /// User environment variables (none of them reserved).
     pub env: Vec<EnvVar>,
-    /// Container resources.
+    /// Container resources, quantities in canonical form.
     pub resources: Option<ResourceRequirements>,
     /// Service account name.
     pub service_account_name: Option<String>,
@@ -272,6 +272,23 @@ pub fn validate(obj: &GrpcService, origin: Origin) -> Result<ValidatedService, I
         }
     }
 
+    // Canonical quantities, as the API server will store them: otherwise the
+    // drift check sees `0.5` against a stored `500m` (see `quantity`).
+    let mut resources = spec.resources.clone();
+    if let Some(r) = resources.as_mut() {
+        for (field, map) in [("limits", r.limits.as_mut()), ("requests", r.requests.as_mut())] {
+            for (name, q) in map.into_iter().flatten() {
+                match super::quantity::canonical(&q.0) {
+                    Ok(c) => q.0 = c,
+                    Err(e) => errs.push(
+                        format!("spec.resources.{field}[{name}]"),
+                        format!("Invalid value: {:?}: {e}", q.0),
+                    ),
+                }
+            }
+        }
+    }
+
     errs.into_result()?;
     Ok(ValidatedService {
         name,
@@ -286,7 +303,7 @@ pub fn validate(obj: &GrpcService, origin: Origin) -> Result<ValidatedService, I
         admin_port: spec.admin_port,
         services: spec.services.clone(),
         env: spec.env.clone(),
-        resources: spec.resources.clone(),
+        resources,
         service_account_name: spec.service_account_name.clone(),
         pod_annotations: spec.pod_annotations.clone(),
         pod_labels: spec.pod_labels.clone(),
@@ -379,6 +396,33 @@ pub(crate) mod tests {
         assert_eq!(v.generation, 3);
         assert_eq!(v.replicas, 2);
         assert_eq!(v.endpoint(), "user-service.shop.svc:50051");
+    }
+
+    #[test]
+    fn resource_quantities_are_canonical_and_malformed_ones_name_their_field() {
+        use k8s_openapi::api::core::v1::ResourceRequirements;
+        use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+        let mut obj = sample();
+        obj.spec.resources = Some(ResourceRequirements {
+            requests: Some(
+                [("cpu".to_owned(), Quantity("0.5".into())), ("memory".to_owned(), Quantity("1.5Gi".into()))]
+                    .into(),
+            ),
+            limits: Some([("cpu".to_owned(), Quantity("10000".into()))].into()),
+            ..ResourceRequirements::default()
+        });
+        let v = validate(&obj, Origin::Cluster).expect("valid");
+        let r = v.resources.expect("resources");
+        let requests = r.requests.expect("requests");
+        assert_eq!((requests["cpu"].0.as_str(), requests["memory"].0.as_str()), ("500m", "1536Mi"));
+        assert_eq!(r.limits.expect("limits")["cpu"].0, "10k");
+
+        obj.spec.resources = Some(ResourceRequirements {
+            limits: Some([("memory".to_owned(), Quantity("lots".into()))].into()),
+            ..ResourceRequirements::default()
+        });
+        let err = validate(&obj, Origin::Cluster).expect_err("invalid");
+        assert_eq!(paths(&err), vec!["spec.resources.limits[memory]"]);
     }
 
     #[test]

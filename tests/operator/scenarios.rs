@@ -40,10 +40,9 @@ fn owner_uid(obj: &Value) -> Option<&str> {
 fn unschedulable(name: &str) -> GrpcService {
     let mut svc = sample(name);
     svc.spec.resources = Some(ResourceRequirements {
-        // Canonical form: the API server stores "10000" as "10k", and the
-        // operator does not canonicalize quantities yet, so a restarted
-        // operator would re-apply a non-canonical one once.
-        requests: Some([("cpu".to_owned(), Quantity("10k".into()))].into()),
+        // Not canonical on purpose: the API server stores it as "10k", and
+        // the restart test shows the operator does not take that for drift.
+        requests: Some([("cpu".to_owned(), Quantity("10000".into()))].into()),
         ..ResourceRequirements::default()
     });
     svc
