@@ -159,7 +159,8 @@ pub async fn run_controller(
         })
         .reflect(deploy_writer)
         .inspect(sync.marker(1))
-        .applied_objects()
+        // Deletes too: a deleted child must be recreated now, not at the next resync.
+        .touched_objects()
         .predicate_filter(predicates::resource_version, PredicateConfig::default());
     let (svc_store, svc_writer) = reflector::store();
     let svc_stream = watcher(svc_api, children)
@@ -167,7 +168,7 @@ pub async fn run_controller(
         .modify(trim_for_cache)
         .reflect(svc_writer)
         .inspect(sync.marker(2))
-        .applied_objects()
+        .touched_objects()
         .predicate_filter(predicates::resource_version, PredicateConfig::default());
 
     let reporter = Reporter { controller: MANAGER.to_owned(), instance: opts.instance.clone() };

@@ -382,3 +382,33 @@ async fn a_hung_api_request_for_one_grpc_service_does_not_hold_up_another() {
     // No graceful shutdown: it would wait for the hung reconcile. The test's
     // runtime ends, and with it the controller and the proxy.
 }
+
+#[tokio::test]
+async fn deleted_child_service_and_deployment_are_recreated() {
+    let h = Harness::start().await;
+    create(&h, &sample("user-service")).await;
+    h.wait_ready("user-service", "True", "Ready").await;
+    let old_svc = h.service("user-service").await.expect("service");
+
+    // As a user would: kubectl delete service / deployment.
+    h.api::<k8s_openapi::api::core::v1::Service>()
+        .delete("user-service", &DeleteParams::default())
+        .await
+        .expect("service deleted");
+    let recreated = eventually("the Service is back", || async {
+        let svc = h.service("user-service").await?;
+        (svc["metadata"]["uid"] != old_svc["metadata"]["uid"]).then_some(svc)
+    })
+    .await;
+    assert_eq!(recreated["spec"]["ports"][0]["appProtocol"], "kubernetes.io/h2c");
+
+    let old_dep = h.deployment("user-service").await.expect("deployment");
+    h.api::<Deployment>().delete("user-service", &DeleteParams::default()).await.expect("deployment deleted");
+    eventually("the Deployment is back", || async {
+        let dep = h.deployment("user-service").await?;
+        (dep["metadata"]["uid"] != old_dep["metadata"]["uid"]).then_some(())
+    })
+    .await;
+    h.wait_ready("user-service", "True", "Ready").await;
+    h.shutdown().await;
+}
