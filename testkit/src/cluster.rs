@@ -92,11 +92,6 @@ impl ClusterInfo {
             std::fs::read_to_string(self.cluster_dir().join("pids").join(format!("{component}.pid"))).ok()?;
         text.trim().parse().ok()
     }
-
-    /// The log file of a component.
-    pub fn log(&self, component: &str) -> PathBuf {
-        self.cluster_dir().join("logs").join(format!("{component}.log"))
-    }
 }
 
 /// A running cluster; deleted on [`Cluster::stop`] or drop.
@@ -177,12 +172,10 @@ impl Cluster {
         cmd
     }
 
-    /// Deletes the cluster: every component is stopped and the workdir removed.
+    /// Deletes the cluster: every component is stopped and the workdir
+    /// removed. Closing the watchdog's stdin makes it do that; this waits.
     pub fn stop(&mut self) {
-        let Some((mut child, mut stdin)) = self.watchdog.take() else { return };
-        teardown(&self.kwokctl, &self.info.name, &self.info.workdir);
-        // Tell the watchdog the work is done, so it exits without a second delete.
-        let _ = stdin.write_all(b"done\n");
+        let Some((mut child, stdin)) = self.watchdog.take() else { return };
         drop(stdin);
         let _ = child.wait();
     }
@@ -257,63 +250,39 @@ componentsPatches:
     )
 }
 
-/// Starts the watchdog: `sh` waits for a line on its stdin. "done" means the
-/// cluster was deleted already; anything else, end of file included, means
-/// its creator is gone and it deletes the cluster itself. Its own process
-/// group keeps Ctrl-C in a terminal from killing it before it has cleaned up.
+/// Deletes a cluster: `sh -c TEARDOWN teardown KWOKCTL WORKDIR NAME`.
+///
+/// Every process of the cluster (kwokctl create itself included) has the
+/// workdir in its command line: kill those first, so nothing still being
+/// started survives, then let kwokctl clean up, then make sure. The trailing
+/// slash keeps the pattern from matching the shell running this, whose
+/// arguments hold the workdir without one.
+const TEARDOWN: &str = "pkill -KILL -f -- \"$2/\"; \
+                        KWOK_WORKDIR=\"$2\" \"$1\" delete cluster --name \"$3\" >/dev/null 2>&1; \
+                        pkill -KILL -f -- \"$2/\"; rm -rf \"$2\"";
+
+fn teardown_cmd(script: &str, kwokctl: &Path, workdir: &Path, name: &str) -> Command {
+    let mut cmd = Command::new("sh");
+    cmd.args(["-c", script, "teardown"]).arg(kwokctl).arg(workdir).arg(name);
+    cmd.stdout(Stdio::null()).stderr(Stdio::null());
+    cmd
+}
+
+/// Starts the watchdog: a `sh` that waits for its stdin to yield a line or
+/// end, then runs [`TEARDOWN`]. Only this process holds the write end, so the
+/// cluster goes when this process goes, however it goes; [`Cluster::stop`]
+/// closes it on purpose. Its own process group keeps Ctrl-C in a terminal
+/// from killing it before it has cleaned up.
 fn arm_watchdog(kwokctl: &Path, info: &ClusterInfo) -> anyhow::Result<(Child, ChildStdin)> {
     use std::os::unix::process::CommandExt as _;
-    // Every process of the cluster (kwokctl create itself included) has the
-    // workdir in its command line: kill those first, so nothing still being
-    // started survives, then let kwokctl clean up, then make sure. The
-    // trailing slash keeps the pattern from matching the watchdog itself,
-    // whose arguments hold the workdir without one.
-    let script = "IFS= read -r line; [ \"$line\" = done ] && exit 0; \
-                  pkill -KILL -f -- \"$2/\"; \
-                  KWOK_WORKDIR=\"$2\" \"$1\" delete cluster --name \"$3\" >/dev/null 2>&1; \
-                  pkill -KILL -f -- \"$2/\"; rm -rf \"$2\"";
-    let mut child = Command::new("sh")
-        .args(["-c", script, "watchdog"])
-        .arg(kwokctl)
-        .arg(&info.workdir)
-        .arg(&info.name)
+    let script = format!("IFS= read -r _; {TEARDOWN}");
+    let mut child = teardown_cmd(&script, kwokctl, &info.workdir, &info.name)
         .stdin(Stdio::piped())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
         .process_group(0)
         .spawn()
         .context("starting the cluster watchdog (sh)")?;
     let stdin = child.stdin.take().context("watchdog stdin")?;
     Ok((child, stdin))
-}
-
-fn teardown(kwokctl: &Path, name: &str, workdir: &Path) {
-    let pids = std::fs::read_dir(workdir.join("clusters").join(name).join("pids"))
-        .map(|d| {
-            d.flatten()
-                .filter_map(|e| std::fs::read_to_string(e.path()).ok())
-                .filter_map(|t| t.trim().parse::<u32>().ok())
-                .collect::<Vec<_>>()
-        })
-        .unwrap_or_default();
-    let _ = Command::new(kwokctl)
-        .env("KWOK_WORKDIR", workdir)
-        .args(["delete", "cluster", "--name", name])
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status();
-    // kwokctl stops components by their pid files; make sure none survives.
-    // A pid is killed only while it still runs a binary of this cluster: an
-    // old pid file may name a process that has nothing to do with it.
-    let marker = workdir.display().to_string();
-    for pid in pids {
-        let cmdline = std::fs::read(format!("/proc/{pid}/cmdline")).unwrap_or_default();
-        if String::from_utf8_lossy(&cmdline).contains(&marker) {
-            let _ = Command::new("kill").args(["-KILL", &pid.to_string()]).stderr(Stdio::null()).status();
-        }
-    }
-    let _ = std::fs::remove_dir_all(workdir);
 }
 
 /// Deletes clusters whose creating process no longer exists (both it and its
@@ -324,7 +293,7 @@ pub fn sweep_stale(root: &Path, kwokctl: &Path) {
         let dir = e.path();
         let owner =
             std::fs::read_to_string(dir.join("owner.pid")).ok().and_then(|t| t.trim().parse::<u32>().ok());
-        let alive = owner.is_some_and(|pid| Path::new(&format!("/proc/{pid}")).exists());
+        let alive = owner.is_some_and(running);
         let old = e
             .metadata()
             .and_then(|m| m.modified())
@@ -334,9 +303,19 @@ pub fn sweep_stale(root: &Path, kwokctl: &Path) {
             && let Some(name) = dir.file_name().and_then(|n| n.to_str())
         {
             tracing::warn!(cluster = name, "deleting a test cluster left behind by a killed process");
-            teardown(kwokctl, name, &dir);
+            let _ = teardown_cmd(TEARDOWN, kwokctl, &dir, name).stdin(Stdio::null()).status();
         }
     }
+}
+
+/// Whether `pid` is a live process. A killed process whose parent has not
+/// reaped it yet (a zombie) still has a /proc entry, but is gone.
+fn running(pid: u32) -> bool {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // The state follows the parenthesised command name.
+    stat.rsplit_once(')')
+        .and_then(|(_, rest)| rest.split_whitespace().next())
+        .is_some_and(|state| state != "Z")
 }
 
 fn tail(text: &str, lines: usize) -> String {
