@@ -48,6 +48,6 @@ mod tests {
         assert!(v.subresources.as_ref().and_then(|s| s.status.as_ref()).is_some());
         let columns: Vec<String> =
             v.additional_printer_columns.iter().flatten().map(|c| c.name.clone()).collect();
-        assert_eq!(columns, ["Ready", "Replicas", "Image", "Age"]);
+        assert_eq!(columns, ["Ready", "Synced", "Replicas", "Image", "Age"]);
     }
 }

@@ -1,14 +1,16 @@
 //! grpc-operator: reconciles `GrpcService` resources into everything a
 //! production gRPC service needs.
 //!
-//! The reconciler is a pipeline: fetch → validate → desired → apply → status
-//! (see [`reconcile`]). Builders in [`reconcile::desired`] are pure functions
-//! of the validated spec, shared by the controller and by the offline `render`
-//! command, so a preview is exactly what the controller would apply.
+//! The reconciler is a pipeline: validate → fetch → desired → apply → status
+//! (see [`reconcile`]). Every kind of child is one module in [`children`],
+//! whose builder is a pure function of the validated spec, shared by the
+//! controller and by the offline `render` command, so a preview is exactly
+//! what the controller would apply. The workload contract with the runtime is
+//! the `grpc-contract` crate.
 
 pub mod admin;
 pub mod api;
-pub mod contract;
+pub mod children;
 pub mod crd;
 pub mod metrics;
 pub mod reconcile;

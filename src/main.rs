@@ -36,9 +36,9 @@ enum Command {
 
 #[derive(clap::Args)]
 struct RunArgs {
-    /// Watch only this namespace (default: all namespaces).
-    #[arg(long, env = "WATCH_NAMESPACE")]
-    namespace: Option<String>,
+    /// Watch only these namespaces, comma-separated (default, or empty: all namespaces).
+    #[arg(long, env = "WATCH_NAMESPACE", default_value = "")]
+    namespace: String,
     /// Address of the admin server (/metrics, /healthz, /readyz).
     #[arg(long, env = "ADMIN_ADDR", default_value = "0.0.0.0:8080")]
     admin_addr: SocketAddr,
@@ -48,8 +48,8 @@ struct RunArgs {
     /// Maximum concurrent reconciles.
     #[arg(long, default_value_t = 16)]
     concurrency: u16,
-    /// Seconds between periodic re-checks of a healthy GrpcService.
-    #[arg(long, default_value_t = 3600)]
+    /// Seconds between periodic re-checks of a healthy GrpcService (plus a random part of up to as much again).
+    #[arg(long, default_value_t = 300)]
     resync_seconds: u64,
     /// Milliseconds to wait after a trigger before reconciling, merging bursts of events.
     #[arg(long, default_value_t = 100)]
@@ -121,7 +121,8 @@ async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error + S
     })?;
     let cluster_url = config.cluster_url.to_string();
     let client = kube::Client::try_from(config)?;
-    run::preflight(&client, &cluster_url, args.namespace.as_deref()).await?;
+    let namespaces = run::parse_namespaces(&args.namespace);
+    run::preflight(&client, &cluster_url, &namespaces).await?;
 
     let (stop_tx, stop_rx) = watch::channel(false);
     let stopped = |mut rx: watch::Receiver<bool>| async move {
@@ -131,7 +132,7 @@ async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error + S
     let readiness = Readiness::default();
     let (addr, admin_server) =
         admin::serve(args.admin_addr, metrics.clone(), readiness.clone(), stopped(stop_rx.clone())).await?;
-    info!(%addr, %cluster_url, namespace = ?args.namespace, "grpc-operator starting");
+    info!(%addr, %cluster_url, namespaces = ?namespaces, "grpc-operator starting");
     let admin_task = tokio::spawn(admin_server);
 
     tokio::spawn(async move {
@@ -141,7 +142,7 @@ async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error + S
     });
 
     let opts = ControllerOptions {
-        namespace: args.namespace,
+        namespaces,
         reconcile: ReconcileConfig {
             resync: Duration::from_secs(args.resync_seconds),
             ..ReconcileConfig::default()
@@ -149,6 +150,7 @@ async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error + S
         concurrency: args.concurrency,
         instance: std::env::var("POD_NAME").ok(),
         debounce: Duration::from_millis(args.debounce_ms),
+        ..ControllerOptions::default()
     };
     run::run_controller(client, opts, metrics, readiness, stopped(stop_rx)).await;
     admin_task.await??;

@@ -3,7 +3,7 @@
 //! never error text.
 
 use prometheus::{
-    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGaugeVec, Opts, Registry, TextEncoder,
+    Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
 
 /// The operator's metrics.
@@ -20,6 +20,10 @@ pub struct Metrics {
     pub managed: IntGaugeVec,
     /// Write requests sent for child objects, by kind.
     pub child_writes: IntCounterVec,
+    /// Unix time of the last successful reconcile.
+    pub last_success: IntGauge,
+    /// Errors of the watches, by kind.
+    pub watch_errors: IntCounterVec,
 }
 
 /// Registering a metric failed (a duplicate name: a programming error).
@@ -58,13 +62,32 @@ impl Metrics {
             ),
             &["kind"],
         )?;
+        let last_success = IntGauge::new(
+            "grpc_operator_last_successful_reconcile_timestamp_seconds",
+            "Unix time of the last successful reconcile.",
+        )?;
+        let watch_errors = IntCounterVec::new(
+            Opts::new("grpc_operator_watch_errors_total", "Errors of the operator's watches, by kind."),
+            &["kind"],
+        )?;
+        registry.register(Box::new(last_success.clone()))?;
+        registry.register(Box::new(watch_errors.clone()))?;
         registry.register(Box::new(reconciles.clone()))?;
         registry.register(Box::new(failures.clone()))?;
         registry.register(Box::new(duration.clone()))?;
         registry.register(Box::new(managed.clone()))?;
         registry.register(Box::new(child_writes.clone()))?;
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
-        Ok(Self { registry, reconciles, failures, duration, managed, child_writes })
+        Ok(Self {
+            registry,
+            reconciles,
+            failures,
+            duration,
+            managed,
+            child_writes,
+            last_success,
+            watch_errors,
+        })
     }
 
     /// The text exposition of every metric.

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::api::GrpcService;
-use crate::reconcile::desired;
+use crate::children::{self, ObservedChildren, Registry};
 use crate::reconcile::validate::{self, Origin};
 
 /// Where manifests are read from.
@@ -179,8 +179,10 @@ fn render_document(doc: Value) -> Result<Vec<Value>, Vec<RenderProblem>> {
     match validate::validate(&obj, Origin::Manifest) {
         Err(invalid) => problems.extend(invalid.errors.into_iter().map(|e| problem(Some(e.path), e.reason))),
         Ok(valid) if problems.is_empty() => {
-            return desired::desired(&valid)
-                .to_values()
+            // Every kind the operator manages, optional ones included: render
+            // cannot know which CRDs the cluster serves.
+            return children::desired(&Registry::standard(), &valid, &ObservedChildren::default())
+                .map(|d| d.children.into_iter().map(|c| c.object).collect())
                 .map_err(|e| vec![problem(None, format!("failed to build the children: {e}"))]);
         }
         Ok(_) => {}
@@ -248,7 +250,7 @@ mod tests {
     }
 
     #[test]
-    fn sample_renders_to_a_deployment_and_a_service() {
+    fn sample_renders_to_a_deployment_a_service_and_a_disruption_budget() {
         let out = render(&[Source::Path(sample_file().into())]).expect("renders");
         insta::assert_snapshot!(out);
     }

@@ -1,58 +1,83 @@
 //! `grpc-operator run`: wires the reconcile pipeline into a kube-runtime
 //! `Controller` with shared caches for the children.
 
+use std::collections::{HashMap, HashSet};
 use std::hash::{DefaultHasher, Hash, Hasher};
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::time::Duration;
 
-use futures::{StreamExt, future};
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, ListParams};
+use futures::channel::mpsc;
+use futures::{FutureExt, SinkExt, StreamExt, future};
+use kube::api::{Api, DynamicObject, ListParams};
+use kube::discovery::ApiResource;
 use kube::runtime::controller::{Config as ControllerConfig, Controller};
 use kube::runtime::events::Reporter;
-use kube::runtime::reflector;
-use kube::runtime::utils::{PredicateConfig, predicates};
+use kube::runtime::reflector::{self, ObjectRef};
+use kube::runtime::utils::PredicateConfig;
 use kube::runtime::{WatchStreamExt, watcher};
-use kube::{Client, Resource};
+use kube::{Client, Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
 use crate::admin::Readiness;
 use crate::api::GrpcService;
+use crate::children::labels::{MANAGED_BY_LABEL, MANAGER, SERVICE_LABEL};
+use crate::children::{self, Registry};
 use crate::metrics::Metrics;
-use crate::reconcile::desired::labels::{MANAGED_BY_LABEL, MANAGER};
+use crate::reconcile::memory::Memory;
 use crate::reconcile::{self, Context, ReconcileConfig};
 
 /// Options of the controller.
 #[derive(Clone, Debug)]
 pub struct ControllerOptions {
-    /// Watch only this namespace; `None` watches all namespaces.
-    pub namespace: Option<String>,
+    /// Watch only these namespaces; empty watches all namespaces.
+    pub namespaces: Vec<String>,
+    /// The child kinds.
+    pub registry: Registry,
     /// Reconciler tunables.
     pub reconcile: ReconcileConfig,
-    /// Maximum concurrent reconciles (0 = unbounded).
+    /// Maximum concurrent reconciles per scope (0 = unbounded).
     pub concurrency: u16,
     /// `instance` of the Event reporter, usually the pod name.
     pub instance: Option<String>,
     /// Quiet period before a triggered reconcile runs; triggers arriving in
     /// it (a child created, then another) are merged into one run.
-    pub debounce: std::time::Duration,
+    pub debounce: Duration,
+    /// How often the APIs of optional kinds (CRDs that may be installed or
+    /// removed at any time) are looked up.
+    pub discovery_interval: Duration,
 }
 
 impl Default for ControllerOptions {
     fn default() -> Self {
         Self {
-            namespace: None,
+            namespaces: Vec::new(),
+            registry: Registry::standard(),
             reconcile: ReconcileConfig::default(),
             concurrency: 16,
             instance: None,
             debounce: DEFAULT_DEBOUNCE,
+            discovery_interval: DEFAULT_DISCOVERY_INTERVAL,
         }
     }
 }
 
 /// Default [`ControllerOptions::debounce`]: long enough to merge the watch
 /// events of one reconcile's own writes, short enough not to be noticed.
-pub const DEFAULT_DEBOUNCE: std::time::Duration = std::time::Duration::from_millis(100);
+pub const DEFAULT_DEBOUNCE: Duration = Duration::from_millis(100);
+/// Default [`ControllerOptions::discovery_interval`]: a CRD installed later
+/// is picked up within a minute.
+pub const DEFAULT_DISCOVERY_INTERVAL: Duration = Duration::from_secs(30);
+
+/// Parses `WATCH_NAMESPACE` / `--namespace`: a comma-separated list; empty
+/// means every namespace.
+pub fn parse_namespaces(value: &str) -> Vec<String> {
+    let mut out: Vec<String> =
+        value.split(',').map(str::trim).filter(|s| !s.is_empty()).map(str::to_owned).collect();
+    out.sort();
+    out.dedup();
+    out
+}
 
 /// The controller could not start.
 #[derive(Debug, thiserror::Error)]
@@ -72,25 +97,37 @@ pub enum RunError {
     )]
     CrdMissing,
     /// Listing GrpcServices failed for another reason (often RBAC).
-    #[error("cannot list GrpcServices")]
-    List(#[source] kube::Error),
+    #[error("cannot list GrpcServices{}", namespace.as_ref().map(|n| format!(" in namespace {n}")).unwrap_or_default())]
+    List {
+        /// The namespace, when watching some.
+        namespace: Option<String>,
+        /// The error.
+        #[source]
+        source: kube::Error,
+    },
 }
 
-/// Checks that the API server answers and serves GrpcServices, so that a
-/// misconfiguration is a clear message at start rather than a retry loop.
-pub async fn preflight(client: &Client, cluster_url: &str, namespace: Option<&str>) -> Result<(), RunError> {
+/// Checks that the API server answers and serves GrpcServices in every
+/// watched namespace, so that a misconfiguration is a clear message at start
+/// rather than a retry loop.
+pub async fn preflight(client: &Client, cluster_url: &str, namespaces: &[String]) -> Result<(), RunError> {
     if let Err(source) = client.apiserver_version().await {
         return Err(RunError::Unreachable { url: cluster_url.to_owned(), source });
     }
-    let api: Api<GrpcService> = match namespace {
-        Some(ns) => Api::namespaced(client.clone(), ns),
-        None => Api::all(client.clone()),
-    };
-    match api.list_metadata(&ListParams::default().limit(1)).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 => Err(RunError::CrdMissing),
-        Err(e) => Err(RunError::List(e)),
+    let scopes: Vec<Option<&String>> =
+        if namespaces.is_empty() { vec![None] } else { namespaces.iter().map(Some).collect() };
+    for scope in scopes {
+        let api: Api<GrpcService> = match scope {
+            Some(ns) => Api::namespaced(client.clone(), ns),
+            None => Api::all(client.clone()),
+        };
+        match api.list_metadata(&ListParams::default().limit(1)).await {
+            Ok(_) => {}
+            Err(kube::Error::Api(s)) if s.code == 404 => return Err(RunError::CrdMissing),
+            Err(source) => return Err(RunError::List { namespace: scope.cloned(), source }),
+        }
     }
+    Ok(())
 }
 
 /// Annotation `kubectl apply` (and Argo CD's default client-side apply)
@@ -111,18 +148,22 @@ pub fn trim_for_cache<K: Resource>(obj: &mut K) {
     }
 }
 
-/// Triggers a reconcile only when the spec changed (generation) or deletion
-/// started: status and finalizer writes, most of them the operator's own, do
-/// not cause another run.
-fn spec_or_deletion(obj: &GrpcService) -> Option<u64> {
+/// Triggers a reconcile when the spec changes (generation), deletion starts,
+/// the finalizer appears or disappears (a stripped finalizer is put back) or
+/// the status changes (a status edited by someone else is corrected; the
+/// reconcile after the operator's own status write finds nothing to do).
+fn trigger_fingerprint(obj: &GrpcService) -> Option<u64> {
     let mut h = DefaultHasher::new();
     obj.meta().generation.hash(&mut h);
     obj.meta().deletion_timestamp.is_some().hash(&mut h);
+    reconcile::cleanup::has_finalizer(obj).hash(&mut h);
+    serde_json::to_string(&obj.status).unwrap_or_default().hash(&mut h);
     Some(h.finish())
 }
 
-/// Runs the controller until `shutdown` resolves. `readiness` is set once
-/// every cache has synced.
+/// Runs the controller until `shutdown` resolves: one scope for all
+/// namespaces, or one per watched namespace (a watch cannot select several
+/// namespaces). `readiness` is set once every required cache has synced.
 pub async fn run_controller(
     client: Client,
     opts: ControllerOptions,
@@ -130,59 +171,98 @@ pub async fn run_controller(
     readiness: Readiness,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
-    let (grpc_api, deploy_api, svc_api): (Api<GrpcService>, Api<Deployment>, Api<Service>) =
-        match &opts.namespace {
-            Some(ns) => (
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-                Api::namespaced(client.clone(), ns),
-            ),
-            None => (Api::all(client.clone()), Api::all(client.clone()), Api::all(client.clone())),
-        };
-    let children = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
+    let shutdown = shutdown.shared();
+    let scopes: Vec<Option<String>> = if opts.namespaces.is_empty() {
+        vec![None]
+    } else {
+        opts.namespaces.iter().cloned().map(Some).collect()
+    };
+    let required = opts.registry.kinds().iter().filter(|k| !k.optional()).count() + 1;
+    let sync = CacheSync::new(readiness.clone(), scopes.len() * required);
+    future::join_all(scopes.into_iter().map(|scope| {
+        run_scope(client.clone(), scope, opts.clone(), metrics.clone(), sync.clone(), shutdown.clone())
+    }))
+    .await;
+    readiness.set(false);
+    info!("controller stopped");
+}
 
-    let sync = CacheSync::new(readiness.clone());
-    let (grpc_store, grpc_writer) = reflector::store();
+async fn run_scope(
+    client: Client,
+    scope: Option<String>,
+    opts: ControllerOptions,
+    metrics: Metrics,
+    sync: CacheSync,
+    shutdown: impl Future<Output = ()> + Send + Sync + 'static,
+) {
+    let grpc_api: Api<GrpcService> = match &scope {
+        Some(ns) => Api::namespaced(client.clone(), ns),
+        None => Api::all(client.clone()),
+    };
+    let memory = Arc::new(Memory::default());
+    let (grpc_store, grpc_writer) = reflector::store::<GrpcService>();
+    let forget = {
+        let (memory, store) = (Arc::clone(&memory), grpc_store.clone());
+        move |event: &Result<watcher::Event<GrpcService>, watcher::Error>| match event {
+            Ok(watcher::Event::Delete(obj)) => {
+                if let Some(uid) = &obj.metadata.uid {
+                    memory.forget(uid);
+                }
+            }
+            // After a relist, objects deleted while the watch was down.
+            Ok(watcher::Event::InitDone) => {
+                let live: HashSet<String> =
+                    store.state().iter().filter_map(|o| o.metadata.uid.clone()).collect();
+                memory.retain(&live);
+            }
+            _ => {}
+        }
+    };
     let grpc_stream = watcher(grpc_api, watcher::Config::default())
         .default_backoff()
         .modify(trim_for_cache)
         .reflect(grpc_writer)
-        .inspect(sync.marker(0))
+        .inspect(sync.marker())
+        .inspect(forget)
         .applied_objects()
-        .predicate_filter(spec_or_deletion, PredicateConfig::default());
-    let (deploy_store, deploy_writer) = reflector::store();
-    let deploy_stream = watcher(deploy_api, children.clone())
-        .default_backoff()
-        .modify(|d: &mut Deployment| {
-            trim_for_cache(d);
-            reconcile::apply::slim_deployment(d);
-        })
-        .reflect(deploy_writer)
-        .inspect(sync.marker(1))
-        // Deletes too: a deleted child must be recreated now, not at the next resync.
-        .touched_objects()
-        .predicate_filter(predicates::resource_version, PredicateConfig::default());
-    let (svc_store, svc_writer) = reflector::store();
-    let svc_stream = watcher(svc_api, children)
-        .default_backoff()
-        .modify(trim_for_cache)
-        .reflect(svc_writer)
-        .inspect(sync.marker(2))
-        .touched_objects()
-        .predicate_filter(predicates::resource_version, PredicateConfig::default());
+        .predicate_filter(trigger_fingerprint, PredicateConfig::default());
 
     let reporter = Reporter { controller: MANAGER.to_owned(), instance: opts.instance.clone() };
     let ctx = Arc::new(Context::new(
         client,
-        (grpc_store.clone(), deploy_store.clone(), svc_store.clone()),
+        opts.registry.clone(),
+        grpc_store.clone(),
         reporter,
         metrics,
         opts.reconcile.clone(),
+        memory,
     ));
 
+    // Child watches feed one trigger stream: a Controller cannot add an
+    // `owns` watch once it runs, and optional kinds come and go.
+    let (triggers, trigger_rx) = mpsc::channel::<ObjectRef<GrpcService>>(1024);
+    let (reconcile_all, reconcile_all_rx) = mpsc::channel::<()>(16);
+    let mut tasks = Vec::new();
+    for index in (0..ctx.kinds.len()).filter(|i| !ctx.kinds[*i].kind.optional()) {
+        let api = scoped_api(&ctx.client, scope.as_deref(), &ctx.kinds[index].api);
+        let mut marker = sync.marker::<DynamicObject>();
+        let on_synced = move || marker(&Ok(watcher::Event::InitDone));
+        tasks.push(tokio::spawn(watch_kind(api, Arc::clone(&ctx), index, triggers.clone(), on_synced)));
+    }
+    if ctx.kinds.iter().any(|k| k.kind.optional()) {
+        tasks.push(tokio::spawn(discover_optional_kinds(
+            Arc::clone(&ctx),
+            scope.clone(),
+            triggers.clone(),
+            reconcile_all.clone(),
+            opts.discovery_interval,
+        )));
+    }
+    drop((triggers, reconcile_all));
+
     Controller::for_stream(grpc_stream, grpc_store)
-        .owns_stream(deploy_stream)
-        .owns_stream(svc_stream)
+        .reconcile_on(trigger_rx)
+        .reconcile_all_on(reconcile_all_rx)
         .with_config(ControllerConfig::default().concurrency(opts.concurrency).debounce(opts.debounce))
         .graceful_shutdown_on(shutdown)
         .run(reconcile::reconcile, reconcile::error_policy, ctx)
@@ -197,12 +277,150 @@ pub async fn run_controller(
             future::ready(())
         })
         .await;
-    readiness.set(false);
-    info!("controller stopped");
+    for task in tasks {
+        task.abort();
+    }
 }
 
-/// Sets readiness once every cache has its initial list, seen in the watch
-/// streams themselves (`InitDone`).
+fn scoped_api(client: &Client, scope: Option<&str>, api: &ApiResource) -> Api<DynamicObject> {
+    match scope {
+        Some(ns) => Api::namespaced_with(client.clone(), ns, api),
+        None => Api::all_with(client.clone(), api),
+    }
+}
+
+/// The GrpcService a child belongs to, from its labels (which adoption
+/// candidates carry too, unlike an ownerReference).
+fn owner_of(obj: &DynamicObject) -> Option<ObjectRef<GrpcService>> {
+    let name = obj.labels().get(SERVICE_LABEL)?;
+    Some(ObjectRef::new(name).within(obj.metadata.namespace.as_deref()?))
+}
+
+/// Watches one child kind: keeps its slim cache, publishes the store once the
+/// first list is complete, and turns every change (deletes included) into a
+/// trigger for the owning GrpcService. Ends when the API is no longer served.
+async fn watch_kind(
+    api: Api<DynamicObject>,
+    ctx: Arc<Context>,
+    index: usize,
+    mut triggers: mpsc::Sender<ObjectRef<GrpcService>>,
+    mut on_synced: impl FnMut() + Send + 'static,
+) {
+    let cache = &ctx.kinds[index];
+    let kind = cache.kind.kind();
+    let keeps = cache.kind.cache_keeps();
+    let writer = reflector::store::Writer::new(cache.api.clone());
+    let store = writer.as_reader();
+    let config = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
+    let mut stream = std::pin::pin!(
+        watcher(api, config).default_backoff().modify(move |o| children::slim(o, keeps)).reflect(writer)
+    );
+    let mut published = false;
+    // Owners of the children cached before a relist: a child deleted while
+    // the watch was down produces no event, only its absence from the list.
+    let mut before_relist: HashSet<ObjectRef<GrpcService>> = HashSet::new();
+    while let Some(event) = stream.next().await {
+        match event {
+            Ok(watcher::Event::Init) => {
+                before_relist = store.state().iter().filter_map(|o| owner_of(o)).collect();
+            }
+            Ok(watcher::Event::InitDone) => {
+                if !published {
+                    cache.set_store(Some(store.clone()));
+                    on_synced();
+                    published = true;
+                    info!(kind, "cache synced");
+                }
+                for owner in std::mem::take(&mut before_relist) {
+                    let _ = triggers.send(owner).await;
+                }
+            }
+            Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) | watcher::Event::Delete(obj)) => {
+                if let Some(owner) = owner_of(&obj) {
+                    let _ = triggers.send(owner).await;
+                }
+            }
+            Err(e) => {
+                ctx.metrics.watch_errors.with_label_values(&[kind]).inc();
+                if cache.kind.optional() && is_not_found(&e) {
+                    info!(kind, "API no longer served; watch stopped");
+                    cache.set_store(None);
+                    return;
+                }
+                warn!(kind, error = %reconcile::error_chain(&e), "watch failed; retrying with backoff");
+            }
+        }
+    }
+}
+
+fn is_not_found(e: &watcher::Error) -> bool {
+    matches!(
+        e,
+        watcher::Error::InitialListFailed(kube::Error::Api(s)) | watcher::Error::WatchFailed(kube::Error::Api(s))
+            if s.code == 404
+    )
+}
+
+/// Starts and stops the watches of optional kinds as their APIs appear and
+/// disappear (discovery works with namespaced permissions too), and has every
+/// GrpcService reconciled on each change: to create the children a new CRD
+/// allows, or to report `CRDNotInstalled`.
+async fn discover_optional_kinds(
+    ctx: Arc<Context>,
+    scope: Option<String>,
+    triggers: mpsc::Sender<ObjectRef<GrpcService>>,
+    mut reconcile_all: mpsc::Sender<()>,
+    interval: Duration,
+) {
+    let mut running: HashMap<usize, tokio::task::JoinHandle<()>> = HashMap::new();
+    loop {
+        for (index, cache) in ctx.kinds.iter().enumerate().filter(|(_, c)| c.kind.optional()) {
+            running.retain(|_, task| !task.is_finished());
+            let kind = cache.kind.kind();
+            match served(&ctx.client, &cache.api).await {
+                Ok(true) if !running.contains_key(&index) => {
+                    info!(kind, api = %cache.api.api_version, "API served; starting its watch");
+                    let api = scoped_api(&ctx.client, scope.as_deref(), &cache.api);
+                    let mut all = reconcile_all.clone();
+                    let on_synced = move || {
+                        let _ = all.try_send(());
+                    };
+                    let task =
+                        tokio::spawn(watch_kind(api, Arc::clone(&ctx), index, triggers.clone(), on_synced));
+                    running.insert(index, task);
+                }
+                Ok(false) => {
+                    if let Some(task) = running.remove(&index) {
+                        info!(kind, "API no longer served; stopping its watch");
+                        task.abort();
+                    }
+                    if cache.store().is_some() {
+                        cache.set_store(None);
+                        let _ = reconcile_all.send(()).await;
+                    }
+                }
+                Ok(true) => {}
+                Err(e) => {
+                    ctx.metrics.watch_errors.with_label_values(&[kind]).inc();
+                    warn!(kind, error = %reconcile::error_chain(&e), "discovery failed");
+                }
+            }
+        }
+        tokio::time::sleep(interval).await;
+    }
+}
+
+/// Whether the API server serves `api` (group/version and plural).
+async fn served(client: &Client, api: &ApiResource) -> Result<bool, kube::Error> {
+    match client.list_api_group_resources(&api.api_version).await {
+        Ok(list) => Ok(list.resources.iter().any(|r| r.name == api.plural)),
+        Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),
+        Err(e) => Err(e),
+    }
+}
+
+/// Sets readiness once every required cache has its initial list, seen in
+/// the watch streams themselves (`InitDone`).
 ///
 /// Not `Store::wait_until_ready`: kube-runtime's store readiness is a futures
 /// oneshot, which keeps one waker, and the Controller already waits on the
@@ -211,23 +429,24 @@ pub async fn run_controller(
 /// starting.
 #[derive(Clone)]
 struct CacheSync {
-    synced: Arc<[std::sync::atomic::AtomicBool; 3]>,
+    remaining: Arc<AtomicUsize>,
     readiness: Readiness,
 }
 
 impl CacheSync {
-    fn new(readiness: Readiness) -> Self {
-        Self { synced: Arc::new(Default::default()), readiness }
+    fn new(readiness: Readiness, caches: usize) -> Self {
+        Self { remaining: Arc::new(AtomicUsize::new(caches)), readiness }
     }
 
-    /// An `inspect` callback for cache number `i`'s reflected watch stream.
-    fn marker<K>(&self, i: usize) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) + use<K> {
+    /// An `inspect` callback for one cache's reflected watch stream; counts
+    /// its first `InitDone` only.
+    fn marker<K>(&self) -> impl FnMut(&Result<watcher::Event<K>, watcher::Error>) + Send + use<K> {
         let sync = self.clone();
+        let mut seen = false;
         move |event| {
-            if let Ok(watcher::Event::InitDone) = event {
-                sync.synced[i].store(true, std::sync::atomic::Ordering::Release);
-                let all = sync.synced.iter().all(|s| s.load(std::sync::atomic::Ordering::Acquire));
-                if all && !sync.readiness.get() {
+            if !seen && matches!(event, Ok(watcher::Event::InitDone)) {
+                seen = true;
+                if sync.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
                     info!("caches synced; controller ready");
                     sync.readiness.set(true);
                 }
@@ -243,7 +462,7 @@ mod tests {
 
     #[test]
     fn cached_objects_lose_managed_fields_and_the_last_applied_manifest_only() {
-        let mut svc = Service::default();
+        let mut svc = k8s_openapi::api::core::v1::Service::default();
         svc.metadata.managed_fields = Some(vec![ManagedFieldsEntry::default()]);
         svc.metadata.annotations = Some(
             [

@@ -26,9 +26,9 @@ pub(crate) struct AdminState {
 
 pub(crate) fn router(state: AdminState) -> Router {
     Router::new()
-        .route("/metrics", get(metrics))
-        .route("/healthz", get(healthz))
-        .route("/readyz", get(readyz))
+        .route(grpc_contract::admin::METRICS_PATH, get(metrics))
+        .route(grpc_contract::admin::LIVENESS_PATH, get(healthz))
+        .route(grpc_contract::admin::READINESS_PATH, get(readyz))
         .with_state(Arc::new(state))
 }
 

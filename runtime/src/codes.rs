@@ -118,6 +118,12 @@ mod tests {
     }
 
     #[test]
+    fn code_labels_are_the_contracts_in_numeric_order() {
+        let labels: Vec<&str> = ALL_CODES.iter().map(|c| code_label(*c)).collect();
+        assert_eq!(labels, grpc_contract::metrics::ALL_CODES);
+    }
+
+    #[test]
     fn grpc_status_is_read_from_headers_and_garbage_counts_as_unknown() {
         let mut headers = HeaderMap::new();
         assert_eq!(status_code_in(&headers), None);

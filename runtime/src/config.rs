@@ -11,41 +11,41 @@ use std::time::Duration;
 use crate::tls::TlsMode;
 
 /// `GRPC_PORT`: the gRPC port (h2c, or TLS when `TLS_MODE` is not `disabled`).
-pub const ENV_GRPC_PORT: &str = "GRPC_PORT";
+pub const ENV_GRPC_PORT: &str = grpc_contract::env::GRPC_PORT;
 /// `ADMIN_PORT`: the admin HTTP port serving `/metrics`, `/healthz`, `/readyz`.
-pub const ENV_ADMIN_PORT: &str = "ADMIN_PORT";
+pub const ENV_ADMIN_PORT: &str = grpc_contract::env::ADMIN_PORT;
 /// `TLS_MODE`: `disabled`, `server` or `mutual`.
-pub const ENV_TLS_MODE: &str = "TLS_MODE";
+pub const ENV_TLS_MODE: &str = grpc_contract::env::TLS_MODE;
 /// `TLS_DIR`: directory holding `tls.crt`, `tls.key` and `ca.crt` (the mounted Secret).
-pub const ENV_TLS_DIR: &str = "TLS_DIR";
+pub const ENV_TLS_DIR: &str = grpc_contract::env::TLS_DIR;
 /// `GRPC_WEB_ORIGINS`: comma-separated browser origins allowed to call over gRPC-Web.
-pub const ENV_GRPC_WEB_ORIGINS: &str = "GRPC_WEB_ORIGINS";
+pub const ENV_GRPC_WEB_ORIGINS: &str = grpc_contract::env::GRPC_WEB_ORIGINS;
 /// `LOG_FORMAT`: `json` or `text`.
-pub const ENV_LOG_FORMAT: &str = "LOG_FORMAT";
+pub const ENV_LOG_FORMAT: &str = grpc_contract::env::LOG_FORMAT;
 /// `RUST_LOG`: a tracing `EnvFilter` directive, e.g. `info,grpc_runtime=debug`.
-pub const ENV_RUST_LOG: &str = "RUST_LOG";
+pub const ENV_RUST_LOG: &str = grpc_contract::env::user::RUST_LOG;
 /// `OTEL_EXPORTER_OTLP_ENDPOINT`: OTLP/gRPC collector; traces are exported only when set.
-pub const ENV_OTEL_ENDPOINT: &str = "OTEL_EXPORTER_OTLP_ENDPOINT";
+pub const ENV_OTEL_ENDPOINT: &str = grpc_contract::env::user::OTEL_EXPORTER_OTLP_ENDPOINT;
 /// `OTEL_SERVICE_NAME`: the `service.name` resource attribute.
-pub const ENV_OTEL_SERVICE_NAME: &str = "OTEL_SERVICE_NAME";
+pub const ENV_OTEL_SERVICE_NAME: &str = grpc_contract::env::OTEL_SERVICE_NAME;
 /// `OTEL_RESOURCE_ATTRIBUTES`: extra resource attributes, `key=value,key=value`.
-pub const ENV_OTEL_RESOURCE_ATTRIBUTES: &str = "OTEL_RESOURCE_ATTRIBUTES";
+pub const ENV_OTEL_RESOURCE_ATTRIBUTES: &str = grpc_contract::env::OTEL_RESOURCE_ATTRIBUTES;
 /// `OTEL_TRACES_SAMPLER`: `always_on`, `always_off`, `traceidratio`, `parentbased_always_on`,
 /// `parentbased_always_off` or `parentbased_traceidratio`.
-pub const ENV_OTEL_TRACES_SAMPLER: &str = "OTEL_TRACES_SAMPLER";
+pub const ENV_OTEL_TRACES_SAMPLER: &str = grpc_contract::env::user::OTEL_TRACES_SAMPLER;
 /// `OTEL_TRACES_SAMPLER_ARG`: the ratio for the `*traceidratio` samplers, in `[0, 1]`.
-pub const ENV_OTEL_TRACES_SAMPLER_ARG: &str = "OTEL_TRACES_SAMPLER_ARG";
+pub const ENV_OTEL_TRACES_SAMPLER_ARG: &str = grpc_contract::env::user::OTEL_TRACES_SAMPLER_ARG;
 
 /// `SHUTDOWN_DRAIN_DELAY`: how long to keep serving after SIGTERM while reporting not ready
 /// (`500ms`, `5s`, `1m`).
-pub const ENV_SHUTDOWN_DRAIN_DELAY: &str = "SHUTDOWN_DRAIN_DELAY";
+pub const ENV_SHUTDOWN_DRAIN_DELAY: &str = grpc_contract::env::SHUTDOWN_DRAIN_DELAY;
 /// `SHUTDOWN_TIMEOUT`: how long in-flight calls may run after the listener closes.
-pub const ENV_SHUTDOWN_TIMEOUT: &str = "SHUTDOWN_TIMEOUT";
+pub const ENV_SHUTDOWN_TIMEOUT: &str = grpc_contract::env::SHUTDOWN_TIMEOUT;
 
 /// Default gRPC port of the workload contract.
-pub const DEFAULT_GRPC_PORT: u16 = 50051;
+pub const DEFAULT_GRPC_PORT: u16 = grpc_contract::env::DEFAULT_GRPC_PORT;
 /// Default admin port of the workload contract.
-pub const DEFAULT_ADMIN_PORT: u16 = 9090;
+pub const DEFAULT_ADMIN_PORT: u16 = grpc_contract::env::DEFAULT_ADMIN_PORT;
 
 /// A configuration value that cannot be used: which variable, the offending value (for
 /// variables that never hold secrets) and why.
@@ -215,7 +215,10 @@ pub struct ShutdownConfig {
 
 impl Default for ShutdownConfig {
     fn default() -> Self {
-        ShutdownConfig { drain_delay: Duration::from_secs(5), timeout: Duration::from_secs(20) }
+        ShutdownConfig {
+            drain_delay: Duration::from_millis(grpc_contract::env::DEFAULT_SHUTDOWN_DRAIN_DELAY_MS),
+            timeout: Duration::from_millis(grpc_contract::env::DEFAULT_SHUTDOWN_TIMEOUT_MS),
+        }
     }
 }
 
@@ -355,23 +358,12 @@ fn parse_port(variable: &'static str, value: &str) -> Result<u16, ConfigError> {
     }
 }
 
-/// A duration as `<integer><unit>` with unit `ms`, `s` or `m` (a Go-style subset).
+/// A duration as `<integer><unit>` with unit `ms`, `s` or `m`, at most 1h: the contract's
+/// parser, which the operator validates `spec.shutdown` with.
 fn parse_duration(variable: &'static str, value: &str) -> Result<Duration, ConfigError> {
-    let v = value.trim();
-    let split = v.find(|c: char| !c.is_ascii_digit()).unwrap_or(v.len());
-    let (digits, unit) = v.split_at(split);
-    let invalid = || ConfigError::new(variable, value, "must be a duration such as 500ms, 5s or 1m");
-    let n: u64 = digits.parse().map_err(|_| invalid())?;
-    let d = match unit {
-        "ms" => Duration::from_millis(n),
-        "s" => Duration::from_secs(n),
-        "m" => Duration::from_secs(n.saturating_mul(60)),
-        _ => return Err(invalid()),
-    };
-    if d > Duration::from_secs(3600) {
-        return Err(ConfigError::new(variable, value, "must be at most 1h"));
-    }
-    Ok(d)
+    grpc_contract::shutdown::parse_duration_ms(value)
+        .map(Duration::from_millis)
+        .map_err(|e| ConfigError::new(variable, value, e.reason()))
 }
 
 fn parse_origins(value: &str) -> Result<WebOrigins, ConfigError> {

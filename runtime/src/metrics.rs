@@ -11,32 +11,31 @@ use crate::codes::{ALL_CODES, code_label};
 use crate::method::RpcKind;
 
 /// Counter: RPCs started on the server.
-pub const SERVER_STARTED_TOTAL: &str = "grpc_server_started_total";
+pub const SERVER_STARTED_TOTAL: &str = grpc_contract::metrics::SERVER_STARTED_TOTAL;
 /// Counter: RPCs completed on the server, regardless of success or failure.
-pub const SERVER_HANDLED_TOTAL: &str = "grpc_server_handled_total";
+pub const SERVER_HANDLED_TOTAL: &str = grpc_contract::metrics::SERVER_HANDLED_TOTAL;
 /// Counter: stream messages received on the server.
-pub const SERVER_MSG_RECEIVED_TOTAL: &str = "grpc_server_msg_received_total";
+pub const SERVER_MSG_RECEIVED_TOTAL: &str = grpc_contract::metrics::SERVER_MSG_RECEIVED_TOTAL;
 /// Counter: stream messages sent by the server.
-pub const SERVER_MSG_SENT_TOTAL: &str = "grpc_server_msg_sent_total";
+pub const SERVER_MSG_SENT_TOTAL: &str = grpc_contract::metrics::SERVER_MSG_SENT_TOTAL;
 /// Histogram: time from the start of an RPC to its end (the last response message or status).
-pub const SERVER_HANDLING_SECONDS: &str = "grpc_server_handling_seconds";
+pub const SERVER_HANDLING_SECONDS: &str = grpc_contract::metrics::SERVER_HANDLING_SECONDS;
 /// Counter: handler panics turned into `INTERNAL` (the go-grpc-middleware recovery name).
-pub const PANICS_RECOVERED_TOTAL: &str = "grpc_req_panics_recovered_total";
+pub const PANICS_RECOVERED_TOTAL: &str = grpc_contract::metrics::PANICS_RECOVERED_TOTAL;
 
 /// Label: the streaming kind, `unary`, `client_stream`, `server_stream` or `bidi_stream`.
-pub const LABEL_TYPE: &str = "grpc_type";
+pub const LABEL_TYPE: &str = grpc_contract::metrics::LABEL_TYPE;
 /// Label: fully-qualified service name, e.g. `user.v1.UserService`.
-pub const LABEL_SERVICE: &str = "grpc_service";
+pub const LABEL_SERVICE: &str = grpc_contract::metrics::LABEL_SERVICE;
 /// Label: method name, e.g. `GetUser`.
-pub const LABEL_METHOD: &str = "grpc_method";
+pub const LABEL_METHOD: &str = grpc_contract::metrics::LABEL_METHOD;
 /// Label: status code, spelled as Go spells it (`OK`, `NotFound`, `DeadlineExceeded`, …); see
 /// [`crate::codes::code_label`].
-pub const LABEL_CODE: &str = "grpc_code";
+pub const LABEL_CODE: &str = grpc_contract::metrics::LABEL_CODE;
 
 /// `grpc_server_handling_seconds` buckets: Prometheus client_golang's `DefBuckets`, which
 /// go-grpc-prometheus uses, so histogram_quantile over mixed Go and Rust fleets is consistent.
-pub const HANDLING_SECONDS_BUCKETS: [f64; 11] =
-    [0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0];
+pub const HANDLING_SECONDS_BUCKETS: [f64; 11] = grpc_contract::metrics::HANDLING_SECONDS_BUCKETS;
 
 /// The server's metric families, registered once per server.
 #[derive(Debug, Clone)]

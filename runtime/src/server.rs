@@ -96,8 +96,10 @@ pub enum ServeError {
 
 type ShutdownHook = Box<dyn FnOnce() -> Pin<Box<dyn Future<Output = ()> + Send>> + Send>;
 
-/// How long one shutdown hook may run before shutdown moves on without it.
-pub const SHUTDOWN_HOOK_TIMEOUT: Duration = Duration::from_secs(5);
+/// How long the shutdown hooks together may run before shutdown moves on without them, and
+/// how long the telemetry flush may take: the workload contract's budget, which the operator
+/// adds to the pod's `terminationGracePeriodSeconds`.
+pub const SHUTDOWN_HOOK_TIMEOUT: Duration = Duration::from_millis(grpc_contract::shutdown::HOOK_TIMEOUT_MS);
 
 /// Builder of a production gRPC server; see the [crate documentation](crate) for a guide.
 pub struct Server {
@@ -197,8 +199,8 @@ impl Server {
     }
 
     /// Runs `hook` when shutdown begins, after every service reports `NOT_SERVING` and before
-    /// the drain delay: the place to deregister from service discovery. Each hook gets at most
-    /// [`SHUTDOWN_HOOK_TIMEOUT`].
+    /// the drain delay: the place to deregister from service discovery. The hooks run in order
+    /// and together get at most [`SHUTDOWN_HOOK_TIMEOUT`].
     pub fn on_shutdown<F, Fut>(mut self, hook: F) -> Self
     where
         F: FnOnce() -> Fut + Send + 'static,
@@ -484,10 +486,13 @@ impl BoundServer {
         signal.await;
         tracing::info!(drain_delay = ?config.shutdown.drain_delay, "shutdown: reporting NOT_SERVING");
         health.drain().await;
-        for hook in hooks {
-            if tokio::time::timeout(SHUTDOWN_HOOK_TIMEOUT, hook()).await.is_err() {
-                tracing::warn!("shutdown hook did not finish within {SHUTDOWN_HOOK_TIMEOUT:?}; continuing");
+        let run_hooks = async {
+            for hook in hooks {
+                hook().await;
             }
+        };
+        if tokio::time::timeout(SHUTDOWN_HOOK_TIMEOUT, run_hooks).await.is_err() {
+            tracing::warn!("shutdown hooks did not finish within {SHUTDOWN_HOOK_TIMEOUT:?}; continuing");
         }
         tokio::time::sleep(config.shutdown.drain_delay).await;
         tracing::info!(timeout = ?config.shutdown.timeout, "shutdown: closing the listener and draining calls");
@@ -505,8 +510,13 @@ impl BoundServer {
         if let Some(telemetry) = telemetry {
             // Off the async threads: the exporter's connection runs on this runtime, which may
             // have only the thread running this future.
-            if let Err(err) = tokio::task::spawn_blocking(move || telemetry.shutdown()).await {
-                tracing::warn!(error = %err, "flushing spans failed");
+            let flush = tokio::task::spawn_blocking(move || telemetry.shutdown());
+            match tokio::time::timeout(SHUTDOWN_HOOK_TIMEOUT, flush).await {
+                Ok(Ok(())) => {}
+                Ok(Err(err)) => tracing::warn!(error = %err, "flushing spans failed"),
+                Err(_) => {
+                    tracing::warn!("flushing spans did not finish within {SHUTDOWN_HOOK_TIMEOUT:?}; exiting")
+                }
             }
         }
         tracing::info!("shutdown complete");

@@ -46,11 +46,11 @@ pub const TLS_CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS: &str =
 pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "grpc_runtime_tls_handshake_failures_total";
 
 /// File name of the certificate chain (leaf first, then intermediates) inside the TLS directory.
-pub const CERT_FILE: &str = "tls.crt";
+pub const CERT_FILE: &str = grpc_contract::tls::CERT_FILE;
 /// File name of the private key of the leaf certificate inside the TLS directory.
-pub const KEY_FILE: &str = "tls.key";
+pub const KEY_FILE: &str = grpc_contract::tls::KEY_FILE;
 /// File name of the CA bundle that client certificates are verified against (mutual TLS).
-pub const CA_FILE: &str = "ca.crt";
+pub const CA_FILE: &str = grpc_contract::tls::CA_FILE;
 
 /// ALPN protocols we offer, in preference order. `http/1.1` stays because gRPC-Web runs over HTTP/1.1.
 const ALPN_PROTOCOLS: [&[u8]; 2] = [b"h2", b"http/1.1"];

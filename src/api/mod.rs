@@ -4,7 +4,9 @@
 
 pub mod v1alpha1;
 
-pub use v1alpha1::{GrpcService, GrpcServiceSpec, GrpcServiceStatus, ImagePullPolicy};
+pub use v1alpha1::{
+    Autoscaling, Disruption, GrpcService, GrpcServiceSpec, GrpcServiceStatus, ImagePullPolicy, Shutdown,
+};
 
 /// API group of every grpc-operator resource.
 pub const GROUP: &str = "grpcoperator.io";

@@ -10,11 +10,10 @@ use std::collections::BTreeMap;
 
 use k8s_openapi::api::core::v1::{EnvVar, LocalObjectReference, ResourceRequirements};
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Condition;
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use kube::{CustomResource, KubeSchema};
 use serde::{Deserialize, Serialize};
 
-/// Default number of pods.
-pub const DEFAULT_REPLICAS: i32 = 1;
 /// Default gRPC port.
 pub const DEFAULT_PORT: i32 = 50051;
 /// Default admin (metrics, health) port.
@@ -42,11 +41,13 @@ pub const SERVICE_NAME_PATTERN: &str = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Z
     status = "GrpcServiceStatus",
     validation = Rule::new("size(self.metadata.name) <= 63 && self.metadata.name.matches('^[a-z]([-a-z0-9]*[a-z0-9])?$')").message("metadata.name must be a DNS-1035 label (at most 63 lowercase letters, digits or '-', starting with a letter), because the Service is named after it"),
     printcolumn = r#"{"name":"Ready","type":"string","jsonPath":".status.conditions[?(@.type==\"Ready\")].status"}"#,
+    printcolumn = r#"{"name":"Synced","type":"string","jsonPath":".status.conditions[?(@.type==\"Synced\")].status"}"#,
     printcolumn = r#"{"name":"Replicas","type":"integer","jsonPath":".status.readyReplicas"}"#,
     printcolumn = r#"{"name":"Image","type":"string","jsonPath":".spec.image","priority":0}"#,
     printcolumn = r#"{"name":"Age","type":"date","jsonPath":".metadata.creationTimestamp"}"#
 )]
 #[x_kube(validation = Rule::new("self.port != self.adminPort").message("port and adminPort must differ").field_path(".adminPort").reason(Reason::FieldValueInvalid))]
+#[x_kube(validation = Rule::new("!(has(self.replicas) && has(self.autoscaling))").message("replicas and autoscaling are mutually exclusive: with autoscaling, the HorizontalPodAutoscaler sets the replica count").field_path(".autoscaling").reason(Reason::FieldValueForbidden))]
 #[serde(rename_all = "camelCase")]
 pub struct GrpcServiceSpec {
     /// Container image of the workload, e.g. `registry.example.com/shop/user-service:1.4.2`.
@@ -63,10 +64,32 @@ pub struct GrpcServiceSpec {
     #[schemars(length(max = 16))]
     pub image_pull_secrets: Vec<LocalObjectReference>,
 
-    /// Number of pods.
-    #[serde(default = "default_replicas")]
+    /// Number of pods. When unset, the operator does not own the replica
+    /// count: a HorizontalPodAutoscaler, `kubectl scale` or KEDA may set it,
+    /// and a new Deployment starts with 1. Mutually exclusive with
+    /// `autoscaling`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(range(min = 0, max = 1000))]
-    pub replicas: i32,
+    pub replicas: Option<i32>,
+
+    /// A HorizontalPodAutoscaler (`autoscaling/v2`) for the Deployment.
+    /// Mutually exclusive with `replicas`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub autoscaling: Option<Autoscaling>,
+
+    /// A PodDisruptionBudget for the pods. When unset, the operator creates
+    /// one with `maxUnavailable: 1` when the service has at least 2 pods
+    /// (`replicas` or `autoscaling.minReplicas`), and none otherwise; with
+    /// `replicas` unset and no autoscaling the pod count is not known, so no
+    /// budget is created unless this is set.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub disruption: Option<Disruption>,
+
+    /// Graceful shutdown of the workload. The pod's
+    /// `terminationGracePeriodSeconds` is `drainDelay + timeout` plus the
+    /// runtime's hook and flush budget (10 s) plus 5 s.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub shutdown: Option<Shutdown>,
 
     /// gRPC port (h2c, or TLS when mTLS is enabled). Exposed as the Service
     /// port named `grpc` and given to the workload as `GRPC_PORT`.
@@ -119,6 +142,68 @@ pub struct GrpcServiceSpec {
     pub pod_labels: BTreeMap<String, String>,
 }
 
+/// Horizontal autoscaling of the Deployment.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.minReplicas) || self.minReplicas <= self.maxReplicas").message("minReplicas may not be greater than maxReplicas").field_path(".minReplicas").reason(Reason::FieldValueInvalid))]
+pub struct Autoscaling {
+    /// Lower bound of the replica count. Defaults to 1.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub min_replicas: Option<i32>,
+    /// Upper bound of the replica count.
+    #[schemars(range(min = 1, max = 1000))]
+    pub max_replicas: i32,
+    /// Target average CPU utilization, in percent of `resources.requests.cpu`
+    /// (which must then be set). When neither target is set, the target is
+    /// 80 % CPU, as for a HorizontalPodAutoscaler without metrics.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[serde(rename = "targetCPUUtilizationPercentage")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub target_cpu_utilization_percentage: Option<i32>,
+    /// Target average memory utilization, in percent of
+    /// `resources.requests.memory` (which must then be set).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 1000))]
+    pub target_memory_utilization_percentage: Option<i32>,
+}
+
+/// The pods' disruption budget: exactly one of the two fields.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.minAvailable) != has(self.maxUnavailable)").message("set exactly one of minAvailable and maxUnavailable").reason(Reason::FieldValueInvalid))]
+pub struct Disruption {
+    /// Pods that must stay available during voluntary disruptions: a number,
+    /// or a percentage such as `50%`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub min_available: Option<IntOrString>,
+    /// Pods that may be unavailable during voluntary disruptions: a number,
+    /// or a percentage such as `25%`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub max_unavailable: Option<IntOrString>,
+}
+
+/// Shutdown budget of the workload, given to it as `SHUTDOWN_DRAIN_DELAY`
+/// and `SHUTDOWN_TIMEOUT`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Shutdown {
+    /// How long the workload keeps serving after SIGTERM while reporting not
+    /// ready, so that load balancers stop sending it calls: `500ms`, `5s`,
+    /// `1m`. Defaults to `5s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16), pattern(DURATION_PATTERN))]
+    pub drain_delay: Option<String>,
+    /// How long in-flight calls may run after the listener closes; at most
+    /// `1h`. Defaults to `20s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(max = 16), pattern(DURATION_PATTERN))]
+    pub timeout: Option<String>,
+}
+
+/// Pattern of a shutdown duration: a whole number of `ms`, `s` or `m`.
+pub const DURATION_PATTERN: &str = r"^[0-9]{1,7}(ms|s|m)$";
+
 /// Image pull policy of the workload container.
 #[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
 pub enum ImagePullPolicy {
@@ -149,9 +234,12 @@ pub struct GrpcServiceStatus {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub observed_generation: Option<i64>,
 
-    /// `Ready` (everything below is true) and `DeploymentAvailable` (the
-    /// Deployment has rolled out the current spec and has the minimum available
-    /// pods).
+    /// `Ready`: what serving depends on is in place (the Deployment is
+    /// available). `Synced`: the last reconcile applied the current spec;
+    /// False at the first permanent failure or after 5 transient ones in a
+    /// row. `DeploymentAvailable`: the Deployment has rolled out the current
+    /// spec with the minimum available pods. Later capabilities add
+    /// `CertificateReady`, `GrpcWebReady` and `MonitoringReady`.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(extend("x-kubernetes-list-type" = "map", "x-kubernetes-list-map-keys" = ["type"]))]
     pub conditions: Vec<Condition>,
@@ -167,10 +255,6 @@ pub struct GrpcServiceStatus {
     /// In-cluster gRPC address, e.g. `user-service.shop.svc:50051`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
-}
-
-fn default_replicas() -> i32 {
-    DEFAULT_REPLICAS
 }
 
 fn default_port() -> i32 {

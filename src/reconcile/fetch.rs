@@ -1,13 +1,15 @@
-//! fetch: reads the live children, from the controller's caches when possible.
+//! fetch: reads the live children of one GrpcService, from the caches when
+//! possible.
 
 use std::sync::Arc;
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
-use kube::api::Api;
-use kube::runtime::reflector::{ObjectRef, Store};
-use kube::{Client, Resource};
-use serde::de::DeserializeOwned;
+use kube::api::{Api, DynamicObject};
+use kube::runtime::reflector::ObjectRef;
+use kube::{Client, ResourceExt};
+
+use super::cache::KindCache;
+use crate::children::labels::SERVICE_LABEL;
+use crate::reconcile::validate::ValidatedService;
 
 /// Reading a child object failed.
 #[derive(Debug, thiserror::Error)]
@@ -24,54 +26,71 @@ pub struct FetchError {
     pub source: kube::Error,
 }
 
-/// The live children of one GrpcService.
-#[derive(Clone, Debug, Default)]
-pub struct Observed {
-    /// The Deployment named after it, if any (owned or not).
-    pub deployment: Option<Arc<Deployment>>,
-    /// The Service named after it, if any (owned or not).
-    pub service: Option<Arc<Service>>,
+/// What one kind's cache and API showed.
+#[derive(Clone, Debug)]
+pub enum KindObserved {
+    /// The kind's API is not served (its CRD is not installed).
+    NotServed,
+    /// The API is served.
+    Served {
+        /// The object with the child's name, owned or not; looked up only for
+        /// a wanted kind.
+        named: Option<Arc<DynamicObject>>,
+        /// Other cached objects labelled as this GrpcService's children: an
+        /// unwanted kind's child, or one under an old name. Candidates for
+        /// pruning (only those we control are deleted).
+        others: Vec<Arc<DynamicObject>>,
+    },
 }
 
-/// Reads the children named `name` in `namespace`.
+/// Reads every kind's children of `svc`, in registry order.
 ///
-/// The caches only hold objects labelled as managed by the operator, so a miss
-/// falls back to a GET: a same-named object someone else created must be seen
-/// (and left alone) rather than overwritten.
+/// The caches only hold objects labelled as managed by the operator, so a
+/// miss for a wanted child falls back to a GET: a same-named object someone
+/// else created must be seen (and left alone) rather than overwritten.
 pub async fn children(
     client: &Client,
-    deployments: &Store<Deployment>,
-    services: &Store<Service>,
-    namespace: &str,
-    name: &str,
-) -> Result<Observed, FetchError> {
-    Ok(Observed {
-        deployment: cached_or_get(client, deployments, "Deployment", namespace, name).await?,
-        service: cached_or_get(client, services, "Service", namespace, name).await?,
-    })
-}
-
-async fn cached_or_get<K>(
-    client: &Client,
-    store: &Store<K>,
-    kind: &'static str,
-    namespace: &str,
-    name: &str,
-) -> Result<Option<Arc<K>>, FetchError>
-where
-    K: Resource<DynamicType = (), Scope = k8s_openapi::NamespaceResourceScope>
-        + Clone
-        + DeserializeOwned
-        + std::fmt::Debug,
-{
-    if let Some(obj) = store.get(&ObjectRef::new(name).within(namespace)) {
-        return Ok(Some(obj));
+    kinds: &[KindCache],
+    svc: &ValidatedService,
+) -> Result<Vec<KindObserved>, FetchError> {
+    let mut observed = Vec::with_capacity(kinds.len());
+    for cache in kinds {
+        let Some(store) = cache.store() else {
+            observed.push(KindObserved::NotServed);
+            continue;
+        };
+        let wanted_name = cache.kind.wanted(svc).then(|| cache.kind.name(svc));
+        let others = store.state_filter(|o| {
+            o.metadata.namespace.as_deref() == Some(svc.namespace.as_str())
+                && o.labels().get(SERVICE_LABEL) == Some(&svc.name)
+                && Some(o.name_any()) != wanted_name
+        });
+        let named = match &wanted_name {
+            None => None,
+            Some(name) => {
+                match store.get(&ObjectRef::new_with(name, cache.api.clone()).within(&svc.namespace)) {
+                    Some(obj) => Some(obj),
+                    None => {
+                        let api: Api<DynamicObject> =
+                            Api::namespaced_with(client.clone(), &svc.namespace, &cache.api);
+                        match api.get_opt(name).await {
+                            Ok(found) => found.map(Arc::new),
+                            // The CRD went away between discovery and now.
+                            Err(kube::Error::Api(s)) if s.code == 404 => None,
+                            Err(source) => {
+                                return Err(FetchError {
+                                    kind: cache.kind.kind(),
+                                    namespace: svc.namespace.clone(),
+                                    name: name.clone(),
+                                    source,
+                                });
+                            }
+                        }
+                    }
+                }
+            }
+        };
+        observed.push(KindObserved::Served { named, others });
     }
-    let api: Api<K> = Api::namespaced(client.clone(), namespace);
-    api.get_opt(name).await.map(|o| o.map(Arc::new)).map_err(|source| FetchError {
-        kind,
-        namespace: namespace.to_owned(),
-        name: name.to_owned(),
-        source,
-    })
+    Ok(observed)
 }

@@ -1,23 +1,24 @@
-//! The reconcile pipeline: fetch → validate → desired → apply → status.
+//! The reconcile pipeline: validate → fetch → desired → apply → status.
 //!
 //! Only `fetch`, `apply`, `status` and `cleanup` do I/O. `validate` turns the
 //! object into a [`validate::ValidatedService`] (the only input of the
-//! builders), and `desired` builds the children from it without a client.
+//! builders), and [`crate::children::desired`] builds every child from it
+//! without a client, before anything is written. Failures of any step are
+//! classified once ([`ErrorClass`]); the class decides the requeue, the
+//! `Synced` condition, the metric label and the Event.
 
 pub mod apply;
+pub mod cache;
 pub mod cleanup;
-pub mod desired;
 pub mod fetch;
+pub mod memory;
 pub mod quantity;
 pub mod status;
 pub mod validate;
 
-use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::Service;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::Time;
 use kube::api::Api;
 use kube::runtime::controller::Action;
@@ -27,24 +28,28 @@ use kube::{Client, Resource, ResourceExt};
 use rand::Rng;
 use tracing::{debug, info, warn};
 
-use crate::api::{GrpcService, GrpcServiceStatus};
+use crate::api::GrpcService;
+use crate::children::{self, ObservedChildren, Registry};
 use crate::metrics::Metrics;
-use apply::ApplyError;
+use apply::{ApplyError, KindApplied, Owner};
+use cache::KindCache;
 use cleanup::FinalizerError;
-use fetch::FetchError;
-use status::{Observation, StatusError, Verdict, reason};
+use fetch::{FetchError, KindObserved};
+use memory::Memory;
+use status::{KindCondition, Observation, StatusError, Verdict, reason};
 use validate::{InvalidSpec, Origin};
 
 /// Tunables of the reconciler.
 #[derive(Clone, Debug)]
 pub struct ReconcileConfig {
-    /// Periodic re-check of a healthy object. Drift in owned objects is seen
-    /// through watches; this only bounds how long a missed event can last.
+    /// Periodic re-check of a healthy object, plus a random part of up to the
+    /// same again, so that 1,000 objects do not re-check in lockstep. Drift is
+    /// seen through watches; this only bounds how long a missed event lasts.
     pub resync: Duration,
     /// How often a `NotOwned` conflict is re-checked (the foreign object is not
     /// watched, so its removal produces no event).
     pub not_owned_retry: Duration,
-    /// First retry delay after a transient error.
+    /// First retry delay after a failure.
     pub backoff_base: Duration,
     /// Upper bound of the retry delay.
     pub backoff_max: Duration,
@@ -53,7 +58,7 @@ pub struct ReconcileConfig {
 impl Default for ReconcileConfig {
     fn default() -> Self {
         Self {
-            resync: Duration::from_secs(3600),
+            resync: Duration::from_secs(300),
             not_owned_retry: Duration::from_secs(60),
             backoff_base: Duration::from_millis(500),
             backoff_max: Duration::from_secs(300),
@@ -61,15 +66,16 @@ impl Default for ReconcileConfig {
     }
 }
 
-/// Shared state of every reconcile.
+/// Shared state of every reconcile in one controller scope (all namespaces,
+/// or one namespace of a namespaced install).
 pub struct Context {
     /// API client.
     pub client: Client,
-    /// Cache of Deployments labelled as managed by the operator.
-    pub deployments: Store<Deployment>,
-    /// Cache of Services labelled as managed by the operator.
-    pub services: Store<Service>,
-    /// Cache of GrpcServices (for the managed-objects gauge).
+    /// The child kinds.
+    pub registry: Registry,
+    /// One cache per kind, in registry order.
+    pub kinds: Vec<KindCache>,
+    /// Cache of GrpcServices: the freshest status the server holds.
     pub grpc_services: Store<GrpcService>,
     /// Identity of the operator in the Events it publishes.
     pub reporter: Reporter,
@@ -77,69 +83,24 @@ pub struct Context {
     pub metrics: Metrics,
     /// Tunables.
     pub config: ReconcileConfig,
-    /// Consecutive failures per object, for exponential backoff.
-    failures: Mutex<HashMap<ObjectRef<GrpcService>, u32>>,
-    /// The status last written per object uid. The cached object handed to a
-    /// reconcile can predate our own last status write (the watch event has
-    /// not arrived yet); comparing with this instead avoids rewriting the
-    /// same status and recomputing transition times from stale data. Only
-    /// the operator writes this status.
-    written_status: Mutex<HashMap<String, GrpcServiceStatus>>,
-    /// Drift bookkeeping for Deployments, which are cached without their pod
-    /// template (see [`apply::Slim`]).
-    slim_deployments: apply::Slim,
+    /// Per-object memory.
+    pub memory: Arc<Memory>,
 }
 
 impl Context {
-    /// Creates the context.
+    /// Creates the context; the kinds' caches start empty (not served) until
+    /// the controller publishes their stores.
     pub fn new(
         client: Client,
-        stores: (Store<GrpcService>, Store<Deployment>, Store<Service>),
+        registry: Registry,
+        grpc_services: Store<GrpcService>,
         reporter: Reporter,
         metrics: Metrics,
         config: ReconcileConfig,
+        memory: Arc<Memory>,
     ) -> Self {
-        let (grpc_services, deployments, services) = stores;
-        Self {
-            client,
-            deployments,
-            services,
-            grpc_services,
-            reporter,
-            metrics,
-            config,
-            failures: Mutex::new(HashMap::new()),
-            written_status: Mutex::new(HashMap::new()),
-            slim_deployments: apply::Slim::default(),
-        }
-    }
-
-    /// The freshest known status of `obj`.
-    fn known_status(&self, obj: &GrpcService) -> Option<GrpcServiceStatus> {
-        let uid = obj.metadata.uid.as_deref()?;
-        let written = lock(&self.written_status);
-        written.get(uid).cloned().or_else(|| obj.status.clone())
-    }
-
-    fn remember_status(&self, obj: &GrpcService, status: Option<GrpcServiceStatus>) {
-        let Some(uid) = obj.metadata.uid.clone() else { return };
-        let mut written = lock(&self.written_status);
-        match status {
-            Some(s) => written.insert(uid, s),
-            None => written.remove(&uid),
-        };
-    }
-
-    /// Records a failure and returns the consecutive count.
-    fn record_failure(&self, key: ObjectRef<GrpcService>) -> u32 {
-        let mut failures = lock(&self.failures);
-        let n = failures.entry(key).or_insert(0);
-        *n = n.saturating_add(1);
-        *n
-    }
-
-    fn reset_failures(&self, key: &ObjectRef<GrpcService>) {
-        lock(&self.failures).remove(key);
+        let kinds = registry.kinds().iter().map(|k| KindCache::new(Arc::clone(k))).collect();
+        Self { client, registry, kinds, grpc_services, reporter, metrics, config, memory }
     }
 }
 
@@ -159,6 +120,9 @@ pub enum ReconcileError {
     /// Reading the children failed.
     #[error("fetch step failed")]
     Fetch(#[from] FetchError),
+    /// A builder failed.
+    #[error("desired step failed")]
+    Build(#[from] children::BuildError),
     /// Applying the children failed (or one is not owned).
     #[error("apply step failed")]
     Apply(#[from] ApplyError),
@@ -170,30 +134,88 @@ pub enum ReconcileError {
     Finalizer(#[from] FinalizerError),
 }
 
+/// The one classification of failures: it decides the requeue, the `Synced`
+/// condition, the metric label and the Event.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ErrorClass {
+    /// The spec is invalid: wait for a change.
+    InvalidSpec,
+    /// A child is controlled by someone else: re-check periodically.
+    NotOwned,
+    /// The API server refused a request (400, 401, 403, 404, 422) or the
+    /// operator built something unserializable: retrying the same request
+    /// will not help until something changes, but it is retried with
+    /// backoff in case RBAC or an admission webhook is fixed.
+    Permanent,
+    /// Conflicts, throttling, server errors, an unreachable API: retried with
+    /// backoff; `Synced` goes False only if they persist.
+    Transient,
+}
+
 impl ReconcileError {
     /// The pipeline step that failed (bounded).
     pub fn step(&self) -> &'static str {
         match self {
             Self::InvalidSpec(_) => "validate",
             Self::Fetch(_) => "fetch",
+            Self::Build(_) => "desired",
             Self::Apply(_) => "apply",
             Self::Status(_) => "status",
             Self::Finalizer(_) => "finalizer",
         }
     }
 
-    /// Class of the error (bounded): what `error_policy` decides on and what
-    /// metrics and events are labelled with.
+    fn api_error(&self) -> Option<&kube::Error> {
+        match self {
+            Self::Fetch(e) => Some(&e.source),
+            Self::Apply(e) => e.api_error(),
+            Self::Status(e) => Some(&e.source),
+            Self::Finalizer(e) => e.api_error(),
+            Self::InvalidSpec(_) | Self::Build(_) => None,
+        }
+    }
+
+    /// Class of the error, from which everything else follows.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            Self::InvalidSpec(_) => ErrorClass::InvalidSpec,
+            Self::Apply(ApplyError::NotOwned { .. }) => ErrorClass::NotOwned,
+            Self::Build(_) => ErrorClass::Permanent,
+            _ => match self.api_error() {
+                Some(kube::Error::Api(s)) if matches!(s.code, 400 | 401 | 403 | 404 | 422) => {
+                    ErrorClass::Permanent
+                }
+                Some(kube::Error::SerdeError(_)) => ErrorClass::Permanent,
+                Some(_) => ErrorClass::Transient,
+                None => ErrorClass::Permanent,
+            },
+        }
+    }
+
+    /// Bounded label for metrics and Events: the class refined by the API
+    /// status.
     pub fn category(&self) -> &'static str {
         match self {
             Self::InvalidSpec(e) => e.category(),
             Self::Apply(ApplyError::NotOwned { .. }) => "not_owned",
-            Self::Apply(ApplyError::Serialize { .. }) => "serialization",
-            Self::Apply(e) => e.api_error().map_or("unknown", api_category),
-            Self::Fetch(e) => api_category(&e.source),
-            Self::Status(e) => api_category(&e.source),
-            Self::Finalizer(e) => e.api_error().map_or("serialization", api_category),
+            Self::Build(_) => "serialization",
+            _ => self.api_error().map_or("unknown", api_category),
         }
+    }
+
+    /// The reason of `Synced` (and of `Ready` before any child exists).
+    pub fn synced_reason(&self) -> &'static str {
+        match self.class() {
+            ErrorClass::InvalidSpec => reason::INVALID_SPEC,
+            ErrorClass::NotOwned => reason::NOT_OWNED,
+            ErrorClass::Permanent => reason::APPLY_REJECTED,
+            ErrorClass::Transient => reason::API_UNAVAILABLE,
+        }
+    }
+
+    /// Whether `Synced` should say so after `failures` consecutive failures.
+    pub fn unsyncs_after(&self, failures: u32) -> bool {
+        self.class() != ErrorClass::Transient || failures >= status::TRANSIENT_FAILURES_BEFORE_UNSYNCED
     }
 }
 
@@ -236,29 +258,62 @@ impl Outcome {
 /// Reconciles one GrpcService.
 pub async fn reconcile(obj: Arc<GrpcService>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let started = Instant::now();
-    let result = pipeline(&obj, &ctx).await;
+    let uid = obj.metadata.uid.clone().unwrap_or_default();
+    let mut result = pipeline(&obj, &ctx).await;
+    if let Err(e) = &result {
+        let failures = ctx.memory.record_failure(&uid);
+        if e.unsyncs_after(failures) && !matches!(e, ReconcileError::Status(_)) {
+            let synced = Verdict::not_ok(e.synced_reason(), truncate(error_chain(e), 1024));
+            let generation = obj.metadata.generation.unwrap_or(0);
+            let obs = Observation {
+                generation,
+                synced,
+                kinds: None,
+                replicas: None,
+                ready_replicas: None,
+                endpoint: None,
+            };
+            // Without this status the failure would be invisible: a failed
+            // write is retried (with backoff) instead of the original error.
+            if let Err(status_error) = report(&ctx, &obj, obs).await {
+                warn!(name = %obj.name_any(), error = %error_chain(&status_error), "failed to report a failure in the status");
+                result = Err(status_error.into());
+            }
+        }
+    }
     let outcome = match &result {
         Ok(o) => o.label(),
-        Err(ReconcileError::InvalidSpec(_)) => "invalid_spec",
-        Err(ReconcileError::Apply(ApplyError::NotOwned { .. })) => "not_owned",
-        Err(_) => "error",
+        Err(e) => match e.class() {
+            ErrorClass::InvalidSpec => "invalid_spec",
+            ErrorClass::NotOwned => "not_owned",
+            _ => "error",
+        },
     };
     ctx.metrics.reconciles.with_label_values(&[outcome]).inc();
     ctx.metrics.duration.with_label_values(&[outcome]).observe(started.elapsed().as_secs_f64());
     ctx.metrics.managed.with_label_values(&["GrpcService"]).set(gauge(ctx.grpc_services.len()));
-    ctx.metrics.managed.with_label_values(&["Deployment"]).set(gauge(ctx.deployments.len()));
-    ctx.metrics.managed.with_label_values(&["Service"]).set(gauge(ctx.services.len()));
+    for cache in &ctx.kinds {
+        let n = cache.store().map_or(0, |s| s.len());
+        ctx.metrics.managed.with_label_values(&[cache.kind.kind()]).set(gauge(n));
+    }
     match result {
         Ok(outcome) => {
-            ctx.reset_failures(&ObjectRef::from_obj(obj.as_ref()));
+            ctx.memory.reset_failures(&uid);
+            ctx.metrics.last_success.set(jiff::Timestamp::now().as_second());
             debug!(name = %obj.name_any(), namespace = ?obj.namespace(), outcome = outcome.label(), "reconciled");
             Ok(match outcome {
                 Outcome::Deleted => Action::await_change(),
-                Outcome::Ready | Outcome::Progressing => Action::requeue(ctx.config.resync),
+                Outcome::Ready | Outcome::Progressing => Action::requeue(jittered(ctx.config.resync)),
             })
         }
         Err(e) => Err(e),
     }
+}
+
+/// `base` plus a random part of up to `base`.
+fn jittered(base: Duration) -> Duration {
+    let extra = rand::rng().random_range(0..=u64::try_from(base.as_millis()).unwrap_or(u64::MAX));
+    base + Duration::from_millis(extra)
 }
 
 fn gauge(n: usize) -> i64 {
@@ -267,16 +322,17 @@ fn gauge(n: usize) -> i64 {
 
 /// Chooses what happens after a failed reconcile, by error class: an invalid
 /// spec waits for the next change of the object, a foreign child is re-checked
-/// periodically, everything else backs off exponentially per object, with
-/// jitter so that many objects failing together do not retry in lockstep.
+/// periodically, everything else backs off exponentially per object (by uid),
+/// with jitter so that many objects failing together do not retry in lockstep.
 pub fn error_policy(obj: Arc<GrpcService>, err: &ReconcileError, ctx: Arc<Context>) -> Action {
     let category = err.category();
     ctx.metrics.failures.with_label_values(&[err.step(), category]).inc();
-    match err {
-        ReconcileError::InvalidSpec(_) => Action::await_change(),
-        ReconcileError::Apply(ApplyError::NotOwned { .. }) => Action::requeue(ctx.config.not_owned_retry),
-        _ => {
-            let failures = ctx.record_failure(ObjectRef::from_obj(obj.as_ref()));
+    match err.class() {
+        ErrorClass::InvalidSpec => Action::await_change(),
+        ErrorClass::NotOwned => Action::requeue(ctx.config.not_owned_retry),
+        ErrorClass::Permanent | ErrorClass::Transient => {
+            let uid = obj.metadata.uid.clone().unwrap_or_default();
+            let failures = ctx.memory.failures(&uid).max(1);
             let delay = backoff(&ctx.config, failures);
             warn!(
                 name = %obj.name_any(),
@@ -345,128 +401,150 @@ async fn pipeline(obj: &GrpcService, ctx: &Context) -> Result<Outcome, Reconcile
         // Children are deleted by the garbage collector through their
         // ownerReferences; external state (later: Consul) is cleaned here.
         cleanup::remove(&api, obj, &name).await?;
-        ctx.remember_status(obj, None);
         if let Some(uid) = &obj.metadata.uid {
-            ctx.slim_deployments.forget(uid);
+            ctx.memory.forget(uid);
         }
         info!(%name, %namespace, "finalized");
         return Ok(Outcome::Deleted);
     }
 
-    let generation = obj.metadata.generation.unwrap_or(0);
-    let valid = match validate::validate(obj, Origin::Cluster) {
-        Ok(v) => v,
-        Err(invalid) => {
-            let ready = Verdict::not_ok(reason::INVALID_SPEC, invalid.to_string());
-            report(ctx, &api, obj, Observation::without_children(generation, ready)).await?;
-            return Err(ReconcileError::InvalidSpec(invalid));
-        }
-    };
-
+    let valid = validate::validate(obj, Origin::Cluster).map_err(ReconcileError::InvalidSpec)?;
     if !cleanup::has_finalizer(obj) {
         cleanup::add(&api, obj, &name).await?;
     }
 
-    let desired = desired::desired(&valid);
-    let observed = fetch::children(&ctx.client, &ctx.deployments, &ctx.services, &namespace, &name).await?;
+    // The whole desired state is computed before any write.
+    let observed = fetch::children(&ctx.client, &ctx.kinds, &valid).await?;
     let uid = valid.uid.clone().unwrap_or_default();
-    let applied = match apply::apply_all(&ctx.client, &desired, &observed, &uid, &ctx.slim_deployments).await
-    {
-        Ok(a) => a,
-        Err(e) => {
-            if let Some(ready) = reportable_apply_failure(&e) {
-                report(ctx, &api, obj, Observation::without_children(generation, ready)).await?;
+    let owned = owned_children(&ctx.kinds, &observed, &uid);
+    let desired = children::desired(&ctx.registry, &valid, &owned)?;
+    let owner = Owner { uid: &uid, name: &name, namespace: &namespace };
+    let applied = apply::apply_all(&ctx.client, &ctx.kinds, &ctx.memory, &owner, &desired, &observed).await?;
+
+    let mut updated = Vec::new();
+    let mut adopted = Vec::new();
+    let mut conditions: Vec<KindCondition> = Vec::new();
+    let mut deployment_status = None;
+    for (cache, result) in ctx.kinds.iter().zip(&applied.kinds) {
+        let kind = cache.kind.kind();
+        let role = cache.kind.condition();
+        let verdict = match result {
+            KindApplied::NotServed if cache.kind.wanted(&valid) => Some(Verdict::not_ok(
+                reason::CRD_NOT_INSTALLED,
+                format!(
+                    "the {kind} API ({}) is not served: install its CustomResourceDefinition",
+                    cache.api.api_version
+                ),
+            )),
+            KindApplied::NotServed | KindApplied::Absent => None,
+            KindApplied::Present { live, written, existed, adopted: was_adopted } => {
+                if *written {
+                    ctx.metrics.child_writes.with_label_values(&[kind]).inc();
+                    if *existed && !*was_adopted {
+                        updated.push(kind);
+                    }
+                }
+                if *was_adopted {
+                    adopted.push(kind);
+                }
+                if kind == "Deployment" {
+                    deployment_status = live.data.get("status").cloned();
+                }
+                cache.kind.verdict(&valid, live)
             }
-            return Err(e.into());
+        };
+        if let (Some(role), Some(verdict)) = (role, verdict) {
+            match conditions.iter_mut().find(|c| c.type_ == role.type_) {
+                // Several kinds share a condition: the first failure wins.
+                Some(c) if c.verdict.ok && !verdict.ok => c.verdict = verdict,
+                Some(_) => {}
+                None => conditions.push(KindCondition { type_: role.type_, verdict }),
+            }
         }
-    };
-    for kind in applied.written_kinds() {
-        ctx.metrics.child_writes.with_label_values(&[kind]).inc();
     }
-    let updated: Vec<&str> = applied.updated_kinds(&observed);
-    if !updated.is_empty() {
-        publish(
-            ctx,
-            obj,
-            EventType::Normal,
-            "Applied",
-            format!("Updated {} {name} to generation {generation}", updated.join(" and ")),
-        )
-        .await;
+    let generation = valid.generation;
+    for (reason, kinds, verb) in [("Applied", &updated, "Updated"), ("Adopted", &adopted, "Adopted")] {
+        if !kinds.is_empty() {
+            let note = format!("{verb} {} {name} for generation {generation}", kinds.join(" and "));
+            publish(ctx, obj, EventType::Normal, reason, note).await;
+        }
+    }
+    if !applied.pruned.is_empty() {
+        for kind in &applied.pruned {
+            ctx.metrics.child_writes.with_label_values(&[kind]).inc();
+        }
+        let note = format!("Deleted {} no longer wanted by the spec", applied.pruned.join(" and "));
+        publish(ctx, obj, EventType::Normal, "Pruned", note).await;
     }
 
-    let deployment = applied.deployment.object();
-    let available = status::deployment_available(deployment);
-    let ready = if available.ok {
-        Verdict::ok(reason::READY, format!("Deployment and Service are in place; {}", available.message))
-    } else {
-        Verdict::not_ok(available.reason, available.message.clone())
+    let gating = ctx.registry.gating_conditions();
+    let ready = gating.iter().all(|t| conditions.iter().any(|c| c.type_ == *t && c.verdict.ok));
+    let count = |field: &str| {
+        deployment_status
+            .as_ref()
+            .and_then(|s| s.get(field))
+            .and_then(serde_json::Value::as_i64)
+            .map_or(0, |n| i32::try_from(n).unwrap_or(i32::MAX))
     };
-    let outcome = if ready.ok { Outcome::Ready } else { Outcome::Progressing };
-    let dep_status = deployment.status.as_ref();
     report(
         ctx,
-        &api,
         obj,
         Observation {
             generation,
-            ready,
-            deployment: Some(available),
-            replicas: Some(dep_status.and_then(|s| s.replicas).unwrap_or(0)),
-            ready_replicas: Some(dep_status.and_then(|s| s.ready_replicas).unwrap_or(0)),
+            synced: Verdict::ok(reason::RECONCILE_SUCCEEDED, "the current spec is applied"),
+            kinds: Some(conditions),
+            replicas: Some(count("replicas")),
+            ready_replicas: Some(count("readyReplicas")),
             endpoint: Some(valid.endpoint()),
         },
     )
     .await?;
-    Ok(outcome)
+    Ok(if ready { Outcome::Ready } else { Outcome::Progressing })
 }
 
-/// A Ready verdict for apply failures worth showing in the status: the ones a
-/// user must act on. Transient ones (conflicts, throttling, server errors) are
-/// retried silently.
-fn reportable_apply_failure(e: &ApplyError) -> Option<Verdict> {
-    match e {
-        ApplyError::NotOwned { .. } => Some(Verdict::not_ok(reason::NOT_OWNED, e.to_string())),
-        ApplyError::Patch { source, .. } => match source.as_ref() {
-            kube::Error::Api(s) if matches!(s.code, 400 | 403 | 422) => {
-                Some(Verdict::not_ok(reason::APPLY_FAILED, format!("{e}: {}", s.message)))
-            }
-            _ => None,
-        },
-        ApplyError::Serialize { .. } => None,
+/// The live children we control, for builders that reuse observed state.
+fn owned_children(kinds: &[KindCache], observed: &[KindObserved], uid: &str) -> ObservedChildren {
+    let mut owned = ObservedChildren::default();
+    for (cache, o) in kinds.iter().zip(observed) {
+        if let KindObserved::Served { named: Some(live), .. } = o
+            && live.owner_references().iter().any(|r| r.controller == Some(true) && r.uid == uid)
+        {
+            owned.0.insert(cache.kind.kind(), Arc::clone(live));
+        }
     }
+    owned
 }
 
-impl Observation {
-    fn without_children(generation: i64, ready: Verdict) -> Self {
-        Self { generation, ready, deployment: None, replicas: None, ready_replicas: None, endpoint: None }
-    }
-}
-
-/// Writes the status and emits an Event when the Ready condition changes
-/// reason (a notable transition); unchanged states write nothing.
-async fn report(
-    ctx: &Context,
-    api: &Api<GrpcService>,
-    obj: &GrpcService,
-    obs: Observation,
-) -> Result<(), StatusError> {
-    let current = ctx.known_status(obj);
-    let previous =
-        status::find(current.as_ref(), status::READY).map(|c| (c.status.clone(), c.reason.clone()));
+/// Writes the status (unless the server already holds it) and emits an Event
+/// when `Ready` or `Synced` changes.
+async fn report(ctx: &Context, obj: &GrpcService, obs: Observation) -> Result<(), StatusError> {
+    let namespace = obj.namespace().unwrap_or_default();
+    let api: Api<GrpcService> = Api::namespaced(ctx.client.clone(), &namespace);
+    // The freshest copy the cache holds, with its resourceVersion: the
+    // status the server holds as far as the watch has told us.
+    let cached = ctx.grpc_services.get(&ObjectRef::from_obj(obj));
+    let current = cached.as_ref().map_or(obj.status.as_ref(), |c| c.status.as_ref());
+    let gating = ctx.registry.gating_conditions();
     let now = Time(jiff::Timestamp::now());
-    let next = status::next_status(current.as_ref(), &obs, &now);
-    status::write(api, obj, current.as_ref(), &next).await?;
-    ctx.remember_status(obj, Some(next));
-    let changed =
-        previous.as_ref().is_none_or(|(s, r)| (s == "True") != obs.ready.ok || r != obs.ready.reason);
-    // The first "not ready yet" state of a new object is not worth an Event:
-    // the status shows it, and Events are writes too.
-    let notable = obs.ready.ok
-        || !matches!(obs.ready.reason, reason::ROLLOUT_IN_PROGRESS | reason::MINIMUM_REPLICAS_UNAVAILABLE);
-    if changed && notable {
-        let type_ = if obs.ready.ok { EventType::Normal } else { EventType::Warning };
-        publish(ctx, obj, type_, obs.ready.reason, obs.ready.message.clone()).await;
+    let next = status::next_status(current, &obs, &gating, &now);
+    status::write(&api, obj, current, &next).await?;
+    for type_ in [status::READY, status::SYNCED] {
+        let before = status::find(current, type_).map(|c| (c.status.clone(), c.reason.clone()));
+        let Some(after) = status::find(Some(&next), type_) else { continue };
+        let changed = before.as_ref().is_none_or(|(s, r)| *s != after.status || *r != after.reason);
+        let ok = after.status == "True";
+        // The first "not ready yet" and "synced" states of a new object are
+        // not worth an Event: the status shows them, and Events are writes.
+        let routine = (ok && type_ == status::SYNCED && before.is_none())
+            || matches!(
+                after.reason.as_str(),
+                reason::ROLLOUT_IN_PROGRESS | reason::MINIMUM_REPLICAS_UNAVAILABLE | reason::NOT_FOUND
+            );
+        if changed && !routine {
+            let event_type = if ok { EventType::Normal } else { EventType::Warning };
+            let event_reason = if type_ == status::SYNCED && ok { "Synced" } else { after.reason.as_str() };
+            publish(ctx, obj, event_type, event_reason, after.message.clone()).await;
+        }
     }
     Ok(())
 }
@@ -534,5 +612,21 @@ mod tests {
             owner: None,
         });
         assert_eq!((not_owned.step(), not_owned.category()), ("apply", "not_owned"));
+        assert_eq!(not_owned.class(), ErrorClass::NotOwned);
+        let apply = |code| {
+            ReconcileError::Apply(ApplyError::Request {
+                action: "apply",
+                kind: "Service",
+                namespace: "n".into(),
+                name: "a".into(),
+                source: Box::new(api(code)),
+            })
+        };
+        assert_eq!(apply(422).class(), ErrorClass::Permanent);
+        assert_eq!(apply(503).class(), ErrorClass::Transient);
+        assert_eq!(apply(409).class(), ErrorClass::Transient);
+        assert!(apply(422).unsyncs_after(1), "a rejection shows at once");
+        assert!(!apply(503).unsyncs_after(4) && apply(503).unsyncs_after(5), "transient ones after five");
+        assert_eq!(apply(503).synced_reason(), reason::API_UNAVAILABLE);
     }
 }

@@ -1,30 +1,56 @@
-//! status: computes conditions from what was observed and applied, and writes
-//! them only when they changed (timestamps aside), so an idle object causes no
-//! writes.
+//! status: the conditions, computed from what one reconcile observed, and
+//! written only when they differ from the status the server holds.
+//!
+//! Conditions, in order:
+//! - `Ready`: what serving depends on is in place. It follows the conditions
+//!   of the kinds that gate it (`DeploymentAvailable`; later
+//!   `CertificateReady` and `GrpcWebReady`) and never those of optional
+//!   integrations. Before any of them exists it carries the reason the
+//!   reconcile could not create them.
+//! - `Synced`: the last reconcile applied the current spec. False at the first
+//!   permanent failure (invalid spec, a child owned by someone else, a
+//!   request the API server rejects) or after
+//!   [`TRANSIENT_FAILURES_BEFORE_UNSYNCED`] transient ones in a row.
+//! - One condition per kind role, in registry order (`DeploymentAvailable`,
+//!   …).
 
-use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::apimachinery::pkg::apis::meta::v1::{Condition, Time};
 use kube::api::{Api, Patch, PatchParams};
 use serde_json::json;
 
-use super::desired::labels::MANAGER;
 use crate::api::{GrpcService, GrpcServiceStatus};
+use crate::children::labels::MANAGER;
 
-/// Aggregate condition: everything the GrpcService asks for is in place.
+/// Aggregate condition: what serving depends on is in place.
 pub const READY: &str = "Ready";
-/// The Deployment has rolled out the current spec with the minimum available pods.
-pub const DEPLOYMENT_AVAILABLE: &str = "DeploymentAvailable";
+/// The last reconcile applied the current spec.
+pub const SYNCED: &str = "Synced";
 
-/// Reasons of the `Ready` condition (bounded; also used as Event reasons).
+/// Consecutive transient failures (conflicts, throttling, server errors,
+/// unreachable API) after which `Synced` goes False. One or two are routine
+/// on a busy cluster and retried within a second; five in a row (about 8 s of
+/// backoff) is worth showing.
+pub const TRANSIENT_FAILURES_BEFORE_UNSYNCED: u32 = 5;
+
+/// Condition reasons (bounded; also used as Event reasons).
 pub mod reason {
-    /// Everything is in place.
+    /// Everything `Ready` depends on is in place.
     pub const READY: &str = "Ready";
+    /// The last reconcile succeeded.
+    pub const RECONCILE_SUCCEEDED: &str = "ReconcileSucceeded";
     /// The spec is invalid; the message names the field.
     pub const INVALID_SPEC: &str = "InvalidSpec";
     /// A same-named child exists that the GrpcService does not own.
     pub const NOT_OWNED: &str = "NotOwned";
-    /// Applying a child failed; the operator retries with backoff.
-    pub const APPLY_FAILED: &str = "ApplyFailed";
+    /// The API server rejected a request (400, 403, 422); retried with backoff.
+    pub const APPLY_REJECTED: &str = "ApplyRejected";
+    /// Repeated transient failures (conflicts, throttling, server errors,
+    /// unreachable API); retried with backoff.
+    pub const API_UNAVAILABLE: &str = "ApiUnavailable";
+    /// The kind's CustomResourceDefinition is not installed.
+    pub const CRD_NOT_INSTALLED: &str = "CRDNotInstalled";
+    /// The child does not exist (yet).
+    pub const NOT_FOUND: &str = "NotFound";
     /// The Deployment is rolling out the current spec.
     pub const ROLLOUT_IN_PROGRESS: &str = "RolloutInProgress";
     /// The Deployment has fewer available pods than required.
@@ -55,7 +81,7 @@ pub struct Verdict {
     pub ok: bool,
     /// CamelCase reason.
     pub reason: &'static str,
-    /// Human-readable detail.
+    /// Human-readable detail; never secret material.
     pub message: String,
 }
 
@@ -71,59 +97,13 @@ impl Verdict {
     }
 }
 
-/// Whether `deployment` has rolled out its current spec with the minimum
-/// available pods, following the same rules as `kubectl rollout status`.
-pub fn deployment_available(deployment: &Deployment) -> Verdict {
-    let generation = deployment.metadata.generation.unwrap_or(0);
-    let Some(status) = &deployment.status else {
-        return Verdict::not_ok(reason::ROLLOUT_IN_PROGRESS, "waiting for the Deployment controller");
-    };
-    if status.observed_generation.unwrap_or(0) < generation {
-        return Verdict::not_ok(
-            reason::ROLLOUT_IN_PROGRESS,
-            format!("Deployment has not yet observed generation {generation}"),
-        );
-    }
-    let conditions = status.conditions.as_deref().unwrap_or_default();
-    if let Some(c) = conditions.iter().find(|c| c.type_ == "Progressing")
-        && c.reason.as_deref() == Some("ProgressDeadlineExceeded")
-    {
-        return Verdict::not_ok(
-            reason::PROGRESS_DEADLINE_EXCEEDED,
-            c.message.clone().unwrap_or_else(|| "Deployment exceeded its progress deadline".to_owned()),
-        );
-    }
-    let want = deployment.spec.as_ref().and_then(|s| s.replicas).unwrap_or(1);
-    let updated = status.updated_replicas.unwrap_or(0);
-    if updated < want {
-        return Verdict::not_ok(
-            reason::ROLLOUT_IN_PROGRESS,
-            format!("{updated} of {want} pods updated to the current spec"),
-        );
-    }
-    let total = status.replicas.unwrap_or(0);
-    if total > updated {
-        return Verdict::not_ok(
-            reason::ROLLOUT_IN_PROGRESS,
-            format!("{} old pods pending termination", total - updated),
-        );
-    }
-    let available = status.available_replicas.unwrap_or(0);
-    let available_condition = conditions.iter().find(|c| c.type_ == "Available");
-    match available_condition {
-        Some(c) if c.status == "True" => {
-            Verdict::ok(reason::MINIMUM_REPLICAS_AVAILABLE, format!("{available} of {want} pods available"))
-        }
-        Some(c) => Verdict::not_ok(
-            reason::MINIMUM_REPLICAS_UNAVAILABLE,
-            c.message.clone().unwrap_or_else(|| format!("{available} of {want} pods available")),
-        ),
-        None if want == 0 => Verdict::ok(reason::MINIMUM_REPLICAS_AVAILABLE, "scaled to zero"),
-        None => Verdict::not_ok(
-            reason::MINIMUM_REPLICAS_UNAVAILABLE,
-            format!("{available} of {want} pods available"),
-        ),
-    }
+/// A kind's condition as observed by one reconcile.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KindCondition {
+    /// Condition type.
+    pub type_: &'static str,
+    /// The verdict.
+    pub verdict: Verdict,
 }
 
 /// Everything the status step needs to know, computed by the pipeline.
@@ -131,11 +111,11 @@ pub fn deployment_available(deployment: &Deployment) -> Verdict {
 pub struct Observation {
     /// `metadata.generation` that was reconciled.
     pub generation: i64,
-    /// The aggregate verdict.
-    pub ready: Verdict,
-    /// The Deployment verdict; `None` keeps the previous condition (the
-    /// Deployment was not looked at, e.g. the spec is invalid).
-    pub deployment: Option<Verdict>,
+    /// The `Synced` verdict.
+    pub synced: Verdict,
+    /// The kinds' conditions; `None` keeps the previous ones (the reconcile
+    /// failed before looking at the children).
+    pub kinds: Option<Vec<KindCondition>>,
     /// Pods of the Deployment; `None` keeps the previous value.
     pub replicas: Option<i32>,
     /// Ready pods of the Deployment; `None` keeps the previous value.
@@ -144,21 +124,31 @@ pub struct Observation {
     pub endpoint: Option<String>,
 }
 
-/// The status to write: `previous` updated with `obs`. A condition keeps its
+/// The status to write: `previous` updated with `obs`. `gating` lists the
+/// condition types `Ready` follows. A condition keeps its
 /// `lastTransitionTime` unless its status flips, so recomputing an unchanged
 /// state yields a value equal to `previous`.
-pub fn next_status(previous: Option<&GrpcServiceStatus>, obs: &Observation, now: &Time) -> GrpcServiceStatus {
+pub fn next_status(
+    previous: Option<&GrpcServiceStatus>,
+    obs: &Observation,
+    gating: &[&str],
+    now: &Time,
+) -> GrpcServiceStatus {
     let previous = previous.cloned().unwrap_or_default();
-    let mut conditions = Vec::new();
-    conditions.push(condition(&previous.conditions, READY, &obs.ready, obs.generation, now));
-    match &obs.deployment {
-        Some(v) => {
-            conditions.push(condition(&previous.conditions, DEPLOYMENT_AVAILABLE, v, obs.generation, now))
-        }
+    let kinds: Vec<Condition> = match &obs.kinds {
+        Some(kinds) => kinds
+            .iter()
+            .map(|k| condition(&previous.conditions, k.type_, &k.verdict, obs.generation, now))
+            .collect(),
         None => {
-            conditions.extend(previous.conditions.iter().find(|c| c.type_ == DEPLOYMENT_AVAILABLE).cloned())
+            previous.conditions.iter().filter(|c| c.type_ != READY && c.type_ != SYNCED).cloned().collect()
         }
-    }
+    };
+    let ready = ready_verdict(&kinds, gating, &obs.synced);
+    let mut conditions = Vec::with_capacity(kinds.len() + 2);
+    conditions.push(condition(&previous.conditions, READY, &ready, obs.generation, now));
+    conditions.push(condition(&previous.conditions, SYNCED, &obs.synced, obs.generation, now));
+    conditions.extend(kinds);
     GrpcServiceStatus {
         observed_generation: Some(obs.generation),
         conditions,
@@ -166,6 +156,50 @@ pub fn next_status(previous: Option<&GrpcServiceStatus>, obs: &Observation, now:
         ready_replicas: obs.ready_replicas.or(previous.ready_replicas),
         endpoint: obs.endpoint.clone().or(previous.endpoint),
     }
+}
+
+/// `Ready`: True when every gating condition present is True; otherwise the
+/// first False one's reason. With none present (nothing could be created
+/// yet), the reason the reconcile is stuck, or "not created yet".
+fn ready_verdict(kinds: &[Condition], gating: &[&str], synced: &Verdict) -> Verdict {
+    let gates: Vec<&Condition> = gating.iter().filter_map(|t| kinds.iter().find(|c| c.type_ == *t)).collect();
+    if gates.is_empty() {
+        return if synced.ok {
+            Verdict::not_ok(reason::NOT_FOUND, "the children are not created yet")
+        } else {
+            synced.clone()
+        };
+    }
+    match gates.iter().find(|c| c.status != "True") {
+        None => Verdict::ok(
+            reason::READY,
+            gates.iter().map(|c| c.message.as_str()).filter(|m| !m.is_empty()).collect::<Vec<_>>().join("; "),
+        ),
+        Some(c) => Verdict { ok: false, reason: static_reason(&c.reason), message: c.message.clone() },
+    }
+}
+
+/// Condition reasons are `&'static str` in a [`Verdict`]; a reason read back
+/// from a stored condition is mapped onto the known set.
+fn static_reason(r: &str) -> &'static str {
+    use reason::*;
+    [
+        READY,
+        RECONCILE_SUCCEEDED,
+        INVALID_SPEC,
+        NOT_OWNED,
+        APPLY_REJECTED,
+        API_UNAVAILABLE,
+        CRD_NOT_INSTALLED,
+        NOT_FOUND,
+        ROLLOUT_IN_PROGRESS,
+        MINIMUM_REPLICAS_UNAVAILABLE,
+        PROGRESS_DEADLINE_EXCEEDED,
+        MINIMUM_REPLICAS_AVAILABLE,
+    ]
+    .into_iter()
+    .find(|k| *k == r)
+    .unwrap_or("NotReady")
 }
 
 fn condition(previous: &[Condition], type_: &str, v: &Verdict, generation: i64, now: &Time) -> Condition {
@@ -190,8 +224,9 @@ pub fn find<'a>(status: Option<&'a GrpcServiceStatus>, type_: &str) -> Option<&'
 }
 
 /// Writes `next` with server-side apply on the status subresource, unless it
-/// equals `current` (what the server is known to hold). Returns whether it
-/// wrote.
+/// equals `current`: the status the server holds, as cached with the
+/// object's latest resourceVersion. A status someone else edited differs, so
+/// it is corrected. Returns whether it wrote.
 pub async fn write(
     api: &Api<GrpcService>,
     obj: &GrpcService,
@@ -220,80 +255,31 @@ pub async fn write(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use k8s_openapi::api::apps::v1::{DeploymentCondition, DeploymentSpec, DeploymentStatus};
-    use kube::api::ObjectMeta;
 
-    fn deployment(replicas: i32, generation: i64, status: Option<DeploymentStatus>) -> Deployment {
-        Deployment {
-            metadata: ObjectMeta { generation: Some(generation), ..ObjectMeta::default() },
-            spec: Some(DeploymentSpec { replicas: Some(replicas), ..DeploymentSpec::default() }),
-            status,
-        }
-    }
-
-    fn dep_status(observed: i64, updated: i32, available: i32, available_cond: &str) -> DeploymentStatus {
-        DeploymentStatus {
-            observed_generation: Some(observed),
-            replicas: Some(updated),
-            updated_replicas: Some(updated),
-            ready_replicas: Some(available),
-            available_replicas: Some(available),
-            conditions: Some(vec![DeploymentCondition {
-                type_: "Available".into(),
-                status: available_cond.into(),
-                ..DeploymentCondition::default()
-            }]),
-            ..DeploymentStatus::default()
-        }
-    }
-
-    #[test]
-    fn new_deployment_is_rolling_out() {
-        let v = deployment_available(&deployment(2, 1, None));
-        assert_eq!((v.ok, v.reason), (false, reason::ROLLOUT_IN_PROGRESS));
-    }
-
-    #[test]
-    fn deployment_that_has_not_observed_its_generation_is_rolling_out() {
-        let v = deployment_available(&deployment(2, 2, Some(dep_status(1, 2, 2, "True"))));
-        assert_eq!((v.ok, v.reason), (false, reason::ROLLOUT_IN_PROGRESS));
-    }
-
-    #[test]
-    fn rolled_out_deployment_with_available_pods_is_available() {
-        let v = deployment_available(&deployment(2, 2, Some(dep_status(2, 2, 2, "True"))));
-        assert_eq!((v.ok, v.reason), (true, reason::MINIMUM_REPLICAS_AVAILABLE));
-        assert_eq!(v.message, "2 of 2 pods available");
-    }
-
-    #[test]
-    fn deployment_without_minimum_available_pods_is_unavailable() {
-        let v = deployment_available(&deployment(2, 2, Some(dep_status(2, 2, 0, "False"))));
-        assert_eq!((v.ok, v.reason), (false, reason::MINIMUM_REPLICAS_UNAVAILABLE));
-    }
-
-    #[test]
-    fn progress_deadline_is_reported() {
-        let mut s = dep_status(2, 1, 1, "True");
-        s.conditions.get_or_insert_default().push(DeploymentCondition {
-            type_: "Progressing".into(),
-            status: "False".into(),
-            reason: Some("ProgressDeadlineExceeded".into()),
-            message: Some("ReplicaSet \"x\" has timed out progressing.".into()),
-            ..DeploymentCondition::default()
-        });
-        let v = deployment_available(&deployment(2, 2, Some(s)));
-        assert_eq!((v.ok, v.reason), (false, reason::PROGRESS_DEADLINE_EXCEEDED));
-    }
+    const GATING: &[&str] = &["DeploymentAvailable"];
 
     fn obs(ok: bool, reason: &'static str) -> Observation {
         Observation {
             generation: 4,
-            ready: Verdict { ok, reason, message: "m".into() },
-            deployment: Some(Verdict { ok, reason, message: "m".into() }),
+            synced: Verdict::ok(reason::RECONCILE_SUCCEEDED, ""),
+            kinds: Some(vec![KindCondition {
+                type_: "DeploymentAvailable",
+                verdict: Verdict { ok, reason, message: "m".into() },
+            }]),
             replicas: Some(2),
             ready_replicas: Some(if ok { 2 } else { 0 }),
             endpoint: Some("a.b.svc:1".into()),
+        }
+    }
+
+    fn failed(generation: i64, reason: &'static str, message: &str) -> Observation {
+        Observation {
+            generation,
+            synced: Verdict::not_ok(reason, message),
+            kinds: None,
+            replicas: None,
+            ready_replicas: None,
+            endpoint: None,
         }
     }
 
@@ -301,19 +287,40 @@ mod tests {
         Time(jiff::Timestamp::from_second(secs).expect("valid timestamp"))
     }
 
+    fn types(s: &GrpcServiceStatus) -> Vec<(&str, &str, &str)> {
+        s.conditions.iter().map(|c| (c.type_.as_str(), c.status.as_str(), c.reason.as_str())).collect()
+    }
+
     #[test]
     fn recomputing_an_unchanged_state_yields_an_equal_status() {
-        let first = next_status(None, &obs(false, reason::ROLLOUT_IN_PROGRESS), &at(100));
-        let again = next_status(Some(&first), &obs(false, reason::ROLLOUT_IN_PROGRESS), &at(200));
+        let first = next_status(None, &obs(false, reason::ROLLOUT_IN_PROGRESS), GATING, &at(100));
+        let again = next_status(Some(&first), &obs(false, reason::ROLLOUT_IN_PROGRESS), GATING, &at(200));
         assert_eq!(first, again, "only timestamps would differ, and they are kept");
     }
 
     #[test]
+    fn ready_follows_the_gating_condition_and_synced_the_reconcile() {
+        let s = next_status(None, &obs(false, reason::ROLLOUT_IN_PROGRESS), GATING, &at(100));
+        assert_eq!(
+            types(&s),
+            [
+                ("Ready", "False", "RolloutInProgress"),
+                ("Synced", "True", "ReconcileSucceeded"),
+                ("DeploymentAvailable", "False", "RolloutInProgress")
+            ]
+        );
+        let s = next_status(Some(&s), &obs(true, reason::MINIMUM_REPLICAS_AVAILABLE), GATING, &at(200));
+        assert_eq!(types(&s)[0], ("Ready", "True", "Ready"));
+    }
+
+    #[test]
     fn transition_time_moves_only_when_the_status_flips() {
-        let first = next_status(None, &obs(false, reason::ROLLOUT_IN_PROGRESS), &at(100));
-        let second = next_status(Some(&first), &obs(false, reason::MINIMUM_REPLICAS_UNAVAILABLE), &at(200));
+        let first = next_status(None, &obs(false, reason::ROLLOUT_IN_PROGRESS), GATING, &at(100));
+        let second =
+            next_status(Some(&first), &obs(false, reason::MINIMUM_REPLICAS_UNAVAILABLE), GATING, &at(200));
         assert_eq!(find(Some(&second), READY).map(|c| c.last_transition_time.clone()), Some(at(100)));
-        let third = next_status(Some(&second), &obs(true, reason::READY), &at(300));
+        let third =
+            next_status(Some(&second), &obs(true, reason::MINIMUM_REPLICAS_AVAILABLE), GATING, &at(300));
         let ready = find(Some(&third), READY).expect("ready");
         assert_eq!((ready.status.as_str(), ready.last_transition_time.clone()), ("True", at(300)));
         assert_eq!(ready.observed_generation, Some(4));
@@ -321,20 +328,47 @@ mod tests {
     }
 
     #[test]
-    fn invalid_spec_keeps_the_previous_deployment_condition() {
-        let first = next_status(None, &obs(true, reason::READY), &at(100));
-        let invalid = Observation {
-            generation: 5,
-            ready: Verdict::not_ok(reason::INVALID_SPEC, "spec.replicas: bad"),
-            deployment: None,
-            replicas: None,
-            ready_replicas: None,
-            endpoint: None,
-        };
-        let next = next_status(Some(&first), &invalid, &at(200));
-        assert_eq!(find(Some(&next), DEPLOYMENT_AVAILABLE), find(Some(&first), DEPLOYMENT_AVAILABLE));
-        assert_eq!(find(Some(&next), READY).map(|c| c.reason.as_str()), Some(reason::INVALID_SPEC));
+    fn a_failed_reconcile_keeps_the_children_conditions_and_ready_of_a_serving_service() {
+        let first = next_status(None, &obs(true, reason::MINIMUM_REPLICAS_AVAILABLE), GATING, &at(100));
+        let next = next_status(
+            Some(&first),
+            &failed(5, reason::INVALID_SPEC, "spec.replicas: bad"),
+            GATING,
+            &at(200),
+        );
+        assert_eq!(
+            types(&next),
+            [
+                ("Ready", "True", "Ready"),
+                ("Synced", "False", "InvalidSpec"),
+                ("DeploymentAvailable", "True", "MinimumReplicasAvailable")
+            ],
+            "the old pods still serve"
+        );
         assert_eq!(next.ready_replicas, Some(2));
         assert_eq!(next.observed_generation, Some(5));
+    }
+
+    #[test]
+    fn a_new_object_that_cannot_be_reconciled_is_not_ready_for_that_reason() {
+        let s = next_status(None, &failed(1, reason::NOT_OWNED, "Deployment x exists"), GATING, &at(100));
+        assert_eq!(types(&s), [("Ready", "False", "NotOwned"), ("Synced", "False", "NotOwned")]);
+        assert_eq!(s.conditions[0].message, "Deployment x exists");
+    }
+
+    #[test]
+    fn conditions_of_kinds_no_longer_reported_are_dropped() {
+        let first = next_status(None, &obs(true, reason::MINIMUM_REPLICAS_AVAILABLE), GATING, &at(100));
+        let mut o = obs(true, reason::MINIMUM_REPLICAS_AVAILABLE);
+        o.kinds.get_or_insert_default().push(KindCondition {
+            type_: "MonitoringReady",
+            verdict: Verdict::not_ok(reason::CRD_NOT_INSTALLED, "no ServiceMonitor CRD"),
+        });
+        let with = next_status(Some(&first), &o, GATING, &at(200));
+        assert_eq!(types(&with)[0], ("Ready", "True", "Ready"), "optional integrations never gate Ready");
+        assert_eq!(types(&with).len(), 4);
+        let without =
+            next_status(Some(&with), &obs(true, reason::MINIMUM_REPLICAS_AVAILABLE), GATING, &at(300));
+        assert_eq!(types(&without).len(), 3);
     }
 }

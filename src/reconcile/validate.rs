@@ -11,13 +11,17 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::sync::LazyLock;
 
+use grpc_contract::env::RESERVED as RESERVED_ENV;
+use grpc_contract::shutdown::{
+    DEFAULT_DRAIN_DELAY, DEFAULT_TIMEOUT, parse_duration_ms, termination_grace_seconds,
+};
 use k8s_openapi::api::core::v1::{EnvVar, LocalObjectReference, ResourceRequirements};
+use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use regex::Regex;
 
 use crate::api::v1alpha1::{DNS1123_SUBDOMAIN_PATTERN, MAX_REPLICAS, SERVICE_NAME_PATTERN};
 use crate::api::{GrpcService, ImagePullPolicy};
-use crate::contract::RESERVED_ENV;
-use crate::reconcile::desired::labels::RESERVED_POD_LABELS;
+use crate::children::labels::RESERVED_POD_LABELS;
 
 /// A `GrpcService` that passed validation, with every default applied.
 #[derive(Clone, Debug, PartialEq)]
@@ -37,8 +41,15 @@ pub struct ValidatedService {
     pub image_pull_policy: Option<ImagePullPolicy>,
     /// Image pull secrets.
     pub image_pull_secrets: Vec<LocalObjectReference>,
-    /// Number of pods.
-    pub replicas: i32,
+    /// Number of pods; `None` leaves the count to others (an HPA, `kubectl
+    /// scale`).
+    pub replicas: Option<i32>,
+    /// Horizontal autoscaling, with defaults applied.
+    pub autoscaling: Option<ValidAutoscaling>,
+    /// The disruption budget to create, after defaulting; `None` creates none.
+    pub disruption: Option<DisruptionBudget>,
+    /// Shutdown budget of the workload.
+    pub shutdown: ValidShutdown,
     /// gRPC port.
     pub port: i32,
     /// Admin HTTP port.
@@ -55,6 +66,43 @@ pub struct ValidatedService {
     pub pod_annotations: BTreeMap<String, String>,
     /// Extra pod template labels (none of them reserved).
     pub pod_labels: BTreeMap<String, String>,
+}
+
+/// `spec.autoscaling` with defaults applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValidAutoscaling {
+    /// Lower bound of the replica count.
+    pub min_replicas: i32,
+    /// Upper bound of the replica count.
+    pub max_replicas: i32,
+    /// Average CPU utilization target (percent of the request).
+    pub cpu_utilization: Option<i32>,
+    /// Average memory utilization target (percent of the request).
+    pub memory_utilization: Option<i32>,
+}
+
+/// Default CPU target when `spec.autoscaling` names none: what a
+/// HorizontalPodAutoscaler without metrics would use.
+pub const DEFAULT_CPU_UTILIZATION: i32 = 80;
+
+/// The PodDisruptionBudget's one limit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum DisruptionBudget {
+    /// `minAvailable`.
+    MinAvailable(IntOrString),
+    /// `maxUnavailable`.
+    MaxUnavailable(IntOrString),
+}
+
+/// `spec.shutdown` with defaults applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValidShutdown {
+    /// `SHUTDOWN_DRAIN_DELAY`, as given (or the default).
+    pub drain_delay: String,
+    /// `SHUTDOWN_TIMEOUT`, as given (or the default).
+    pub timeout: String,
+    /// The pod's `terminationGracePeriodSeconds` covering both.
+    pub termination_grace_seconds: i64,
 }
 
 impl ValidatedService {
@@ -180,12 +228,17 @@ pub fn validate(obj: &GrpcService, origin: Origin) -> Result<ValidatedService, I
         }
     }
 
-    if !(0..=MAX_REPLICAS).contains(&spec.replicas) {
+    if let Some(replicas) = spec.replicas
+        && !(0..=MAX_REPLICAS).contains(&replicas)
+    {
         errs.push(
             "spec.replicas",
-            format!("Invalid value: {}: must be between 0 and {MAX_REPLICAS}", spec.replicas),
+            format!("Invalid value: {replicas}: must be between 0 and {MAX_REPLICAS}"),
         );
     }
+    let autoscaling = spec.autoscaling.as_ref().map(|a| check_autoscaling(&mut errs, spec, a));
+    let disruption = check_disruption(&mut errs, spec, autoscaling.as_ref());
+    let shutdown = check_shutdown(&mut errs, spec.shutdown.as_ref());
     check_port(&mut errs, "spec.port", spec.port);
     check_port(&mut errs, "spec.adminPort", spec.admin_port);
     if spec.port == spec.admin_port {
@@ -299,6 +352,9 @@ pub fn validate(obj: &GrpcService, origin: Origin) -> Result<ValidatedService, I
         image_pull_policy: spec.image_pull_policy,
         image_pull_secrets: spec.image_pull_secrets.clone(),
         replicas: spec.replicas,
+        autoscaling,
+        disruption,
+        shutdown,
         port: spec.port,
         admin_port: spec.admin_port,
         services: spec.services.clone(),
@@ -308,6 +364,159 @@ pub fn validate(obj: &GrpcService, origin: Origin) -> Result<ValidatedService, I
         pod_annotations: spec.pod_annotations.clone(),
         pod_labels: spec.pod_labels.clone(),
     })
+}
+
+fn check_autoscaling(
+    errs: &mut Errors,
+    spec: &crate::api::GrpcServiceSpec,
+    a: &crate::api::Autoscaling,
+) -> ValidAutoscaling {
+    if spec.replicas.is_some() {
+        errs.push(
+            "spec.autoscaling",
+            "Forbidden: replicas and autoscaling are mutually exclusive: with autoscaling, the HorizontalPodAutoscaler sets the replica count",
+        );
+    }
+    let min = a.min_replicas.unwrap_or(1);
+    for (path, v) in [("spec.autoscaling.minReplicas", min), ("spec.autoscaling.maxReplicas", a.max_replicas)]
+    {
+        if !(1..=MAX_REPLICAS).contains(&v) {
+            errs.push(path, format!("Invalid value: {v}: must be between 1 and {MAX_REPLICAS}"));
+        }
+    }
+    if min > a.max_replicas {
+        errs.push(
+            "spec.autoscaling.minReplicas",
+            format!("Invalid value: {min}: may not be greater than maxReplicas ({})", a.max_replicas),
+        );
+    }
+    let (mut cpu, memory) = (a.target_cpu_utilization_percentage, a.target_memory_utilization_percentage);
+    if cpu.is_none() && memory.is_none() {
+        cpu = Some(DEFAULT_CPU_UTILIZATION);
+    }
+    for (path, v) in [
+        ("spec.autoscaling.targetCPUUtilizationPercentage", cpu),
+        ("spec.autoscaling.targetMemoryUtilizationPercentage", memory),
+    ] {
+        if let Some(v) = v
+            && !(1..=1000).contains(&v)
+        {
+            errs.push(path, format!("Invalid value: {v}: must be between 1 and 1000"));
+        }
+    }
+    // Utilization is a percentage of the container's request: without one the
+    // HPA reports "missing request" and never scales.
+    let requests = spec.resources.as_ref().and_then(|r| r.requests.as_ref());
+    for (resource, target, field) in [
+        ("cpu", cpu, "targetCPUUtilizationPercentage"),
+        ("memory", memory, "targetMemoryUtilizationPercentage"),
+    ] {
+        if target.is_some() && !requests.is_some_and(|r| r.contains_key(resource)) {
+            let default_note = if field == "targetCPUUtilizationPercentage"
+                && a.target_cpu_utilization_percentage.is_none()
+            {
+                format!(
+                    " (the default target, {DEFAULT_CPU_UTILIZATION}% CPU, applies when no target is set)"
+                )
+            } else {
+                String::new()
+            };
+            errs.push(
+                format!("spec.resources.requests.{resource}"),
+                format!(
+                    "Required value: autoscaling.{field} is a percentage of the {resource} request{default_note}"
+                ),
+            );
+        }
+    }
+    ValidAutoscaling {
+        min_replicas: min,
+        max_replicas: a.max_replicas,
+        cpu_utilization: cpu,
+        memory_utilization: memory,
+    }
+}
+
+/// The budget to create: the spec's, or `maxUnavailable: 1` when the service
+/// is known to run at least 2 pods. With `replicas` unset and no autoscaling
+/// the count is someone else's, so no default budget is created.
+fn check_disruption(
+    errs: &mut Errors,
+    spec: &crate::api::GrpcServiceSpec,
+    autoscaling: Option<&ValidAutoscaling>,
+) -> Option<DisruptionBudget> {
+    if let Some(d) = &spec.disruption {
+        let budget = match (&d.min_available, &d.max_unavailable) {
+            (Some(v), None) => {
+                Some(("spec.disruption.minAvailable", DisruptionBudget::MinAvailable(v.clone())))
+            }
+            (None, Some(v)) => {
+                Some(("spec.disruption.maxUnavailable", DisruptionBudget::MaxUnavailable(v.clone())))
+            }
+            _ => {
+                errs.push(
+                    "spec.disruption",
+                    "Invalid value: set exactly one of minAvailable and maxUnavailable",
+                );
+                None
+            }
+        };
+        let (path, budget) = budget?;
+        let value = match &budget {
+            DisruptionBudget::MinAvailable(v) | DisruptionBudget::MaxUnavailable(v) => v,
+        };
+        match value {
+            IntOrString::Int(n) if *n < 0 => {
+                errs.push(path, format!("Invalid value: {n}: must be greater than or equal to 0"))
+            }
+            IntOrString::String(p) if !is_percentage(p) => errs.push(
+                path,
+                format!("Invalid value: {p:?}: must be a number or a percentage between 0% and 100%"),
+            ),
+            _ => {}
+        }
+        return Some(budget);
+    }
+    let pods = match (spec.replicas, autoscaling) {
+        (Some(n), _) => n,
+        (None, Some(a)) => a.min_replicas,
+        (None, None) => 0,
+    };
+    (pods >= 2).then_some(DisruptionBudget::MaxUnavailable(IntOrString::Int(1)))
+}
+
+fn is_percentage(p: &str) -> bool {
+    p.strip_suffix('%')
+        .filter(|n| !n.is_empty() && n.len() <= 3 && n.bytes().all(|b| b.is_ascii_digit()))
+        .and_then(|n| n.parse::<u32>().ok())
+        .is_some_and(|n| n <= 100)
+}
+
+fn check_shutdown(errs: &mut Errors, shutdown: Option<&crate::api::Shutdown>) -> ValidShutdown {
+    let field = |path: &str, value: Option<&String>, default: &str, errs: &mut Errors| {
+        let text = value.cloned().unwrap_or_else(|| default.to_owned());
+        match parse_duration_ms(&text) {
+            Ok(ms) => (text, ms),
+            Err(e) => {
+                errs.push(path, format!("Invalid value: {text:?}: {}", e.reason()));
+                (text, 0)
+            }
+        }
+    };
+    let (drain_delay, drain_ms) = field(
+        "spec.shutdown.drainDelay",
+        shutdown.and_then(|s| s.drain_delay.as_ref()),
+        DEFAULT_DRAIN_DELAY,
+        errs,
+    );
+    let (timeout, timeout_ms) =
+        field("spec.shutdown.timeout", shutdown.and_then(|s| s.timeout.as_ref()), DEFAULT_TIMEOUT, errs);
+    let grace = termination_grace_seconds(drain_ms, timeout_ms);
+    ValidShutdown {
+        drain_delay,
+        timeout,
+        termination_grace_seconds: i64::try_from(grace).unwrap_or(i64::MAX),
+    }
 }
 
 fn check_port(errs: &mut Errors, path: &str, port: i32) {
@@ -363,7 +572,10 @@ pub(crate) mod tests {
                 image: "registry.example.com/shop/user-service:1.4.2".into(),
                 image_pull_policy: None,
                 image_pull_secrets: vec![],
-                replicas: 2,
+                replicas: Some(2),
+                autoscaling: None,
+                disruption: None,
+                shutdown: None,
                 port: 50051,
                 admin_port: 9090,
                 services: vec!["user.v1.UserService".into()],
@@ -394,7 +606,9 @@ pub(crate) mod tests {
         assert_eq!(v.name, "user-service");
         assert_eq!(v.namespace, "shop");
         assert_eq!(v.generation, 3);
-        assert_eq!(v.replicas, 2);
+        assert_eq!(v.replicas, Some(2));
+        assert_eq!(v.disruption, Some(DisruptionBudget::MaxUnavailable(IntOrString::Int(1))));
+        assert_eq!(v.shutdown.termination_grace_seconds, 40);
         assert_eq!(v.endpoint(), "user-service.shop.svc:50051");
     }
 
@@ -434,7 +648,9 @@ pub(crate) mod tests {
         }))
         .expect("parses");
         let v = validate(&obj, Origin::Cluster).expect("valid");
-        assert_eq!((v.replicas, v.port, v.admin_port), (1, 50051, 9090));
+        assert_eq!((v.replicas, v.port, v.admin_port), (None, 50051, 9090));
+        assert_eq!(v.disruption, None, "the pod count is not known");
+        assert_eq!((v.shutdown.drain_delay.as_str(), v.shutdown.timeout.as_str()), ("5s", "20s"));
     }
 
     #[test]
@@ -442,7 +658,7 @@ pub(crate) mod tests {
         let mut obj = sample();
         obj.metadata.name = Some("User_Service".into());
         obj.spec.image = String::new();
-        obj.spec.replicas = 1001;
+        obj.spec.replicas = Some(1001);
         obj.spec.port = 70000;
         obj.spec.services = vec!["UserService".into(), "a.B".into(), "a.B".into()];
         let err = validate(&obj, Origin::Cluster).expect_err("invalid");
@@ -458,6 +674,86 @@ pub(crate) mod tests {
             ]
         );
         assert!(err.to_string().contains("spec.services[2]: Duplicate value: \"a.B\""), "{err}");
+    }
+
+    #[test]
+    fn autoscaling_excludes_replicas_and_needs_the_request_its_target_is_relative_to() {
+        let mut obj = sample();
+        obj.spec.autoscaling = Some(crate::api::Autoscaling {
+            min_replicas: Some(3),
+            max_replicas: 10,
+            target_cpu_utilization_percentage: None,
+            target_memory_utilization_percentage: Some(70),
+        });
+        let err = validate(&obj, Origin::Cluster).expect_err("invalid");
+        assert_eq!(
+            paths(&err),
+            ["spec.autoscaling", "spec.resources.requests.memory"],
+            "only memory is targeted: {err}"
+        );
+        obj.spec.replicas = None;
+        obj.spec.autoscaling.as_mut().expect("set").target_memory_utilization_percentage = None;
+        let err = validate(&obj, Origin::Cluster).expect_err("the default CPU target needs a CPU request");
+        assert_eq!(paths(&err), ["spec.resources.requests.cpu"]);
+        assert!(err.errors[0].reason.contains("80% CPU"), "{err}");
+
+        use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
+        obj.spec.resources = Some(ResourceRequirements {
+            requests: Some([("cpu".to_owned(), Quantity("250m".into()))].into()),
+            ..ResourceRequirements::default()
+        });
+        let v = validate(&obj, Origin::Cluster).expect("valid");
+        let a = v.autoscaling.expect("autoscaling");
+        assert_eq!(
+            (a.min_replicas, a.max_replicas, a.cpu_utilization, a.memory_utilization),
+            (3, 10, Some(80), None)
+        );
+        assert_eq!(
+            v.disruption,
+            Some(DisruptionBudget::MaxUnavailable(IntOrString::Int(1))),
+            "minReplicas >= 2"
+        );
+    }
+
+    #[test]
+    fn disruption_budget_defaults_follow_the_pod_count_and_explicit_ones_are_checked() {
+        let mut obj = sample();
+        obj.spec.replicas = Some(1);
+        assert_eq!(validate(&obj, Origin::Cluster).expect("valid").disruption, None);
+        obj.spec.disruption = Some(crate::api::Disruption {
+            min_available: Some(IntOrString::String("50%".into())),
+            max_unavailable: None,
+        });
+        assert_eq!(
+            validate(&obj, Origin::Cluster).expect("valid").disruption,
+            Some(DisruptionBudget::MinAvailable(IntOrString::String("50%".into())))
+        );
+        obj.spec.disruption = Some(crate::api::Disruption {
+            min_available: Some(IntOrString::String("150%".into())),
+            max_unavailable: None,
+        });
+        assert_eq!(
+            paths(&validate(&obj, Origin::Cluster).expect_err("invalid")),
+            ["spec.disruption.minAvailable"]
+        );
+        obj.spec.disruption = Some(crate::api::Disruption {
+            min_available: Some(IntOrString::Int(1)),
+            max_unavailable: Some(IntOrString::Int(1)),
+        });
+        assert_eq!(paths(&validate(&obj, Origin::Cluster).expect_err("invalid")), ["spec.disruption"]);
+    }
+
+    #[test]
+    fn shutdown_durations_use_the_runtimes_parser_and_set_the_grace_period() {
+        let mut obj = sample();
+        obj.spec.shutdown =
+            Some(crate::api::Shutdown { drain_delay: Some("10s".into()), timeout: Some("1m".into()) });
+        let v = validate(&obj, Origin::Cluster).expect("valid");
+        assert_eq!(v.shutdown.termination_grace_seconds, 10 + 60 + 10 + 5);
+        obj.spec.shutdown =
+            Some(crate::api::Shutdown { drain_delay: Some("5".into()), timeout: Some("2h".into()) });
+        let err = validate(&obj, Origin::Cluster).expect_err("invalid");
+        assert_eq!(paths(&err), ["spec.shutdown.drainDelay", "spec.shutdown.timeout"]);
     }
 
     #[test]

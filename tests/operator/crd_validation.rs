@@ -156,6 +156,39 @@ fn cases() -> Vec<(&'static str, Value, &'static str, &'static str)> {
             "spec.env[0].valueFrom.fieldRef.fieldPath",
             "Required value",
         ),
+        (
+            "replicas with autoscaling",
+            manifest(
+                "a",
+                json!({"image": "i:1", "services": ["a.v1.A"], "replicas": 2, "autoscaling": {"maxReplicas": 3}}),
+            ),
+            "spec.autoscaling",
+            "mutually exclusive",
+        ),
+        (
+            "minReplicas above maxReplicas",
+            manifest("a", with("autoscaling", json!({"minReplicas": 5, "maxReplicas": 3}))),
+            "spec.autoscaling.minReplicas",
+            "greater than maxReplicas",
+        ),
+        (
+            "maxReplicas missing",
+            manifest("a", with("autoscaling", json!({"minReplicas": 2}))),
+            "spec.autoscaling.maxReplicas",
+            "Required value",
+        ),
+        (
+            "both disruption limits",
+            manifest("a", with("disruption", json!({"minAvailable": 1, "maxUnavailable": 1}))),
+            "spec.disruption",
+            "exactly one",
+        ),
+        (
+            "shutdown delay without a unit",
+            manifest("a", with("shutdown", json!({"drainDelay": "5"}))),
+            "spec.shutdown.drainDelay",
+            "should match",
+        ),
         // A rule on the root names no field; kube-apiserver prints "<nil>".
         ("name not a DNS-1035 label", manifest("1user", Value::Object(base())), "<nil>", "DNS-1035 label"),
     ]
@@ -203,6 +236,10 @@ async fn malformed_grpc_services_are_rejected_with_their_field_paths() {
     // A well-formed manifest passes, so the rejections above are about the field.
     let ok: DynamicObject = serde_json::from_value(manifest("ok", Value::Object(base()))).expect("parses");
     let created = api.create(&PostParams::default(), &ok).await.expect("valid manifest accepted");
-    assert_eq!(created.data["spec"]["replicas"], 1, "schema default applied");
+    assert_eq!(created.data["spec"]["port"], 50051, "schema default applied");
+    assert!(
+        created.data["spec"]["replicas"].is_null(),
+        "no default: unset replicas leave the count to an HPA or kubectl scale"
+    );
     h.shutdown().await;
 }

@@ -89,7 +89,7 @@ impl Harness {
         let client = Client::try_from(config).expect("operator client");
         let (tx, rx) = oneshot::channel::<()>();
         let opts = ControllerOptions {
-            namespace: Some(self.ns.name.clone()),
+            namespaces: vec![self.ns.name.clone()],
             reconcile: ReconcileConfig {
                 backoff_base: Duration::from_millis(50),
                 backoff_max: Duration::from_millis(500),
@@ -99,6 +99,7 @@ impl Harness {
             concurrency: 4,
             instance: Some("test".into()),
             debounce: Duration::from_millis(20),
+            ..ControllerOptions::default()
         };
         self.readiness = Readiness::default();
         self.metrics = Metrics::new().expect("metrics");
@@ -214,7 +215,10 @@ pub fn sample(name: &str) -> GrpcService {
             image: "registry.example.com/shop/user-service:1.0.0".into(),
             image_pull_policy: None,
             image_pull_secrets: vec![],
-            replicas: 2,
+            replicas: Some(2),
+            autoscaling: None,
+            disruption: None,
+            shutdown: None,
             port: 50051,
             admin_port: 9090,
             services: vec!["user.v1.UserService".into()],

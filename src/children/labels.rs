@@ -19,6 +19,11 @@ pub const MANAGER: &str = "grpc-operator";
 /// which a subset comparison against the live object cannot see).
 pub const APPLIED_DIGEST_ANNOTATION: &str = "grpcoperator.io/applied-digest";
 
+/// Field manager that holds a field the operator stops setting, so that
+/// server-side apply keeps its live value (see `ChildKind::handover`). Whoever
+/// sets the field next (an HPA, `kubectl scale`) takes it over.
+pub const HANDOVER_MANAGER: &str = "grpc-operator-handover";
+
 /// Pod labels a GrpcService may not set: they form the Deployment selector and
 /// the Service selector, and changing them would orphan pods.
 pub const RESERVED_POD_LABELS: &[&str] = &[NAME_LABEL, MANAGED_BY_LABEL, SERVICE_LABEL];

@@ -1,0 +1,360 @@
+//! Child kinds: every kind of object a GrpcService owns is one module
+//! implementing [`ChildKind`], and [`Registry::standard`] lists them in apply
+//! order.
+//!
+//! Adding a kind means: one module here, one line in [`Registry::standard`],
+//! its verbs in `config/rbac/role.yaml` (and the namespaced Role), and its
+//! snapshot. The reconciler (`crate::reconcile`) is generic over the trait:
+//! it caches, fetches, applies, prunes and adopts every kind the same way, and
+//! folds each kind's condition into the status.
+//!
+//! A kind's builder is a pure function of the validated spec, the pod
+//! template contributions of every wanted kind ([`Workload`]) and the live
+//! children it needs ([`ObservedChildren`]); `render` calls it offline.
+
+pub mod deployment;
+pub mod drift;
+pub mod horizontal_pod_autoscaler;
+pub mod labels;
+pub mod pod_disruption_budget;
+pub mod service;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use k8s_openapi::api::core::v1::{Container, EnvVar, ServicePort, Volume, VolumeMount};
+use kube::api::DynamicObject;
+use kube::discovery::ApiResource;
+use serde_json::Value;
+
+use crate::reconcile::status::Verdict;
+use crate::reconcile::validate::ValidatedService;
+
+/// What marks a change of a child's spec by anyone, so that a cached copy
+/// without the spec can still tell "unchanged since we last checked".
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum ChangeMarker {
+    /// `metadata.generation`: the API server increments it on every spec
+    /// change (Deployments, HPAs, PDBs), and not on status updates.
+    Generation,
+    /// `metadata.resourceVersion`: for kinds without a generation (Services,
+    /// ConfigMaps, Secrets); any write moves it.
+    ResourceVersion,
+}
+
+/// The status condition a kind contributes to.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct ConditionRole {
+    /// Condition type, e.g. `DeploymentAvailable`. Several kinds may share
+    /// one (the monitoring kinds share `MonitoringReady`); it is True when
+    /// every wanted kind's verdict is.
+    pub type_: &'static str,
+    /// Whether serving depends on it, so that `Ready` follows it. Never true
+    /// for a kind whose CRD may be absent.
+    pub gates_ready: bool,
+}
+
+/// Pod template and Service additions that kinds contribute before any
+/// object is built: the TLS Secret adds a volume and env, the gRPC-Web proxy
+/// a sidecar container and a Service port.
+#[derive(Clone, Debug, Default, PartialEq)]
+pub struct Workload {
+    /// Annotations added to the pod template.
+    pub pod_annotations: BTreeMap<String, String>,
+    /// Volumes added to the pod.
+    pub volumes: Vec<Volume>,
+    /// Containers added after the workload container.
+    pub sidecars: Vec<Container>,
+    /// Environment variables added to the workload container, after the
+    /// contract's own and before the user's.
+    pub env: Vec<EnvVar>,
+    /// Volume mounts added to the workload container.
+    pub volume_mounts: Vec<VolumeMount>,
+    /// Ports added to the Service.
+    pub service_ports: Vec<ServicePort>,
+}
+
+/// The live, owned children a builder may read, by kind.
+#[derive(Clone, Debug, Default)]
+pub struct ObservedChildren(pub BTreeMap<&'static str, Arc<DynamicObject>>);
+
+impl ObservedChildren {
+    /// The live child of `kind`, if it exists and is owned.
+    pub fn get(&self, kind: &str) -> Option<&DynamicObject> {
+        self.0.get(kind).map(AsRef::as_ref)
+    }
+}
+
+/// Building a child failed: a builder produced something that does not
+/// serialize, which is a programming error reported like any other failure.
+#[derive(Debug, thiserror::Error)]
+#[error("failed to build the desired {kind}")]
+pub struct BuildError {
+    /// The kind.
+    pub kind: &'static str,
+    /// The serialization error.
+    #[source]
+    pub source: serde_json::Error,
+}
+
+/// One kind of child object.
+pub trait ChildKind: Send + Sync + 'static {
+    /// Kind, e.g. `Deployment`; also a bounded metric label.
+    fn kind(&self) -> &'static str;
+
+    /// Group, version and plural of its API.
+    fn api_resource(&self) -> ApiResource;
+
+    /// True when the API comes from a CRD that may not be installed
+    /// (prometheus-operator's ServiceMonitor). Such a kind is skipped while
+    /// its API is not served, and its condition says `CRDNotInstalled`.
+    fn optional(&self) -> bool {
+        false
+    }
+
+    /// Name of the child for `svc`.
+    fn name(&self, svc: &ValidatedService) -> String {
+        svc.name.clone()
+    }
+
+    /// Whether `svc` wants this child. An owned child that is not wanted is
+    /// deleted (pruned).
+    fn wanted(&self, svc: &ValidatedService) -> bool;
+
+    /// Adds to the pod template and the Service. Called for every wanted
+    /// kind, in registry order, before any object is built.
+    fn contribute(&self, _svc: &ValidatedService, _workload: &mut Workload) {}
+
+    /// The desired object: apiVersion, kind, metadata (name, namespace,
+    /// labels, ownerReference) and content. Pure.
+    fn build(
+        &self,
+        svc: &ValidatedService,
+        workload: &Workload,
+        observed: &ObservedChildren,
+    ) -> Result<Value, BuildError>;
+
+    /// Whether applying `desired` would change `live` (a full object).
+    fn drifted(&self, desired: &Value, live: &Value) -> bool {
+        drift::needs_apply(desired, live)
+    }
+
+    /// What marks a spec change of this kind.
+    fn change_marker(&self) -> ChangeMarker {
+        ChangeMarker::Generation
+    }
+
+    /// JSON pointers the cache keeps besides `metadata` and `status`; the
+    /// rest of a cached child is dropped to save memory (and, for Secrets,
+    /// to keep key material out of the cache).
+    fn cache_keeps(&self) -> &'static [&'static str] {
+        &[]
+    }
+
+    /// The condition this kind contributes to, if any.
+    fn condition(&self) -> Option<ConditionRole> {
+        None
+    }
+
+    /// This kind's verdict for its condition, from the live object (a cached
+    /// copy or the server's answer to an apply).
+    fn verdict(&self, _svc: &ValidatedService, _live: &DynamicObject) -> Option<Verdict> {
+        None
+    }
+
+    /// A patch to apply under [`labels::HANDOVER_MANAGER`] before `desired`
+    /// is applied, so that a field the operator stops setting keeps its live
+    /// value instead of being reset (the Deployment's replicas when
+    /// `spec.replicas` becomes unset).
+    fn handover(&self, _desired: &Value, _live: &DynamicObject) -> Option<Value> {
+        None
+    }
+}
+
+/// The child kinds, in apply order.
+#[derive(Clone)]
+pub struct Registry {
+    kinds: Vec<Arc<dyn ChildKind>>,
+}
+
+impl Registry {
+    /// Every kind the operator manages. The order is the apply order: a kind
+    /// is applied after the kinds it references (the HPA and the PDB after
+    /// the Deployment; later, the TLS Secret before it).
+    pub fn standard() -> Self {
+        Self {
+            kinds: vec![
+                Arc::new(deployment::DeploymentKind),
+                Arc::new(service::ServiceKind),
+                Arc::new(horizontal_pod_autoscaler::HorizontalPodAutoscalerKind),
+                Arc::new(pod_disruption_budget::PodDisruptionBudgetKind),
+            ],
+        }
+    }
+
+    /// This registry with `kind` appended (tests add kinds over test CRDs).
+    #[must_use]
+    pub fn with(mut self, kind: Arc<dyn ChildKind>) -> Self {
+        self.kinds.push(kind);
+        self
+    }
+
+    /// The kinds, in apply order.
+    pub fn kinds(&self) -> &[Arc<dyn ChildKind>] {
+        &self.kinds
+    }
+
+    /// Condition types that `Ready` follows.
+    pub fn gating_conditions(&self) -> Vec<&'static str> {
+        let mut types: Vec<&'static str> = Vec::new();
+        for role in self.kinds.iter().filter_map(|k| k.condition()) {
+            if role.gates_ready && !types.contains(&role.type_) {
+                types.push(role.type_);
+            }
+        }
+        types
+    }
+}
+
+impl std::fmt::Debug for Registry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.kinds.iter().map(|k| k.kind())).finish()
+    }
+}
+
+/// One desired child.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DesiredChild {
+    /// Index of its kind in the registry.
+    pub kind: usize,
+    /// Its name.
+    pub name: String,
+    /// The object to apply, stamped with its digest.
+    pub object: Value,
+}
+
+/// The whole desired state of one GrpcService, computed before any write.
+#[derive(Clone, Debug, PartialEq)]
+pub struct Desired {
+    /// Wanted children, in apply order.
+    pub children: Vec<DesiredChild>,
+}
+
+impl Desired {
+    /// The desired child of kind index `kind`, if wanted.
+    pub fn child(&self, kind: usize) -> Option<&DesiredChild> {
+        self.children.iter().find(|c| c.kind == kind)
+    }
+}
+
+/// Builds every wanted child: contributions first, then the objects.
+pub fn desired(
+    registry: &Registry,
+    svc: &ValidatedService,
+    observed: &ObservedChildren,
+) -> Result<Desired, BuildError> {
+    let wanted: Vec<(usize, &Arc<dyn ChildKind>)> =
+        registry.kinds().iter().enumerate().filter(|(_, k)| k.wanted(svc)).collect();
+    let mut workload = Workload::default();
+    for (_, kind) in &wanted {
+        kind.contribute(svc, &mut workload);
+    }
+    let mut children = Vec::with_capacity(wanted.len());
+    for (index, kind) in wanted {
+        let object = drift::with_digest(kind.build(svc, &workload, observed)?);
+        children.push(DesiredChild { kind: index, name: kind.name(svc), object });
+    }
+    Ok(Desired { children })
+}
+
+/// Serializes a typed builder's object (a helper for [`ChildKind::build`]).
+pub fn to_value<T: serde::Serialize>(kind: &'static str, obj: &T) -> Result<Value, BuildError> {
+    serde_json::to_value(obj).map_err(|source| BuildError { kind, source })
+}
+
+/// Drops what the cache does not keep from a child: everything but
+/// `apiVersion`, `kind`, `metadata` (without managedFields and the
+/// last-applied annotation), `status` and the kind's [`ChildKind::cache_keeps`].
+pub fn slim(obj: &mut DynamicObject, keeps: &[&str]) {
+    crate::run::trim_for_cache(obj);
+    let data = std::mem::take(&mut obj.data);
+    let mut kept = serde_json::Map::new();
+    if let Some(status) = data.get("status") {
+        kept.insert("status".to_owned(), status.clone());
+    }
+    let mut kept = Value::Object(kept);
+    for pointer in keeps {
+        if let Some(v) = data.pointer(pointer) {
+            drift::insert_pointer(&mut kept, pointer, v.clone());
+        }
+    }
+    obj.data = kept;
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use crate::reconcile::validate::tests::sample;
+    use crate::reconcile::validate::{Origin, validate};
+
+    pub(crate) fn valid(obj: &crate::api::GrpcService) -> ValidatedService {
+        validate(obj, Origin::Cluster).expect("valid")
+    }
+
+    /// The desired object of `kind` for `obj`, as JSON.
+    pub(crate) fn build(obj: &crate::api::GrpcService, kind: &str) -> Option<Value> {
+        let registry = Registry::standard();
+        let d = desired(&registry, &valid(obj), &ObservedChildren::default()).expect("builds");
+        d.children.into_iter().find(|c| registry.kinds()[c.kind].kind() == kind).map(|c| c.object)
+    }
+
+    #[test]
+    fn children_are_controlled_by_the_grpc_service_and_carry_the_selector_labels() {
+        let registry = Registry::standard();
+        let d = desired(&registry, &valid(&sample()), &ObservedChildren::default()).expect("builds");
+        let kinds: Vec<&str> = d.children.iter().map(|c| registry.kinds()[c.kind].kind()).collect();
+        assert_eq!(kinds, ["Deployment", "Service", "PodDisruptionBudget"], "2 replicas: a default budget");
+        for c in &d.children {
+            let owners = &c.object["metadata"]["ownerReferences"];
+            assert_eq!(owners.as_array().map(Vec::len), Some(1), "{c:?}");
+            assert_eq!(owners[0]["kind"], "GrpcService");
+            assert_eq!(owners[0]["uid"], "0b9e4f1c-5f1e-4a7a-9d43-1f0f3c2a7b10");
+            assert_eq!(owners[0]["controller"], true);
+            assert_eq!(owners[0]["blockOwnerDeletion"], true);
+            assert_eq!(c.object["metadata"]["labels"][labels::SERVICE_LABEL], "user-service");
+            assert_eq!(c.object["metadata"]["labels"][labels::MANAGED_BY_LABEL], labels::MANAGER);
+            assert_eq!(c.name, "user-service");
+        }
+    }
+
+    #[test]
+    fn children_never_copy_the_argo_cd_instance_label() {
+        let mut obj = sample();
+        obj.metadata.labels = Some([("app.kubernetes.io/instance".to_owned(), "shop".to_owned())].into());
+        let d = desired(&Registry::standard(), &valid(&obj), &ObservedChildren::default()).expect("builds");
+        let text =
+            serde_json::to_string(&d.children.iter().map(|c| &c.object).collect::<Vec<_>>()).expect("json");
+        assert!(!text.contains("app.kubernetes.io/instance"), "{text}");
+    }
+
+    #[test]
+    fn only_deployment_available_gates_ready_today() {
+        assert_eq!(Registry::standard().gating_conditions(), ["DeploymentAvailable"]);
+    }
+
+    #[test]
+    fn the_cache_keeps_metadata_status_and_what_the_kind_asks_for() {
+        let mut obj: DynamicObject = serde_json::from_value(serde_json::json!({
+            "apiVersion": "apps/v1", "kind": "Deployment",
+            "metadata": {"name": "a", "managedFields": [{"manager": "x"}],
+                         "annotations": {"kubectl.kubernetes.io/last-applied-configuration": "{}"}},
+            "spec": {"replicas": 3, "template": {"spec": {"containers": []}}},
+            "status": {"readyReplicas": 3}
+        }))
+        .expect("object");
+        slim(&mut obj, &["/spec/replicas"]);
+        assert_eq!(obj.metadata.managed_fields, None);
+        assert_eq!(obj.metadata.annotations, None);
+        assert_eq!(obj.data, serde_json::json!({"status": {"readyReplicas": 3}, "spec": {"replicas": 3}}));
+    }
+}
