@@ -116,9 +116,10 @@ fn init_logging(format: LogFormat) {
 }
 
 async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let config = kube::Config::infer().await.map_err(|e| {
+    let mut config = kube::Config::infer().await.map_err(|e| {
         format!("no Kubernetes configuration found (set KUBECONFIG, or run in a pod): {}", error_chain(&e))
     })?;
+    run::tune_client_config(&mut config);
     let cluster_url = config.cluster_url.to_string();
     let client = kube::Client::try_from(config)?;
     let namespaces = run::parse_namespaces(&args.namespace);

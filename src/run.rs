@@ -79,6 +79,18 @@ pub fn parse_namespaces(value: &str) -> Vec<String> {
     out
 }
 
+/// Applies the operator's client settings to a kubeconfig-derived config.
+///
+/// kube's default retry layer is turned off: it retries 429, 503 and 504 up
+/// to 15 times with delays growing to minutes, inside one request. A
+/// reconcile would hang there, holding a concurrency slot, and the failure
+/// would never reach the status. The controller retries instead, per object
+/// with backoff (honouring `Retry-After`), and reports persistent failures in
+/// `Synced`.
+pub fn tune_client_config(config: &mut kube::Config) {
+    config.default_retry = false;
+}
+
 /// The controller could not start.
 #[derive(Debug, thiserror::Error)]
 pub enum RunError {
@@ -271,6 +283,11 @@ async fn run_scope(
                 Ok((obj, _)) => debug!(name = %obj.name, namespace = ?obj.namespace, "reconcile done"),
                 Err(kube::runtime::controller::Error::ReconcilerFailed(e, obj)) => {
                     debug!(name = %obj.name, namespace = ?obj.namespace, category = e.category(), "reconcile failed");
+                }
+                // A trigger for an object deleted meanwhile (a child's event
+                // after its GrpcService went away): nothing to do.
+                Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
+                    debug!(name = %obj.name, namespace = ?obj.namespace, "trigger for an object no longer cached");
                 }
                 Err(e) => warn!(error = %reconcile::error_chain(&e), "controller error"),
             }

@@ -241,11 +241,18 @@ async fn apply_child(
                 adopted,
             });
         }
-        let full = api.get(name).await.map_err(request_error("read"))?;
-        let full_value = serde_json::to_value(&full).unwrap_or_default();
-        if !cache.kind.drifted(desired, &full_value) {
-            memory.remember_verified(owner.uid, kind, marker(&full, change));
-            return Ok(KindApplied::Present { live: Arc::new(full), written: false, existed: true, adopted });
+        match api.get_opt(name).await.map_err(request_error("read"))? {
+            Some(full) if !cache.kind.drifted(desired, &serde_json::to_value(&full).unwrap_or_default()) => {
+                memory.remember_verified(owner.uid, kind, marker(&full, change));
+                return Ok(KindApplied::Present {
+                    live: Arc::new(full),
+                    written: false,
+                    existed: true,
+                    adopted,
+                });
+            }
+            // Drifted, or deleted since the cache saw it: apply.
+            _ => {}
         }
     }
 
@@ -256,10 +263,16 @@ async fn apply_child(
             .await
             .map_err(request_error("hand over"))?;
     }
-    let written = api
-        .patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(desired))
-        .await
-        .map_err(request_error("apply"))?;
+    let written = match api.patch(name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(desired)).await {
+        Ok(written) => written,
+        // The CRD of an optional kind was removed after the cache saw it:
+        // not an error, the kind is simply not served any more.
+        Err(kube::Error::Api(s)) if s.code == 404 && cache.kind.optional() => {
+            cache.set_store(None);
+            return Ok(KindApplied::NotServed);
+        }
+        Err(e) => return Err(request_error("apply")(e)),
+    };
     memory.remember_verified(owner.uid, kind, marker(&written, change));
     Ok(KindApplied::Present { live: Arc::new(written), written: true, existed: live.is_some(), adopted })
 }

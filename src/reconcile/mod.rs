@@ -333,7 +333,8 @@ pub fn error_policy(obj: Arc<GrpcService>, err: &ReconcileError, ctx: Arc<Contex
         ErrorClass::Permanent | ErrorClass::Transient => {
             let uid = obj.metadata.uid.clone().unwrap_or_default();
             let failures = ctx.memory.failures(&uid).max(1);
-            let delay = backoff(&ctx.config, failures);
+            // A throttling answer says when to come back; never sooner.
+            let delay = backoff(&ctx.config, failures).max(retry_after(err));
             warn!(
                 name = %obj.name_any(),
                 namespace = ?obj.namespace(),
@@ -354,6 +355,17 @@ pub fn error_policy(obj: Arc<GrpcService>, err: &ReconcileError, ctx: Arc<Contex
             }
             Action::requeue(delay)
         }
+    }
+}
+
+/// The `Retry-After` of a throttled request (zero when none).
+fn retry_after(err: &ReconcileError) -> Duration {
+    match err.api_error() {
+        Some(kube::Error::Api(s)) => s
+            .details
+            .as_ref()
+            .map_or(Duration::ZERO, |d| Duration::from_secs(u64::from(d.retry_after_seconds))),
+        _ => Duration::ZERO,
     }
 }
 

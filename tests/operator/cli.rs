@@ -28,12 +28,13 @@ fn crd_command_prints_exactly_the_committed_crd() {
 }
 
 #[test]
-fn render_of_the_sample_prints_a_deployment_and_a_service() {
+fn render_of_the_sample_prints_a_deployment_a_service_and_a_disruption_budget() {
     let out = run(&["render", "-f", &repo("config/samples/user-service.yaml")]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let yaml = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(yaml.matches("\n---\n").count() + usize::from(yaml.starts_with("---\n")), 2);
+    assert_eq!(yaml.matches("\n---\n").count() + usize::from(yaml.starts_with("---\n")), 3);
     assert!(yaml.contains("kind: Deployment") && yaml.contains("kind: Service"));
+    assert!(yaml.contains("kind: PodDisruptionBudget"), "2 replicas get a default budget");
 }
 
 #[test]

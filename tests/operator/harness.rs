@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use grpc_operator::admin::Readiness;
 use grpc_operator::api::{GrpcService, GrpcServiceSpec};
+use grpc_operator::children::Registry;
 use grpc_operator::metrics::Metrics;
 use grpc_operator::reconcile::ReconcileConfig;
 use grpc_operator::run::{ControllerOptions, run_controller};
@@ -34,6 +35,8 @@ pub struct Harness {
     pub proxy: FaultProxy,
     operator_token: String,
     controller: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
+    /// The child kinds the operator runs with.
+    pub registry: Registry,
     pub readiness: Readiness,
     /// The running operator's metrics.
     pub metrics: Metrics,
@@ -63,6 +66,7 @@ impl Harness {
             proxy,
             operator_token,
             controller: None,
+            registry: Registry::standard(),
             readiness: Readiness::default(),
             metrics: Metrics::new().expect("metrics"),
             _crds: crds,
@@ -76,16 +80,25 @@ impl Harness {
         h
     }
 
+    /// With the operator running the given child kinds.
+    pub async fn start_with(registry: Registry) -> Self {
+        let mut h = Self::without_controller().await;
+        h.registry = registry;
+        h.start_controller().await;
+        h
+    }
+
     pub fn ns(&self) -> &str {
         &self.ns.name
     }
 
     pub async fn start_controller(&mut self) {
-        let config = self
+        let mut config = self
             .cluster
             .operator_config(&self.operator_token, &self.proxy.url())
             .await
             .expect("operator config");
+        grpc_operator::run::tune_client_config(&mut config);
         let client = Client::try_from(config).expect("operator client");
         let (tx, rx) = oneshot::channel::<()>();
         let opts = ControllerOptions {
@@ -99,7 +112,8 @@ impl Harness {
             concurrency: 4,
             instance: Some("test".into()),
             debounce: Duration::from_millis(20),
-            ..ControllerOptions::default()
+            registry: self.registry.clone(),
+            discovery_interval: Duration::from_millis(500),
         };
         self.readiness = Readiness::default();
         self.metrics = Metrics::new().expect("metrics");
@@ -172,10 +186,15 @@ impl Harness {
 
     /// Waits for the Ready condition to have `status` and `reason`; returns the object.
     pub async fn wait_ready(&self, name: &str, status: &str, reason: &str) -> Value {
-        let what = format!("{name} Ready={status} reason={reason}");
+        self.wait_condition(name, "Ready", status, reason).await
+    }
+
+    /// Waits for condition `type_` to have `status` and `reason`; returns the object.
+    pub async fn wait_condition(&self, name: &str, type_: &str, status: &str, reason: &str) -> Value {
+        let what = format!("{name} {type_}={status} reason={reason}");
         eventually(&what, || async {
             let obj = self.grpc_service(name).await?;
-            let c = condition(&obj, "Ready")?;
+            let c = condition(&obj, type_)?;
             (c["status"] == status && c["reason"] == reason).then_some(obj)
         })
         .await

@@ -3,6 +3,7 @@
 //! etcd, kwok nodes), the operator running as its own ServiceAccount.
 //! One test binary (builds are slow on small machines); modules by topic.
 
+mod children;
 mod cli;
 mod crd_validation;
 mod envoy;

@@ -8,6 +8,8 @@ use grpc_operator::api::GrpcService;
 use grpc_operator_testkit::audit::{self, Permission};
 use grpc_operator_testkit::{Fault, FaultKind, OPERATOR_ACCOUNT, Verb};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, Patch, PatchParams};
 use serde_json::json;
 
@@ -39,6 +41,35 @@ async fn the_cluster_role_grants_exactly_what_the_operator_uses() {
     let dep = h.deployment("user-service").await.expect("deployment");
     assert_eq!(dep["metadata"]["ownerReferences"][0]["blockOwnerDeletion"], true);
 
+    // Autoscaling on (an HPA is created, the budget stays for minReplicas 2),
+    // changed (patched), then off (HPA and budget pruned: delete).
+    let spec = |spec: serde_json::Value| json!({ "spec": spec });
+    let grpc = h.api::<GrpcService>();
+    let merge = |v| Patch::Merge(v);
+    let on = spec(json!({"replicas": null, "autoscaling": {"minReplicas": 2, "maxReplicas": 4},
+                          "resources": {"requests": {"cpu": "100m"}}}));
+    grpc.patch("user-service", &PatchParams::default(), &merge(&on)).await.expect("autoscaling on");
+    let hpas = h.api::<HorizontalPodAutoscaler>();
+    let hpa_max = |max: i32| {
+        let hpas = hpas.clone();
+        async move {
+            let hpa = hpas.get_opt("user-service").await.ok().flatten()?;
+            (hpa.spec.max_replicas == max).then_some(())
+        }
+    };
+    eventually("HPA created", || hpa_max(4)).await;
+    let changed = spec(json!({"autoscaling": {"maxReplicas": 5}}));
+    grpc.patch("user-service", &PatchParams::default(), &merge(&changed)).await.expect("autoscaling changed");
+    eventually("HPA patched", || hpa_max(5)).await;
+    let off = spec(json!({"autoscaling": null}));
+    grpc.patch("user-service", &PatchParams::default(), &merge(&off)).await.expect("autoscaling off");
+    eventually("HPA and PDB pruned", || async {
+        let hpa = h.api::<HorizontalPodAutoscaler>().get_opt("user-service").await.ok()?;
+        let pdb = h.api::<PodDisruptionBudget>().get_opt("user-service").await.ok()?;
+        (hpa.is_none() && pdb.is_none()).then_some(())
+    })
+    .await;
+
     // A template edit makes the operator read the whole Deployment and re-apply it.
     let params = PatchParams { field_manager: Some("kubectl-edit".into()), ..PatchParams::default() };
     let edit =
@@ -61,8 +92,14 @@ async fn the_cluster_role_grants_exactly_what_the_operator_uses() {
     let granted = audit::permissions_granted(&role).expect("role parses");
     // Checked by admission on the children's ownerReferences, never requested
     // itself; the blockOwnerDeletion assertion above shows it was needed.
-    let admission_only: BTreeSet<Permission> =
-        [perm("grpcoperator.io", "grpcservices/finalizers", "update")].into();
+    // Likewise delete on Deployments and Services: checked when an orphan is
+    // adopted (children_orphaned_by_a_cascade_orphan_delete_... fails without it).
+    let admission_only: BTreeSet<Permission> = [
+        perm("grpcoperator.io", "grpcservices/finalizers", "update"),
+        perm("apps", "deployments", "delete"),
+        perm("", "services", "delete"),
+    ]
+    .into();
 
     // The finalizer's addition (the proxy answered the first try itself) and
     // its removal: the last requests of the run.
