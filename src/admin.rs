@@ -1,8 +1,6 @@
 //! The operator's admin HTTP server: `/metrics`, `/healthz`, `/readyz`.
 
 use std::net::SocketAddr;
-use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 
 use axum::Router;
 use axum::extract::State;
@@ -11,29 +9,13 @@ use axum::response::IntoResponse;
 use axum::routing::get;
 use tokio::net::TcpListener;
 
+use crate::health::Health;
 use crate::metrics::Metrics;
-
-/// Readiness flag: set once the caches have synced and the controller runs,
-/// cleared when shutdown starts.
-#[derive(Clone, Default)]
-pub struct Readiness(Arc<AtomicBool>);
-
-impl Readiness {
-    /// Marks the operator ready or not.
-    pub fn set(&self, ready: bool) {
-        self.0.store(ready, Ordering::Release);
-    }
-
-    /// True when ready.
-    pub fn get(&self) -> bool {
-        self.0.load(Ordering::Acquire)
-    }
-}
 
 #[derive(Clone)]
 struct AdminState {
     metrics: Metrics,
-    readiness: Readiness,
+    health: Health,
 }
 
 /// Binding the admin address failed.
@@ -52,16 +34,16 @@ pub struct AdminError {
 pub async fn serve(
     addr: SocketAddr,
     metrics: Metrics,
-    readiness: Readiness,
+    health: Health,
     shutdown: impl std::future::Future<Output = ()> + Send + 'static,
 ) -> Result<(SocketAddr, impl std::future::Future<Output = std::io::Result<()>>), AdminError> {
     let listener = TcpListener::bind(addr).await.map_err(|source| AdminError { addr, source })?;
     let local = listener.local_addr().map_err(|source| AdminError { addr, source })?;
     let app = Router::new()
         .route("/metrics", get(metrics_handler))
-        .route("/healthz", get(|| async { "ok" }))
+        .route("/healthz", get(healthz))
         .route("/readyz", get(readyz))
-        .with_state(AdminState { metrics, readiness });
+        .with_state(AdminState { metrics, health });
     let server = axum::serve(listener, app).with_graceful_shutdown(shutdown);
     Ok((local, async move { server.await }))
 }
@@ -71,9 +53,15 @@ async fn metrics_handler(State(state): State<AdminState>) -> impl IntoResponse {
 }
 
 async fn readyz(State(state): State<AdminState>) -> impl IntoResponse {
-    if state.readiness.get() {
-        (StatusCode::OK, "ok")
-    } else {
-        (StatusCode::SERVICE_UNAVAILABLE, "not ready")
+    match state.health.ready() {
+        Ok(()) => (StatusCode::OK, "ok".to_owned()),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("not ready: {reason}")),
+    }
+}
+
+async fn healthz(State(state): State<AdminState>) -> impl IntoResponse {
+    match state.health.live() {
+        Ok(()) => (StatusCode::OK, "ok".to_owned()),
+        Err(reason) => (StatusCode::SERVICE_UNAVAILABLE, format!("stalled: {reason}")),
     }
 }

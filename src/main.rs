@@ -5,7 +5,8 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
-use grpc_operator::admin::{self, Readiness};
+use grpc_operator::admin;
+use grpc_operator::health::{Health, HealthConfig};
 use grpc_operator::metrics::Metrics;
 use grpc_operator::reconcile::{ReconcileConfig, error_chain};
 use grpc_operator::render::{self, Source};
@@ -51,6 +52,12 @@ struct RunArgs {
     /// Seconds between periodic re-checks of a healthy GrpcService (plus a random part of up to as much again).
     #[arg(long, default_value_t = 300)]
     resync_seconds: u64,
+    /// /readyz fails once the API server has not answered for this many seconds.
+    #[arg(long, default_value_t = 30)]
+    api_unreachable_seconds: u64,
+    /// /healthz fails once a reconcile has run this many seconds while the API server answers.
+    #[arg(long, default_value_t = 600)]
+    stall_seconds: u64,
     /// Milliseconds to wait after a trigger before reconciling, merging bursts of events.
     #[arg(long, default_value_t = 100)]
     debounce_ms: u64,
@@ -130,9 +137,13 @@ async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error + S
         let _ = rx.wait_for(|s| *s).await;
     };
     let metrics = Metrics::new()?;
-    let readiness = Readiness::default();
+    let health = Health::new(HealthConfig {
+        unreachable_after: Duration::from_secs(args.api_unreachable_seconds),
+        stall_after: Duration::from_secs(args.stall_seconds),
+        ..HealthConfig::default()
+    });
     let (addr, admin_server) =
-        admin::serve(args.admin_addr, metrics.clone(), readiness.clone(), stopped(stop_rx.clone())).await?;
+        admin::serve(args.admin_addr, metrics.clone(), health.clone(), stopped(stop_rx.clone())).await?;
     info!(%addr, %cluster_url, namespaces = ?namespaces, "grpc-operator starting");
     let admin_task = tokio::spawn(admin_server);
 
@@ -153,7 +164,7 @@ async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error + S
         debounce: Duration::from_millis(args.debounce_ms),
         ..ControllerOptions::default()
     };
-    run::run_controller(client, opts, metrics, readiness, stopped(stop_rx)).await;
+    run::run_controller(client, opts, metrics, health, stopped(stop_rx)).await;
     admin_task.await??;
     info!("grpc-operator stopped");
     Ok(())

@@ -2,6 +2,11 @@
 //! of values (outcomes, steps, error classes, kinds): never object names and
 //! never error text.
 
+use std::sync::{Arc, Mutex};
+
+use crate::api::GrpcService;
+use crate::health::Health;
+use kube::runtime::reflector::Store;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
 };
@@ -10,6 +15,12 @@ use prometheus::{
 #[derive(Clone)]
 pub struct Metrics {
     registry: Registry,
+    /// What scrape-time gauges are computed from.
+    views: Arc<Mutex<Views>>,
+    /// GrpcServices by the status of their Ready condition.
+    pub grpc_services: IntGaugeVec,
+    /// Reconciles running now.
+    pub running: IntGauge,
     /// Reconcile runs by outcome.
     pub reconciles: IntCounterVec,
     /// Failed reconciles by pipeline step and error class.
@@ -24,6 +35,12 @@ pub struct Metrics {
     pub last_success: IntGauge,
     /// Errors of the watches, by kind.
     pub watch_errors: IntCounterVec,
+}
+
+#[derive(Default)]
+struct Views {
+    grpc_services: Vec<Store<GrpcService>>,
+    health: Option<Health>,
 }
 
 /// Registering a metric failed (a duplicate name: a programming error).
@@ -62,6 +79,16 @@ impl Metrics {
             ),
             &["kind"],
         )?;
+        let grpc_services = IntGaugeVec::new(
+            Opts::new("grpc_operator_grpcservices", "GrpcServices by the status of their Ready condition."),
+            &["ready"],
+        )?;
+        let running = IntGauge::new(
+            "grpc_operator_reconciles_running",
+            "Reconciles running now; at the concurrency limit, further triggers queue up.",
+        )?;
+        registry.register(Box::new(grpc_services.clone()))?;
+        registry.register(Box::new(running.clone()))?;
         let last_success = IntGauge::new(
             "grpc_operator_last_successful_reconcile_timestamp_seconds",
             "Unix time of the last successful reconcile.",
@@ -80,6 +107,9 @@ impl Metrics {
         registry.register(Box::new(prometheus::process_collector::ProcessCollector::for_self()))?;
         Ok(Self {
             registry,
+            views: Arc::default(),
+            grpc_services,
+            running,
             reconciles,
             failures,
             duration,
@@ -90,8 +120,43 @@ impl Metrics {
         })
     }
 
+    /// Counts the GrpcServices of `store` in `grpc_operator_grpcservices`.
+    pub fn observe_grpc_services(&self, store: Store<GrpcService>) {
+        crate::reconcile::lock(&self.views).grpc_services.push(store);
+    }
+
+    /// Reports `health`'s running reconciles.
+    pub fn observe_health(&self, health: Health) {
+        crate::reconcile::lock(&self.views).health = Some(health);
+    }
+
+    /// Recomputes the scrape-time gauges.
+    fn refresh(&self) {
+        let views = crate::reconcile::lock(&self.views);
+        let mut counts = [0_i64; 3];
+        for store in &views.grpc_services {
+            for obj in store.state() {
+                let ready =
+                    obj.status.as_ref().and_then(|s| s.conditions.iter().find(|c| c.type_ == "Ready"));
+                let i = match ready.map(|c| c.status.as_str()) {
+                    Some("True") => 0,
+                    Some("False") => 1,
+                    _ => 2,
+                };
+                counts[i] += 1;
+            }
+        }
+        for (label, n) in ["true", "false", "unknown"].into_iter().zip(counts) {
+            self.grpc_services.with_label_values(&[label]).set(n);
+        }
+        if let Some(health) = &views.health {
+            self.running.set(i64::try_from(health.running()).unwrap_or(i64::MAX));
+        }
+    }
+
     /// The text exposition of every metric.
     pub fn encode(&self) -> String {
+        self.refresh();
         let mut buf = Vec::new();
         // Encoding into a Vec cannot fail for well-formed metric families.
         if TextEncoder::new().encode(&self.registry.gather(), &mut buf).is_err() {

@@ -19,11 +19,12 @@ use kube::runtime::{WatchStreamExt, watcher};
 use kube::{Client, Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
-use crate::admin::Readiness;
 use crate::api::GrpcService;
 use crate::children::labels::{MANAGED_BY_LABEL, MANAGER, SERVICE_LABEL};
 use crate::children::{self, Registry};
+use crate::health::{self, Health};
 use crate::metrics::Metrics;
+use crate::reconcile::cache::KindCache;
 use crate::reconcile::memory::Memory;
 use crate::reconcile::{self, Context, ReconcileConfig};
 
@@ -180,22 +181,33 @@ pub async fn run_controller(
     client: Client,
     opts: ControllerOptions,
     metrics: Metrics,
-    readiness: Readiness,
+    health: Health,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let shutdown = shutdown.shared();
+    let probe = tokio::spawn(health::probe_api(client.clone(), health.clone()));
+    metrics.observe_health(health.clone());
     let scopes: Vec<Option<String>> = if opts.namespaces.is_empty() {
         vec![None]
     } else {
         opts.namespaces.iter().cloned().map(Some).collect()
     };
     let required = opts.registry.kinds().iter().filter(|k| !k.optional()).count() + 1;
-    let sync = CacheSync::new(readiness.clone(), scopes.len() * required);
+    let sync = CacheSync::new(health.clone(), scopes.len() * required);
     future::join_all(scopes.into_iter().map(|scope| {
-        run_scope(client.clone(), scope, opts.clone(), metrics.clone(), sync.clone(), shutdown.clone())
+        run_scope(
+            client.clone(),
+            scope,
+            opts.clone(),
+            metrics.clone(),
+            sync.clone(),
+            health.clone(),
+            shutdown.clone(),
+        )
     }))
     .await;
-    readiness.set(false);
+    probe.abort();
+    health.set_synced(false);
     info!("controller stopped");
 }
 
@@ -205,6 +217,7 @@ async fn run_scope(
     opts: ControllerOptions,
     metrics: Metrics,
     sync: CacheSync,
+    health: Health,
     shutdown: impl Future<Output = ()> + Send + Sync + 'static,
 ) {
     let grpc_api: Api<GrpcService> = match &scope {
@@ -213,6 +226,7 @@ async fn run_scope(
     };
     let memory = Arc::new(Memory::default());
     let (grpc_store, grpc_writer) = reflector::store::<GrpcService>();
+    metrics.observe_grpc_services(grpc_store.clone());
     let forget = {
         let (memory, store) = (Arc::clone(&memory), grpc_store.clone());
         move |event: &Result<watcher::Event<GrpcService>, watcher::Error>| match event {
@@ -240,15 +254,17 @@ async fn run_scope(
         .predicate_filter(trigger_fingerprint, PredicateConfig::default());
 
     let reporter = Reporter { controller: MANAGER.to_owned(), instance: opts.instance.clone() };
-    let ctx = Arc::new(Context::new(
+    let ctx = Arc::new(Context {
+        kinds: KindCache::for_registry(&opts.registry),
         client,
-        opts.registry.clone(),
-        grpc_store.clone(),
+        registry: opts.registry.clone(),
+        grpc_services: grpc_store.clone(),
         reporter,
         metrics,
-        opts.reconcile.clone(),
+        config: opts.reconcile.clone(),
         memory,
-    ));
+        health,
+    });
 
     // Child watches feed one trigger stream: a Controller cannot add an
     // `owns` watch once it runs, and optional kinds come and go.
@@ -447,12 +463,12 @@ async fn served(client: &Client, api: &ApiResource) -> Result<bool, kube::Error>
 #[derive(Clone)]
 struct CacheSync {
     remaining: Arc<AtomicUsize>,
-    readiness: Readiness,
+    health: Health,
 }
 
 impl CacheSync {
-    fn new(readiness: Readiness, caches: usize) -> Self {
-        Self { remaining: Arc::new(AtomicUsize::new(caches)), readiness }
+    fn new(health: Health, caches: usize) -> Self {
+        Self { remaining: Arc::new(AtomicUsize::new(caches)), health }
     }
 
     /// An `inspect` callback for one cache's reflected watch stream; counts
@@ -465,7 +481,7 @@ impl CacheSync {
                 seen = true;
                 if sync.remaining.fetch_sub(1, Ordering::AcqRel) == 1 {
                     info!("caches synced; controller ready");
-                    sync.readiness.set(true);
+                    sync.health.set_synced(true);
                 }
             }
         }

@@ -26,6 +26,11 @@ impl KindCache {
         Self { kind, api, store: RwLock::new(None) }
     }
 
+    /// One cache per kind of `registry`, in its order; none has a store yet.
+    pub fn for_registry(registry: &crate::children::Registry) -> Vec<Self> {
+        registry.kinds().iter().map(|k| Self::new(Arc::clone(k))).collect()
+    }
+
     /// The synced store, or `None` while the API is not served (or the first
     /// list has not completed).
     pub fn store(&self) -> Option<Store<DynamicObject>> {

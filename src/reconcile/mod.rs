@@ -85,29 +85,14 @@ pub struct Context {
     pub config: ReconcileConfig,
     /// Per-object memory.
     pub memory: Arc<Memory>,
-}
-
-impl Context {
-    /// Creates the context; the kinds' caches start empty (not served) until
-    /// the controller publishes their stores.
-    pub fn new(
-        client: Client,
-        registry: Registry,
-        grpc_services: Store<GrpcService>,
-        reporter: Reporter,
-        metrics: Metrics,
-        config: ReconcileConfig,
-        memory: Arc<Memory>,
-    ) -> Self {
-        let kinds = registry.kinds().iter().map(|k| KindCache::new(Arc::clone(k))).collect();
-        Self { client, registry, kinds, grpc_services, reporter, metrics, config, memory }
-    }
+    /// The operator's health (running reconciles are registered there).
+    pub health: crate::health::Health,
 }
 
 /// Locks `m`, recovering from poisoning: the maps behind these locks hold
 /// bookkeeping that stays consistent even if a holder panicked mid-way, and
 /// the controller must keep running.
-fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+pub(crate) fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
     m.lock().unwrap_or_else(std::sync::PoisonError::into_inner)
 }
 
@@ -258,6 +243,7 @@ impl Outcome {
 /// Reconciles one GrpcService.
 pub async fn reconcile(obj: Arc<GrpcService>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let started = Instant::now();
+    let _running = ctx.health.reconcile_started();
     let uid = obj.metadata.uid.clone().unwrap_or_default();
     let mut result = pipeline(&obj, &ctx).await;
     if let Err(e) = &result {
@@ -299,6 +285,7 @@ pub async fn reconcile(obj: Arc<GrpcService>, ctx: Arc<Context>) -> Result<Actio
     match result {
         Ok(outcome) => {
             ctx.memory.reset_failures(&uid);
+            ctx.health.api_answered();
             ctx.metrics.last_success.set(jiff::Timestamp::now().as_second());
             debug!(name = %obj.name_any(), namespace = ?obj.namespace(), outcome = outcome.label(), "reconciled");
             Ok(match outcome {

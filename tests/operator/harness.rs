@@ -7,9 +7,9 @@
 use std::future::Future;
 use std::time::{Duration, Instant};
 
-use grpc_operator::admin::Readiness;
 use grpc_operator::api::{GrpcService, GrpcServiceSpec};
 use grpc_operator::children::Registry;
+use grpc_operator::health::{Health, HealthConfig};
 use grpc_operator::metrics::Metrics;
 use grpc_operator::reconcile::ReconcileConfig;
 use grpc_operator::run::{ControllerOptions, run_controller};
@@ -37,7 +37,7 @@ pub struct Harness {
     controller: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
     /// The child kinds the operator runs with.
     pub registry: Registry,
-    pub readiness: Readiness,
+    pub health: Health,
     /// The running operator's metrics.
     pub metrics: Metrics,
     _crds: tokio::sync::RwLockReadGuard<'static, ()>,
@@ -67,7 +67,7 @@ impl Harness {
             operator_token,
             controller: None,
             registry: Registry::standard(),
-            readiness: Readiness::default(),
+            health: Health::default(),
             metrics: Metrics::new().expect("metrics"),
             _crds: crds,
         }
@@ -115,20 +115,24 @@ impl Harness {
             registry: self.registry.clone(),
             discovery_interval: Duration::from_millis(500),
         };
-        self.readiness = Readiness::default();
+        self.health = Health::new(HealthConfig {
+            probe_interval: Duration::from_millis(200),
+            unreachable_after: Duration::from_secs(1),
+            ..HealthConfig::default()
+        });
         self.metrics = Metrics::new().expect("metrics");
         let task = tokio::spawn(run_controller(
             client,
             opts,
             self.metrics.clone(),
-            self.readiness.clone(),
+            self.health.clone(),
             async move {
                 let _ = rx.await;
             },
         ));
         self.controller = Some((tx, task));
         let deadline = Instant::now() + PATIENCE;
-        while !self.readiness.get() {
+        while !self.health.synced() {
             assert!(
                 Instant::now() < deadline,
                 "the controller's caches did not sync; its requests:\n{}",

@@ -288,14 +288,22 @@ async fn an_api_outage_is_survived_and_changes_made_during_it_are_applied() {
     create(&h, &sample("user-service")).await;
     h.wait_ready("user-service", "True", "Ready").await;
 
+    let scraped = h.metrics.encode();
+    assert!(scraped.contains("grpc_operator_grpcservices{ready=\"true\"} 1"), "{scraped}");
+
     h.proxy.black_hole(Duration::from_secs(3));
     patch_spec(&h, "user-service", json!({"replicas": 3})).await;
+    // Unready while the API does not answer (threshold 1 s in the tests), but
+    // never unlive: a restart would not help.
+    eventually("not ready during the outage", || async { h.health.ready().is_err().then_some(()) }).await;
+    assert!(h.health.live().is_ok());
     eventually("the change made during the outage is applied", || async {
         let dep = h.deployment("user-service").await?;
         (dep["spec"]["replicas"] == 3).then_some(())
     })
     .await;
     h.wait_ready("user-service", "True", "Ready").await;
+    eventually("ready again", || async { h.health.ready().is_ok().then_some(()) }).await;
     h.shutdown().await;
 }
 
