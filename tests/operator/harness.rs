@@ -37,6 +37,8 @@ pub struct Harness {
     controller: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
     /// The child kinds the operator runs with.
     pub registry: Registry,
+    /// Namespaces the operator watches besides the test's own.
+    pub extra_namespaces: Vec<String>,
     pub health: Health,
     /// The running operator's metrics.
     pub metrics: Metrics,
@@ -67,6 +69,7 @@ impl Harness {
             operator_token,
             controller: None,
             registry: Registry::standard(),
+            extra_namespaces: Vec::new(),
             health: Health::default(),
             metrics: Metrics::new().expect("metrics"),
             _crds: crds,
@@ -102,7 +105,9 @@ impl Harness {
         let client = Client::try_from(config).expect("operator client");
         let (tx, rx) = oneshot::channel::<()>();
         let opts = ControllerOptions {
-            namespaces: vec![self.ns.name.clone()],
+            namespaces: std::iter::once(self.ns.name.clone())
+                .chain(self.extra_namespaces.iter().cloned())
+                .collect(),
             reconcile: ReconcileConfig {
                 backoff_base: Duration::from_millis(50),
                 backoff_max: Duration::from_millis(500),

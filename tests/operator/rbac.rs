@@ -1,6 +1,8 @@
-//! The operator's ClusterRole (`config/rbac/role.yaml`) is exactly what it
-//! uses: a lifecycle run as its ServiceAccount, then its requests read back
-//! from kube-apiserver's audit log and compared with the grants.
+//! The operator's ClusterRole (`config/rbac/role.yaml`) and the Role of the
+//! namespaced install (`config/namespaced/watched/role.yaml`) are exactly
+//! what it uses: a lifecycle run as its ServiceAccount under each, then its
+//! requests read back from kube-apiserver's audit log and compared with the
+//! grants. And an operator given namespaces watches only those.
 
 use std::collections::BTreeSet;
 
@@ -10,7 +12,7 @@ use grpc_operator_testkit::{Fault, FaultKind, OPERATOR_ACCOUNT, Verb};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
-use kube::api::{DeleteParams, Patch, PatchParams};
+use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use crate::harness::{Harness, create, eventually, sample};
@@ -19,9 +21,106 @@ fn perm(group: &str, resource: &str, verb: &str) -> Permission {
     (group.to_owned(), resource.to_owned(), verb.to_owned())
 }
 
+const CLUSTER_ROLE: &str = "config/rbac/role.yaml";
+const NAMESPACED_ROLE: &str = "config/namespaced/watched/role.yaml";
+
+fn read_repo_file(path: &str) -> String {
+    std::fs::read_to_string(grpc_operator_testkit::repo_root().join(path)).expect("repository file")
+}
+
+#[test]
+fn the_namespaced_role_has_exactly_the_cluster_roles_rules() {
+    let rules = |path: &str| {
+        let doc: serde_json::Value = serde_saphyr::from_str(&read_repo_file(path)).expect("YAML");
+        doc["rules"].clone()
+    };
+    assert_eq!(
+        rules(NAMESPACED_ROLE),
+        rules(CLUSTER_ROLE),
+        "copy the rules of {CLUSTER_ROLE} to {NAMESPACED_ROLE}"
+    );
+}
+
 #[tokio::test]
 async fn the_cluster_role_grants_exactly_what_the_operator_uses() {
+    // The testkit binds the ServiceAccount to the ClusterRole.
     let h = Harness::start().await;
+    run_lifecycle_and_compare(h, CLUSTER_ROLE).await;
+}
+
+#[tokio::test]
+async fn the_namespaced_role_grants_exactly_what_the_operator_uses() {
+    let mut h = Harness::without_controller().await;
+    // As config/namespaced installs it: the Role in the watched namespace,
+    // and the ServiceAccount bound to it instead of the ClusterRole.
+    let role: k8s_openapi::api::rbac::v1::Role =
+        serde_saphyr::from_str(&read_repo_file(NAMESPACED_ROLE)).expect("Role");
+    let bindings = h.api::<k8s_openapi::api::rbac::v1::RoleBinding>();
+    bindings.delete(OPERATOR_ACCOUNT, &DeleteParams::default()).await.expect("ClusterRole binding removed");
+    h.api::<k8s_openapi::api::rbac::v1::Role>().create(&PostParams::default(), &role).await.expect("Role");
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": OPERATOR_ACCOUNT},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "Role", "name": "grpc-operator"},
+        "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_ACCOUNT, "namespace": h.ns()}]
+    }))
+    .expect("binding");
+    bindings.create(&PostParams::default(), &binding).await.expect("Role binding");
+    h.start_controller().await;
+    run_lifecycle_and_compare(h, NAMESPACED_ROLE).await;
+}
+
+#[tokio::test]
+async fn an_operator_given_two_namespaces_reconciles_there_and_never_looks_elsewhere() {
+    let mut h = Harness::without_controller().await;
+    let other = h.cluster.namespace(&h.client, "op-b").await.expect("namespace b");
+    let unwatched = h.cluster.namespace(&h.client, "op-c").await.expect("namespace c");
+    // The operator's ServiceAccount (in the first namespace) may work in the second.
+    let binding: k8s_openapi::api::rbac::v1::RoleBinding = serde_json::from_value(json!({
+        "metadata": {"name": OPERATOR_ACCOUNT},
+        "roleRef": {"apiGroup": "rbac.authorization.k8s.io", "kind": "ClusterRole", "name": "grpc-operator"},
+        "subjects": [{"kind": "ServiceAccount", "name": OPERATOR_ACCOUNT, "namespace": h.ns()}]
+    }))
+    .expect("binding");
+    kube::Api::<k8s_openapi::api::rbac::v1::RoleBinding>::namespaced(h.client.clone(), &other.name)
+        .create(&PostParams::default(), &binding)
+        .await
+        .expect("binding in b");
+    h.extra_namespaces = vec![other.name.clone()];
+    h.start_controller().await;
+
+    for ns in [h.ns().to_owned(), other.name.clone(), unwatched.name.clone()] {
+        kube::Api::<GrpcService>::namespaced(h.client.clone(), &ns)
+            .create(&PostParams::default(), &sample("user-service"))
+            .await
+            .expect("GrpcService created");
+    }
+    h.wait_ready("user-service", "True", "Ready").await;
+    let in_other = kube::Api::<GrpcService>::namespaced(h.client.clone(), &other.name);
+    eventually("the second namespace's GrpcService is Ready", || async {
+        let obj = serde_json::to_value(in_other.get("user-service").await.ok()?).ok()?;
+        (crate::harness::condition(&obj, "Ready")?["status"] == "True").then_some(())
+    })
+    .await;
+    let untouched = kube::Api::<GrpcService>::namespaced(h.client.clone(), &unwatched.name)
+        .get("user-service")
+        .await
+        .expect("third");
+    assert!(untouched.status.is_none() && untouched.metadata.finalizers.is_none(), "{untouched:?}");
+    let looked: Vec<String> = h
+        .proxy
+        .requests()
+        .into_iter()
+        .map(|r| r.path)
+        .filter(|p| {
+            p.contains(&format!("/namespaces/{}/", unwatched.name))
+                || p.ends_with(&format!("/namespaces/{}", unwatched.name))
+        })
+        .collect();
+    assert!(looked.is_empty(), "requests to the unwatched namespace: {looked:?}");
+    h.shutdown().await;
+}
+
+async fn run_lifecycle_and_compare(h: Harness, role_file: &str) {
     // One failed apply, so that a ReconcileFailed Event is published, and a
     // conflict on the finalizer patch, so that the object is re-read.
     for (verb, resource, code) in [(Verb::Apply, "deployments", 500), (Verb::Patch, "grpcservices", 409)] {
@@ -87,8 +186,7 @@ async fn the_cluster_role_grants_exactly_what_the_operator_uses() {
 
     let user = format!("system:serviceaccount:{}:{OPERATOR_ACCOUNT}", h.ns());
     let log = h.cluster.info().audit_log.clone();
-    let role = std::fs::read_to_string(grpc_operator_testkit::repo_root().join("config/rbac/role.yaml"))
-        .expect("role.yaml");
+    let role = read_repo_file(role_file);
     let granted = audit::permissions_granted(&role).expect("role parses");
     // Checked by admission on the children's ownerReferences, never requested
     // itself; the blockOwnerDeletion assertion above shows it was needed.
