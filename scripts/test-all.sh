@@ -24,6 +24,7 @@ fi
 
 echo "==> kustomize builds"
 kubectl kustomize config/default >/dev/null
+kubectl kustomize config/namespaced >/dev/null
 
 echo "==> end-to-end against test-cluster (real control plane, kwok nodes)"
 ./e2e/run-against-test-cluster.sh
