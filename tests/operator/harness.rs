@@ -91,6 +91,14 @@ impl Harness {
         h
     }
 
+    /// A kubeconfig for the operator binary: its identity, through the proxy.
+    pub async fn write_operator_kubeconfig(&self, path: &std::path::Path) {
+        self.cluster
+            .write_operator_kubeconfig(&self.operator_token, &self.proxy.url(), path)
+            .await
+            .expect("operator kubeconfig");
+    }
+
     pub fn ns(&self) -> &str {
         &self.ns.name
     }

@@ -425,3 +425,65 @@ async fn deleted_child_service_and_deployment_are_recreated() {
     h.wait_ready("user-service", "True", "Ready").await;
     h.shutdown().await;
 }
+
+#[tokio::test]
+async fn an_operator_killed_between_two_child_writes_converges_after_a_restart_without_duplicates() {
+    let mut h = Harness::without_controller().await;
+    let dir = tempfile::tempdir().expect("tempdir");
+    let kubeconfig = dir.path().join("kubeconfig");
+    h.write_operator_kubeconfig(&kubeconfig).await;
+    // The Service apply, the second write, hangs: the operator process is
+    // killed with the Deployment written and the Service not.
+    h.proxy.inject(Fault {
+        verb: Some(Verb::Apply),
+        resource: Some("services".into()),
+        subresource: None,
+        kind: FaultKind::Hang,
+        times: 1,
+    });
+    let mut operator = tokio::process::Command::new(env!("CARGO_BIN_EXE_grpc-operator"))
+        .args(["run", "--namespace", h.ns(), "--admin-addr", "127.0.0.1:0"])
+        .env("KUBECONFIG", &kubeconfig)
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("operator binary starts");
+    create(&h, &sample("user-service")).await;
+    eventually("the Deployment is written and the Service apply hangs", || async {
+        let requests = h.proxy.requests();
+        let deployment =
+            requests.iter().any(|r| r.verb == Verb::Apply && r.resource == "deployments" && r.status == 201);
+        let hanging =
+            requests.iter().any(|r| r.verb == Verb::Apply && r.resource == "services" && r.status == 0);
+        (deployment && hanging).then_some(())
+    })
+    .await;
+    operator.start_kill().expect("SIGKILL");
+    operator.wait().await.expect("reaped");
+    assert!(h.service("user-service").await.is_none(), "killed before the Service was written");
+
+    // A new operator finishes the job and repeats nothing.
+    h.proxy.clear_requests();
+    h.start_controller().await;
+    h.wait_ready("user-service", "True", "Ready").await;
+    let count_in_ns = |kind: &'static str| {
+        let client = h.client.clone();
+        let ns = h.ns().to_owned();
+        async move {
+            let ar = match kind {
+                "deployments" => kube::discovery::ApiResource::erase::<Deployment>(&()),
+                "services" => kube::discovery::ApiResource::erase::<k8s_openapi::api::core::v1::Service>(&()),
+                _ => kube::discovery::ApiResource::erase::<k8s_openapi::api::apps::v1::ReplicaSet>(&()),
+            };
+            let api: kube::Api<kube::api::DynamicObject> = kube::Api::namespaced_with(client, &ns, &ar);
+            api.list(&Default::default()).await.expect("list").items.len()
+        }
+    };
+    assert_eq!(count_in_ns("deployments").await, 1);
+    assert_eq!(count_in_ns("services").await, 1);
+    assert_eq!(count_in_ns("replicasets").await, 1, "the Deployment was not rolled out again");
+    let writes = h.writes();
+    assert_eq!(count(&writes, Verb::Apply, "deployments"), 0, "the Deployment already matched: {writes:?}");
+    assert_eq!(count(&writes, Verb::Apply, "services"), 1, "{writes:?}");
+    h.shutdown().await;
+}
