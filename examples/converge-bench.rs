@@ -14,6 +14,9 @@
 //! by a proxy between it and kube-apiserver), reconciles per object (the
 //! operator's own metrics), writes during an idle period, the operator's RSS
 //! per object (/proc/PID/status), and the CPU seconds kube-apiserver spent.
+//! Then it deletes a child (a Service, then a Deployment, alternately) of
+//! `--deletions` objects one at a time and measures how long until the
+//! operator has recreated it (a new uid under the same name).
 //! Prints a Markdown table for docs/benchmarks.md.
 
 use std::collections::BTreeMap;
@@ -30,6 +33,7 @@ use serde_json::json;
 struct Args {
     objects: usize,
     idle_seconds: u64,
+    deletions: usize,
     operator: PathBuf,
     /// Extra operator arguments, after `--`.
     extra: Vec<String>,
@@ -38,6 +42,7 @@ struct Args {
 fn parse_args() -> anyhow::Result<Args> {
     let mut objects = 1000;
     let mut idle_seconds = 60;
+    let mut deletions = 20;
     let mut operator = std::env::current_exe()?
         .parent()
         .and_then(|p| p.parent())
@@ -49,14 +54,17 @@ fn parse_args() -> anyhow::Result<Args> {
         match a.as_str() {
             "--objects" => objects = it.next().unwrap_or_default().parse()?,
             "--idle-seconds" => idle_seconds = it.next().unwrap_or_default().parse()?,
+            "--deletions" => deletions = it.next().unwrap_or_default().parse()?,
             "--operator" => operator = PathBuf::from(it.next().unwrap_or_default()),
             "--" => extra.extend(it.by_ref()),
             other => {
-                anyhow::bail!("unknown argument {other}; use --objects N --idle-seconds S --operator PATH")
+                anyhow::bail!(
+                    "unknown argument {other}; use --objects N --idle-seconds S --deletions D --operator PATH"
+                )
             }
         }
     }
-    Ok(Args { objects, idle_seconds, operator, extra })
+    Ok(Args { objects, idle_seconds, deletions, operator, extra })
 }
 
 fn rss_kib(pid: u32, field: &str) -> u64 {
@@ -249,6 +257,38 @@ async fn main() -> anyhow::Result<()> {
     let peak_rss = rss_kib(pid, "VmHWM:");
     let idle_rss = rss_kib(pid, "VmRSS:");
 
+    // Deleted children: time until the operator recreated each one.
+    let mut recreate_ms: Vec<f64> = Vec::new();
+    for i in 0..args.deletions {
+        let name = format!("svc-{:04}", i % args.objects.max(1));
+        let (api, kind): (Api<kube::api::DynamicObject>, &str) = if i % 2 == 0 {
+            let ar = kube::discovery::ApiResource::erase::<k8s_openapi::api::core::v1::Service>(&());
+            (Api::namespaced_with(client.clone(), &ns.name, &ar), "Service")
+        } else {
+            let ar = kube::discovery::ApiResource::erase::<k8s_openapi::api::apps::v1::Deployment>(&());
+            (Api::namespaced_with(client.clone(), &ns.name, &ar), "Deployment")
+        };
+        let old = api.get(&name).await?.metadata.uid;
+        api.delete(&name, &kube::api::DeleteParams::background()).await?;
+        let deleted = Instant::now();
+        loop {
+            if let Some(obj) = api.get_opt(&name).await?
+                && obj.metadata.uid != old
+            {
+                break;
+            }
+            anyhow::ensure!(
+                deleted.elapsed() < Duration::from_secs(60),
+                "{kind} {name} not recreated in 60 s"
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        recreate_ms.push(deleted.elapsed().as_secs_f64() * 1000.0);
+        // Let the recreated Deployment settle before the next deletion.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    }
+    recreate_ms.sort_by(f64::total_cmp);
+
     let ops = &converge_records;
     let n = args.objects as f64;
     let mut by_verb: BTreeMap<String, usize> = BTreeMap::new();
@@ -286,6 +326,14 @@ async fn main() -> anyhow::Result<()> {
         "| RSS per object ((converged - before) / N) | {:.2} KiB |",
         (converged_rss.saturating_sub(baseline_rss)) as f64 / n
     );
+    if !recreate_ms.is_empty() {
+        let median = recreate_ms[recreate_ms.len() / 2];
+        let max = recreate_ms.last().copied().unwrap_or_default();
+        println!(
+            "| deleted child recreated ({} deletions, Service and Deployment alternately): median / max | {median:.0} ms / {max:.0} ms |",
+            recreate_ms.len()
+        );
+    }
     println!();
     println!("| operator requests during convergence | total | per object |");
     println!("|---|---|---|");

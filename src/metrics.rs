@@ -6,6 +6,7 @@ use std::sync::{Arc, Mutex};
 
 use crate::api::GrpcService;
 use crate::health::Health;
+use crate::reconcile::memory::Queued;
 use kube::runtime::reflector::Store;
 use prometheus::{
     Encoder, HistogramOpts, HistogramVec, IntCounterVec, IntGauge, IntGaugeVec, Opts, Registry, TextEncoder,
@@ -21,6 +22,8 @@ pub struct Metrics {
     pub grpc_services: IntGaugeVec,
     /// Reconciles running now.
     pub running: IntGauge,
+    /// Objects waiting for a triggered reconcile.
+    pub queue_depth: IntGauge,
     /// Reconcile runs by outcome.
     pub reconciles: IntCounterVec,
     /// Failed reconciles by pipeline step and error class.
@@ -41,6 +44,7 @@ pub struct Metrics {
 struct Views {
     grpc_services: Vec<Store<GrpcService>>,
     health: Option<Health>,
+    queues: Vec<Arc<Queued>>,
 }
 
 /// Registering a metric failed (a duplicate name: a programming error).
@@ -89,6 +93,11 @@ impl Metrics {
         )?;
         registry.register(Box::new(grpc_services.clone()))?;
         registry.register(Box::new(running.clone()))?;
+        let queue_depth = IntGauge::new(
+            "grpc_operator_queue_depth",
+            "GrpcServices with a pending trigger (a watch event of theirs or of a child) whose reconcile has not started.",
+        )?;
+        registry.register(Box::new(queue_depth.clone()))?;
         let last_success = IntGauge::new(
             "grpc_operator_last_successful_reconcile_timestamp_seconds",
             "Unix time of the last successful reconcile.",
@@ -110,6 +119,7 @@ impl Metrics {
             views: Arc::default(),
             grpc_services,
             running,
+            queue_depth,
             reconciles,
             failures,
             duration,
@@ -123,6 +133,11 @@ impl Metrics {
     /// Counts the GrpcServices of `store` in `grpc_operator_grpcservices`.
     pub fn observe_grpc_services(&self, store: Store<GrpcService>) {
         crate::reconcile::lock(&self.views).grpc_services.push(store);
+    }
+
+    /// Counts `queued` in `grpc_operator_queue_depth`.
+    pub fn observe_queue(&self, queued: Arc<Queued>) {
+        crate::reconcile::lock(&self.views).queues.push(queued);
     }
 
     /// Reports `health`'s running reconciles.
@@ -149,6 +164,8 @@ impl Metrics {
         for (label, n) in ["true", "false", "unknown"].into_iter().zip(counts) {
             self.grpc_services.with_label_values(&[label]).set(n);
         }
+        let queued: usize = views.queues.iter().map(|q| q.len()).sum();
+        self.queue_depth.set(i64::try_from(queued).unwrap_or(i64::MAX));
         if let Some(health) = &views.health {
             self.running.set(i64::try_from(health.running()).unwrap_or(i64::MAX));
         }

@@ -20,12 +20,12 @@ use kube::{Client, Resource, ResourceExt};
 use tracing::{debug, info, warn};
 
 use crate::api::GrpcService;
+use crate::children::Registry;
 use crate::children::labels::{MANAGED_BY_LABEL, MANAGER, SERVICE_LABEL};
-use crate::children::{self, Registry};
 use crate::health::{self, Health};
 use crate::metrics::Metrics;
 use crate::reconcile::cache::KindCache;
-use crate::reconcile::memory::Memory;
+use crate::reconcile::memory::{Memory, Queued};
 use crate::reconcile::{self, Context, ReconcileConfig};
 
 /// Options of the controller.
@@ -227,6 +227,12 @@ async fn run_scope(
     let memory = Arc::new(Memory::default());
     let (grpc_store, grpc_writer) = reflector::store::<GrpcService>();
     metrics.observe_grpc_services(grpc_store.clone());
+    let queued = Arc::new(Queued::default());
+    metrics.observe_queue(Arc::clone(&queued));
+    let enqueue = {
+        let queued = Arc::clone(&queued);
+        move |obj: &GrpcService| queued.push(ObjectRef::from_obj(obj))
+    };
     let forget = {
         let (memory, store) = (Arc::clone(&memory), grpc_store.clone());
         move |event: &Result<watcher::Event<GrpcService>, watcher::Error>| match event {
@@ -251,7 +257,12 @@ async fn run_scope(
         .inspect(sync.marker())
         .inspect(forget)
         .applied_objects()
-        .predicate_filter(trigger_fingerprint, PredicateConfig::default());
+        .predicate_filter(trigger_fingerprint, PredicateConfig::default())
+        .inspect(move |obj| {
+            if let Ok(obj) = obj {
+                enqueue(obj);
+            }
+        });
 
     let reporter = Reporter { controller: MANAGER.to_owned(), instance: opts.instance.clone() };
     let ctx = Arc::new(Context {
@@ -264,6 +275,7 @@ async fn run_scope(
         config: opts.reconcile.clone(),
         memory,
         health,
+        queued: Arc::clone(&queued),
     });
 
     // Child watches feed one trigger stream: a Controller cannot add an
@@ -303,6 +315,11 @@ async fn run_scope(
                 // A trigger for an object deleted meanwhile (a child's event
                 // after its GrpcService went away): nothing to do.
                 Err(kube::runtime::controller::Error::ObjectNotFound(obj)) => {
+                    let gone = ObjectRef::<GrpcService>::new(&obj.name);
+                    queued.remove(&match &obj.namespace {
+                        Some(ns) => gone.within(ns),
+                        None => gone,
+                    });
                     debug!(name = %obj.name, namespace = ?obj.namespace, "trigger for an object no longer cached");
                 }
                 Err(e) => warn!(error = %reconcile::error_chain(&e), "controller error"),
@@ -341,12 +358,12 @@ async fn watch_kind(
 ) {
     let cache = &ctx.kinds[index];
     let kind = cache.kind.kind();
-    let keeps = cache.kind.cache_keeps();
+    let slimmer = Arc::clone(&cache.kind);
     let writer = reflector::store::Writer::new(cache.api.clone());
     let store = writer.as_reader();
     let config = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
     let mut stream = std::pin::pin!(
-        watcher(api, config).default_backoff().modify(move |o| children::slim(o, keeps)).reflect(writer)
+        watcher(api, config).default_backoff().modify(move |o| slimmer.slim(o)).reflect(writer)
     );
     let mut published = false;
     // Owners of the children cached before a relist: a child deleted while
@@ -370,6 +387,7 @@ async fn watch_kind(
             }
             Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) | watcher::Event::Delete(obj)) => {
                 if let Some(owner) = owner_of(&obj) {
+                    ctx.queued.push(owner.clone());
                     let _ = triggers.send(owner).await;
                 }
             }

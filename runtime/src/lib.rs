@@ -98,10 +98,12 @@
 //! ## Shutdown
 //!
 //! On SIGTERM or SIGINT ([`BoundServer::serve`]): every service reports `NOT_SERVING` and
-//! `/readyz` fails; [`Server::on_shutdown`] hooks run (service-discovery deregistration); the
-//! drain delay passes while calls are still served; the listener closes and connections get
-//! GOAWAY; in-flight calls may finish until the shutdown timeout, then their connections are
-//! closed; spans are flushed; `serve` returns `Ok`.
+//! `/readyz` fails; [`Server::on_shutdown`] hooks run (service-discovery deregistration; all
+//! together at most 5 s); the drain delay passes while calls are still served; the listener
+//! closes and connections get GOAWAY; in-flight calls may finish until the shutdown timeout,
+//! then their connections are closed; spans are flushed (at most 5 s); `serve` returns `Ok`.
+//! The operator sets the pod's `terminationGracePeriodSeconds` to cover all of it
+//! (`grpc_contract::shutdown::termination_grace_seconds`).
 
 // Every public item is documented: the crate is the contract's other side.
 #![deny(missing_docs)]

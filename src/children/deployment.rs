@@ -55,10 +55,29 @@ impl ChildKind for DeploymentKind {
         to_value(self.kind(), &deployment(svc, workload))
     }
 
-    // The Ready computation reads the replica count the Deployment controller
-    // works towards; the template, most of the object, is dropped.
+    // What `deployment_available` and `handover` read; the template, most of
+    // the object, is dropped.
     fn cache_keeps(&self) -> &'static [&'static str] {
-        &["/spec/replicas"]
+        &[
+            "/spec/replicas",
+            "/status/observedGeneration",
+            "/status/replicas",
+            "/status/updatedReplicas",
+            "/status/readyReplicas",
+            "/status/availableReplicas",
+            "/status/conditions",
+        ]
+    }
+
+    /// Also drops the conditions' timestamps, which nothing reads.
+    fn slim(&self, obj: &mut DynamicObject) {
+        super::slim(obj, self.cache_keeps());
+        if let Some(conditions) = obj.data.pointer_mut("/status/conditions").and_then(Value::as_array_mut) {
+            for c in conditions.iter_mut().filter_map(Value::as_object_mut) {
+                c.remove("lastUpdateTime");
+                c.remove("lastTransitionTime");
+            }
+        }
     }
 
     fn condition(&self) -> Option<ConditionRole> {

@@ -26,6 +26,11 @@ pub fn digest_of(obj: &Value) -> Option<&str> {
     obj.get("metadata")?.get("annotations")?.get(APPLIED_DIGEST_ANNOTATION)?.as_str()
 }
 
+/// A stable digest of a serializable value (see [`fnv1a64`]).
+pub fn digest<T: serde::Serialize>(value: &T) -> u64 {
+    serde_json::to_vec(value).map(|bytes| fnv1a64(&bytes)).unwrap_or_default()
+}
+
 /// FNV-1a, 64 bit. Hand-written because the digest must be stable across Rust
 /// releases (std's `DefaultHasher` is not) and is not a security boundary, so
 /// a cryptographic hash crate would be weight without benefit. serde_json

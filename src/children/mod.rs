@@ -144,11 +144,18 @@ pub trait ChildKind: Send + Sync + 'static {
         ChangeMarker::Generation
     }
 
-    /// JSON pointers the cache keeps besides `metadata` and `status`; the
+    /// JSON pointers the cache keeps besides the identifying metadata; the
     /// rest of a cached child is dropped to save memory (and, for Secrets,
-    /// to keep key material out of the cache).
+    /// to keep key material out of the cache). What `verdict` and `handover`
+    /// read must be listed here.
     fn cache_keeps(&self) -> &'static [&'static str] {
         &[]
+    }
+
+    /// Reduces an object before it enters the cache; the default keeps
+    /// [`ChildKind::cache_keeps`] (see [`slim`]).
+    fn slim(&self, obj: &mut DynamicObject) {
+        slim(obj, self.cache_keeps());
     }
 
     /// The condition this kind contributes to, if any.
@@ -273,16 +280,27 @@ pub fn to_value<T: serde::Serialize>(kind: &'static str, obj: &T) -> Result<Valu
 }
 
 /// Drops what the cache does not keep from a child: everything but
-/// `apiVersion`, `kind`, `metadata` (without managedFields and the
-/// last-applied annotation), `status` and the kind's [`ChildKind::cache_keeps`].
+/// `apiVersion`, `kind`, the metadata the reconciler reads (name, namespace,
+/// uid, resourceVersion, generation, labels, annotations without the
+/// last-applied manifest, ownerReferences, deletionTimestamp) and the JSON
+/// pointers in `keeps`.
 pub fn slim(obj: &mut DynamicObject, keeps: &[&str]) {
     crate::run::trim_for_cache(obj);
+    let meta = std::mem::take(&mut obj.metadata);
+    obj.metadata = kube::api::ObjectMeta {
+        name: meta.name,
+        namespace: meta.namespace,
+        uid: meta.uid,
+        resource_version: meta.resource_version,
+        generation: meta.generation,
+        labels: meta.labels,
+        annotations: meta.annotations,
+        owner_references: meta.owner_references,
+        deletion_timestamp: meta.deletion_timestamp,
+        ..kube::api::ObjectMeta::default()
+    };
     let data = std::mem::take(&mut obj.data);
-    let mut kept = serde_json::Map::new();
-    if let Some(status) = data.get("status") {
-        kept.insert("status".to_owned(), status.clone());
-    }
-    let mut kept = Value::Object(kept);
+    let mut kept = Value::Object(serde_json::Map::new());
     for pointer in keeps {
         if let Some(v) = data.pointer(pointer) {
             drift::insert_pointer(&mut kept, pointer, v.clone());
@@ -343,7 +361,7 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn the_cache_keeps_metadata_status_and_what_the_kind_asks_for() {
+    fn the_cache_keeps_identifying_metadata_and_what_the_kind_asks_for() {
         let mut obj: DynamicObject = serde_json::from_value(serde_json::json!({
             "apiVersion": "apps/v1", "kind": "Deployment",
             "metadata": {"name": "a", "managedFields": [{"manager": "x"}],
@@ -352,9 +370,10 @@ pub(crate) mod tests {
             "status": {"readyReplicas": 3}
         }))
         .expect("object");
-        slim(&mut obj, &["/spec/replicas"]);
+        slim(&mut obj, &["/spec/replicas", "/status/readyReplicas"]);
         assert_eq!(obj.metadata.managed_fields, None);
         assert_eq!(obj.metadata.annotations, None);
+        assert_eq!(obj.metadata.name.as_deref(), Some("a"));
         assert_eq!(obj.data, serde_json::json!({"status": {"readyReplicas": 3}, "spec": {"replicas": 3}}));
     }
 }

@@ -10,15 +10,29 @@
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Mutex;
 
+use kube::runtime::reflector::ObjectRef;
+
+use crate::api::GrpcService;
+
 /// Per-object memory of one controller scope.
 #[derive(Default)]
 pub struct Memory {
     objects: Mutex<HashMap<String, ObjectMemory>>,
 }
 
+/// The operator's last status write of one object.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct StatusWrite {
+    /// resourceVersion of the cached object the write was computed from.
+    pub based_on: String,
+    /// Digest of the status written.
+    pub digest: u64,
+}
+
 #[derive(Default)]
 struct ObjectMemory {
     failures: u32,
+    status_write: Option<StatusWrite>,
     /// Per child kind: (child uid, change marker) known to match what the
     /// operator wants.
     verified: BTreeMap<&'static str, (String, String)>,
@@ -59,6 +73,16 @@ impl Memory {
         self.lock().entry(uid.to_owned()).or_default().verified.insert(kind, child);
     }
 
+    /// The last status write of `uid`.
+    pub fn status_write(&self, uid: &str) -> Option<StatusWrite> {
+        self.lock().get(uid).and_then(|o| o.status_write.clone())
+    }
+
+    /// Records a status write of `uid`.
+    pub fn remember_status_write(&self, uid: &str, write: StatusWrite) {
+        self.lock().entry(uid.to_owned()).or_default().status_write = Some(write);
+    }
+
     /// Forgets a verified child (it was pruned).
     pub fn forget_verified(&self, uid: &str, kind: &'static str) {
         if let Some(o) = self.lock().get_mut(uid) {
@@ -82,6 +106,37 @@ impl Memory {
     }
 
     /// True when nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+}
+
+/// Objects with a pending trigger (a watch event of theirs or of a child)
+/// whose reconcile has not started: the queue depth. kube-runtime's
+/// scheduler does not expose its queue, so the controller keeps this set
+/// beside it; periodic re-checks and retries after failures are not in it.
+#[derive(Default)]
+pub struct Queued {
+    refs: Mutex<HashSet<ObjectRef<GrpcService>>>,
+}
+
+impl Queued {
+    /// A trigger for `obj` was sent.
+    pub fn push(&self, obj: ObjectRef<GrpcService>) {
+        super::lock(&self.refs).insert(obj);
+    }
+
+    /// The reconcile of `obj` started, or it no longer exists.
+    pub fn remove(&self, obj: &ObjectRef<GrpcService>) {
+        super::lock(&self.refs).remove(obj);
+    }
+
+    /// Objects waiting.
+    pub fn len(&self) -> usize {
+        super::lock(&self.refs).len()
+    }
+
+    /// True when nothing waits.
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }

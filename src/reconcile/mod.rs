@@ -87,6 +87,8 @@ pub struct Context {
     pub memory: Arc<Memory>,
     /// The operator's health (running reconciles are registered there).
     pub health: crate::health::Health,
+    /// Objects waiting for a triggered reconcile.
+    pub queued: Arc<memory::Queued>,
 }
 
 /// Locks `m`, recovering from poisoning: the maps behind these locks hold
@@ -244,6 +246,7 @@ impl Outcome {
 pub async fn reconcile(obj: Arc<GrpcService>, ctx: Arc<Context>) -> Result<Action, ReconcileError> {
     let started = Instant::now();
     let _running = ctx.health.reconcile_started();
+    ctx.queued.remove(&ObjectRef::from_obj(obj.as_ref()));
     let uid = obj.metadata.uid.clone().unwrap_or_default();
     let mut result = pipeline(&obj, &ctx).await;
     if let Err(e) = &result {
@@ -523,10 +526,23 @@ async fn report(ctx: &Context, obj: &GrpcService, obs: Observation) -> Result<()
     // status the server holds as far as the watch has told us.
     let cached = ctx.grpc_services.get(&ObjectRef::from_obj(obj));
     let current = cached.as_ref().map_or(obj.status.as_ref(), |c| c.status.as_ref());
+    let cached_rv = cached.as_ref().and_then(|c| c.metadata.resource_version.clone()).unwrap_or_default();
     let gating = ctx.registry.gating_conditions();
     let now = Time(jiff::Timestamp::now());
     let next = status::next_status(current, &obs, &gating, &now);
-    status::write(&api, obj, current, &next).await?;
+    if current == Some(&next) {
+        return Ok(());
+    }
+    // The cache may not have seen our last write yet (the watch lags): when
+    // it still shows the version that write was computed from, and the
+    // status to write is the one written then, the server holds it already.
+    let uid = obj.metadata.uid.clone().unwrap_or_default();
+    let digest = crate::children::drift::digest(&next);
+    if ctx.memory.status_write(&uid).is_some_and(|w| w.based_on == cached_rv && w.digest == digest) {
+        return Ok(());
+    }
+    status::write(&api, obj, &next).await?;
+    ctx.memory.remember_status_write(&uid, memory::StatusWrite { based_on: cached_rv, digest });
     for type_ in [status::READY, status::SYNCED] {
         let before = status::find(current, type_).map(|c| (c.status.clone(), c.reason.clone()));
         let Some(after) = status::find(Some(&next), type_) else { continue };

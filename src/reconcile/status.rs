@@ -223,19 +223,15 @@ pub fn find<'a>(status: Option<&'a GrpcServiceStatus>, type_: &str) -> Option<&'
     status.and_then(|s| s.conditions.iter().find(|c| c.type_ == type_))
 }
 
-/// Writes `next` with server-side apply on the status subresource, unless it
-/// equals `current`: the status the server holds, as cached with the
-/// object's latest resourceVersion. A status someone else edited differs, so
-/// it is corrected. Returns whether it wrote.
+/// Writes `next` with server-side apply on the status subresource. The
+/// caller skips the write when the server already holds `next` (see
+/// `reconcile::report`); a status someone else edited differs, so it is
+/// corrected.
 pub async fn write(
     api: &Api<GrpcService>,
     obj: &GrpcService,
-    current: Option<&GrpcServiceStatus>,
     next: &GrpcServiceStatus,
-) -> Result<bool, StatusError> {
-    if current == Some(next) {
-        return Ok(false);
-    }
+) -> Result<(), StatusError> {
     let name = obj.metadata.name.clone().unwrap_or_default();
     let body = json!({
         "apiVersion": format!("{}/v1alpha1", crate::api::GROUP),
@@ -244,7 +240,7 @@ pub async fn write(
     });
     api.patch_status(&name, &PatchParams::apply(MANAGER).force(), &Patch::Apply(&body))
         .await
-        .map(|_| true)
+        .map(drop)
         .map_err(|source| StatusError {
             namespace: obj.metadata.namespace.clone().unwrap_or_default(),
             name,

@@ -290,6 +290,10 @@ async fn an_api_outage_is_survived_and_changes_made_during_it_are_applied() {
 
     let scraped = h.metrics.encode();
     assert!(scraped.contains("grpc_operator_grpcservices{ready=\"true\"} 1"), "{scraped}");
+    eventually("nothing queued once converged", || async {
+        h.metrics.encode().contains("\ngrpc_operator_queue_depth 0\n").then_some(())
+    })
+    .await;
 
     h.proxy.black_hole(Duration::from_secs(3));
     patch_spec(&h, "user-service", json!({"replicas": 3})).await;
