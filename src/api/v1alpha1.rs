@@ -112,9 +112,10 @@ pub struct GrpcServiceSpec {
     pub services: Vec<String>,
 
     /// Extra environment variables for the workload container. Variables of
-    /// the workload contract (`GRPC_PORT`, `ADMIN_PORT`, `POD_*`, `OTEL_*`,
-    /// `LOG_FORMAT`, `TLS_*`, `GRPC_WEB_ORIGINS`, `CONSUL_*`) are set by the
-    /// operator and may not be set here.
+    /// the workload contract (`GRPC_PORT`, `ADMIN_PORT`, `POD_*`,
+    /// `OTEL_SERVICE_NAME`, `OTEL_RESOURCE_ATTRIBUTES`, `LOG_FORMAT`, `TLS_*`,
+    /// `GRPC_WEB_ORIGINS`, `CONSUL_*`, `SHUTDOWN_*`) are set by the operator
+    /// and may not be set here; `spec.shutdown` sets the shutdown ones.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     #[schemars(length(max = 256))]
     pub env: Vec<EnvVar>,

@@ -284,9 +284,10 @@ fn runtime_default_seccomp() -> SeccompProfile {
 /// available pods, following the same rules as `kubectl rollout status`.
 pub fn deployment_available(deployment: &Deployment) -> Verdict {
     let generation = deployment.metadata.generation.unwrap_or(0);
-    let Some(status) = &deployment.status else {
-        return Verdict::not_ok(reason::ROLLOUT_IN_PROGRESS, "waiting for the Deployment controller");
-    };
+    // No status and an empty one read the same: a cached copy keeps only some
+    // status fields, and must give the verdict the full object gives.
+    let empty = Default::default();
+    let status = deployment.status.as_ref().unwrap_or(&empty);
     if status.observed_generation.unwrap_or(0) < generation {
         return Verdict::not_ok(
             reason::ROLLOUT_IN_PROGRESS,
@@ -464,6 +465,24 @@ mod tests {
                 ..DeploymentCondition::default()
             }]),
             ..DeploymentStatus::default()
+        }
+    }
+
+    #[test]
+    fn a_cached_copy_gives_the_verdict_of_the_full_object() {
+        let samples = [
+            with_status(2, 1, None),
+            with_status(2, 1, Some(DeploymentStatus::default())),
+            with_status(2, 2, Some(dep_status(1, 2, 2, "True"))),
+            with_status(2, 2, Some(dep_status(2, 2, 2, "True"))),
+            with_status(2, 2, Some(dep_status(2, 2, 0, "False"))),
+        ];
+        for full in samples {
+            let mut obj: DynamicObject =
+                serde_json::from_value(serde_json::to_value(&full).expect("json")).expect("object");
+            let whole = DeploymentKind.verdict(&valid(&sample()), &obj);
+            DeploymentKind.slim(&mut obj);
+            assert_eq!(DeploymentKind.verdict(&valid(&sample()), &obj), whole, "{full:?}");
         }
     }
 

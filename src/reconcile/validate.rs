@@ -773,9 +773,14 @@ pub(crate) mod tests {
             EnvVar { name: "GRPC_PORT".into(), value: Some("1".into()), value_from: None },
             EnvVar { name: "FEATURE_X".into(), value: Some("2".into()), value_from: None },
             EnvVar { name: "A=B".into(), value: None, value_from: None },
+            EnvVar { name: "SHUTDOWN_TIMEOUT".into(), value: Some("1m".into()), value_from: None },
         ];
         let err = validate(&obj, Origin::Cluster).expect_err("invalid");
-        assert_eq!(paths(&err), ["spec.env[1].name", "spec.env[2].name", "spec.env[3].name"]);
+        assert_eq!(
+            paths(&err),
+            ["spec.env[1].name", "spec.env[2].name", "spec.env[3].name", "spec.env[4].name"]
+        );
+        assert!(err.errors[3].reason.contains("part of the workload contract"), "{err}");
         assert!(err.errors[0].reason.starts_with("Forbidden"));
     }
 
