@@ -161,6 +161,23 @@ pub fn trim_for_cache<K: Resource>(obj: &mut K) {
     }
 }
 
+/// Trims a GrpcService before it enters the cache: besides what
+/// [`trim_for_cache`] drops, the labels, annotations and other metadata the
+/// reconciler never reads (children do not copy the GrpcService's labels).
+pub fn trim_grpc_service(obj: &mut GrpcService) {
+    let meta = std::mem::take(&mut obj.metadata);
+    obj.metadata = kube::api::ObjectMeta {
+        name: meta.name,
+        namespace: meta.namespace,
+        uid: meta.uid,
+        resource_version: meta.resource_version,
+        generation: meta.generation,
+        finalizers: meta.finalizers,
+        deletion_timestamp: meta.deletion_timestamp,
+        ..kube::api::ObjectMeta::default()
+    };
+}
+
 /// Triggers a reconcile when the spec changes (generation), deletion starts,
 /// the finalizer appears or disappears (a stripped finalizer is put back) or
 /// the status changes (a status edited by someone else is corrected; the
@@ -252,7 +269,7 @@ async fn run_scope(
     };
     let grpc_stream = watcher(grpc_api, watcher::Config::default())
         .default_backoff()
-        .modify(trim_for_cache)
+        .modify(trim_grpc_service)
         .reflect(grpc_writer)
         .inspect(sync.marker())
         .inspect(forget)

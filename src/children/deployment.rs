@@ -71,13 +71,15 @@ impl ChildKind for DeploymentKind {
 
     /// Also drops the conditions' timestamps, which nothing reads.
     fn slim(&self, obj: &mut DynamicObject) {
-        super::slim(obj, self.cache_keeps());
-        if let Some(conditions) = obj.data.pointer_mut("/status/conditions").and_then(Value::as_array_mut) {
+        super::slim_metadata(obj);
+        let mut fields = super::kept_fields(&obj.data, self.cache_keeps());
+        if let Some(conditions) = fields.pointer_mut("/status/conditions").and_then(Value::as_array_mut) {
             for c in conditions.iter_mut().filter_map(Value::as_object_mut) {
                 c.remove("lastUpdateTime");
                 c.remove("lastTransitionTime");
             }
         }
+        super::store_kept(obj, fields);
     }
 
     fn condition(&self) -> Option<ConditionRole> {
@@ -85,8 +87,7 @@ impl ChildKind for DeploymentKind {
     }
 
     fn verdict(&self, _svc: &ValidatedService, live: &DynamicObject) -> Option<Verdict> {
-        let typed: Result<Deployment, _> = serde_json::to_value(live).and_then(serde_json::from_value);
-        Some(match typed {
+        Some(match super::typed::<Deployment>(live) {
             Ok(d) => deployment_available(&d),
             Err(e) => Verdict::not_ok(reason::ROLLOUT_IN_PROGRESS, format!("unreadable Deployment: {e}")),
         })
@@ -101,7 +102,7 @@ impl ChildKind for DeploymentKind {
         if !we_set_it || desired.pointer("/spec/replicas").is_some() {
             return None;
         }
-        let replicas = live.data.pointer("/spec/replicas")?.clone();
+        let replicas = super::kept(live).pointer("/spec/replicas")?.clone();
         Some(json!({
             "apiVersion": "apps/v1",
             "kind": "Deployment",

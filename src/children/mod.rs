@@ -74,7 +74,9 @@ pub struct Workload {
     pub service_ports: Vec<ServicePort>,
 }
 
-/// The live, owned children a builder may read, by kind.
+/// The live, owned children a builder may read, by kind: cached copies, so
+/// read their content with [`kept`] (or [`typed`]), and list what is read in
+/// the kind's [`ChildKind::cache_keeps`].
 #[derive(Clone, Debug, Default)]
 pub struct ObservedChildren(pub BTreeMap<&'static str, Arc<DynamicObject>>);
 
@@ -283,8 +285,15 @@ pub fn to_value<T: serde::Serialize>(kind: &'static str, obj: &T) -> Result<Valu
 /// `apiVersion`, `kind`, the metadata the reconciler reads (name, namespace,
 /// uid, resourceVersion, generation, labels, annotations without the
 /// last-applied manifest, ownerReferences, deletionTimestamp) and the JSON
-/// pointers in `keeps`.
+/// pointers in `keeps`, which are stored compactly (see [`kept`]).
 pub fn slim(obj: &mut DynamicObject, keeps: &[&str]) {
+    slim_metadata(obj);
+    let fields = kept_fields(&obj.data, keeps);
+    store_kept(obj, fields);
+}
+
+/// Keeps only the metadata the reconciler reads.
+pub fn slim_metadata(obj: &mut DynamicObject) {
     crate::run::trim_for_cache(obj);
     let meta = std::mem::take(&mut obj.metadata);
     obj.metadata = kube::api::ObjectMeta {
@@ -299,14 +308,49 @@ pub fn slim(obj: &mut DynamicObject, keeps: &[&str]) {
         deletion_timestamp: meta.deletion_timestamp,
         ..kube::api::ObjectMeta::default()
     };
-    let data = std::mem::take(&mut obj.data);
+}
+
+/// The values at `keeps` in `data`, at the same places.
+pub fn kept_fields(data: &Value, keeps: &[&str]) -> Value {
     let mut kept = Value::Object(serde_json::Map::new());
     for pointer in keeps {
         if let Some(v) = data.pointer(pointer) {
             drift::insert_pointer(&mut kept, pointer, v.clone());
         }
     }
-    obj.data = kept;
+    kept
+}
+
+/// Stores the kept fields of a cached child as one compact JSON string, or
+/// nothing when there are none. A serde_json map allocates a B-tree node of
+/// about 600 bytes even for one entry; a Deployment's kept status alone
+/// would take five of them, per object, for the life of the cache.
+pub fn store_kept(obj: &mut DynamicObject, fields: Value) {
+    obj.data = match &fields {
+        Value::Object(m) if m.is_empty() => Value::Null,
+        _ => Value::String(fields.to_string()),
+    };
+}
+
+/// The content of a child besides its metadata: its `data` for an object
+/// from the API server, the kept fields for a cached copy (see [`slim`]).
+pub fn kept(obj: &DynamicObject) -> std::borrow::Cow<'_, Value> {
+    match &obj.data {
+        Value::String(compact) => std::borrow::Cow::Owned(
+            serde_json::from_str(compact).unwrap_or(Value::Object(serde_json::Map::new())),
+        ),
+        Value::Null => std::borrow::Cow::Owned(Value::Object(serde_json::Map::new())),
+        data => std::borrow::Cow::Borrowed(data),
+    }
+}
+
+/// A child as a typed object, from a cached copy or a full one.
+pub fn typed<K: serde::de::DeserializeOwned>(obj: &DynamicObject) -> Result<K, serde_json::Error> {
+    let mut value = kept(obj).into_owned();
+    if let Value::Object(map) = &mut value {
+        map.insert("metadata".to_owned(), serde_json::to_value(&obj.metadata)?);
+    }
+    serde_json::from_value(value)
 }
 
 #[cfg(test)]
@@ -374,6 +418,9 @@ pub(crate) mod tests {
         assert_eq!(obj.metadata.managed_fields, None);
         assert_eq!(obj.metadata.annotations, None);
         assert_eq!(obj.metadata.name.as_deref(), Some("a"));
-        assert_eq!(obj.data, serde_json::json!({"status": {"readyReplicas": 3}, "spec": {"replicas": 3}}));
+        assert!(obj.data.is_string(), "stored compactly: {}", obj.data);
+        assert_eq!(*kept(&obj), serde_json::json!({"status": {"readyReplicas": 3}, "spec": {"replicas": 3}}));
+        slim(&mut obj, &[]);
+        assert_eq!(obj.data, Value::Null, "nothing kept, nothing stored");
     }
 }

@@ -7,7 +7,7 @@
 //! finalizer, when the watch reports a delete, and when a relist no longer
 //! contains the object (deleted while the watch was down).
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{HashMap, HashSet};
 use std::sync::Mutex;
 
 use kube::runtime::reflector::ObjectRef;
@@ -34,8 +34,9 @@ struct ObjectMemory {
     failures: u32,
     status_write: Option<StatusWrite>,
     /// Per child kind: (child uid, change marker) known to match what the
-    /// operator wants.
-    verified: BTreeMap<&'static str, (String, String)>,
+    /// operator wants. A Vec: a handful of entries, where a map's first node
+    /// alone would cost several hundred bytes per object.
+    verified: Vec<(&'static str, (String, String))>,
 }
 
 impl Memory {
@@ -65,12 +66,17 @@ impl Memory {
 
     /// The (child uid, marker) of `kind` last verified for `uid`.
     pub fn verified(&self, uid: &str, kind: &'static str) -> Option<(String, String)> {
-        self.lock().get(uid).and_then(|o| o.verified.get(kind).cloned())
+        self.lock().get(uid).and_then(|o| o.verified.iter().find(|(k, _)| *k == kind).map(|(_, v)| v.clone()))
     }
 
     /// Records that the child of `kind` at (child uid, marker) matches.
     pub fn remember_verified(&self, uid: &str, kind: &'static str, child: (String, String)) {
-        self.lock().entry(uid.to_owned()).or_default().verified.insert(kind, child);
+        let mut objects = self.lock();
+        let verified = &mut objects.entry(uid.to_owned()).or_default().verified;
+        match verified.iter_mut().find(|(k, _)| *k == kind) {
+            Some(entry) => entry.1 = child,
+            None => verified.push((kind, child)),
+        }
     }
 
     /// The last status write of `uid`.
@@ -86,7 +92,7 @@ impl Memory {
     /// Forgets a verified child (it was pruned).
     pub fn forget_verified(&self, uid: &str, kind: &'static str) {
         if let Some(o) = self.lock().get_mut(uid) {
-            o.verified.remove(kind);
+            o.verified.retain(|(k, _)| *k != kind);
         }
     }
 

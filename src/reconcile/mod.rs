@@ -450,7 +450,7 @@ async fn pipeline(obj: &GrpcService, ctx: &Context) -> Result<Outcome, Reconcile
                     adopted.push(kind);
                 }
                 if kind == "Deployment" {
-                    deployment_status = live.data.get("status").cloned();
+                    deployment_status = children::kept(live).get("status").cloned();
                 }
                 cache.kind.verdict(&valid, live)
             }
