@@ -54,7 +54,7 @@ e2e:
 ## Convergence benchmark on the real control plane (see docs/benchmarks.md).
 bench:
 	$(CARGO) build --release --bin grpc-operator
-	$(CARGO) run --release -p grpc-operator --example converge-bench -- --objects 1000 --idle-seconds 60
+	$(CARGO) run --release -p grpc-operator --example converge-bench -- --objects 1000 --idle-seconds 60 --deletions 20
 
 ## Runtime benchmark: the user service with the full chain vs bare tonic (see docs/benchmarks.md).
 bench-runtime:

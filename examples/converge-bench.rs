@@ -34,6 +34,9 @@ struct Args {
     objects: usize,
     idle_seconds: u64,
     deletions: usize,
+    /// `spec.replicas` of every object; unset by default. 2 or more adds a
+    /// PodDisruptionBudget per object (one more child kind).
+    replicas: Option<i32>,
     operator: PathBuf,
     /// Extra operator arguments, after `--`.
     extra: Vec<String>,
@@ -43,6 +46,7 @@ fn parse_args() -> anyhow::Result<Args> {
     let mut objects = 1000;
     let mut idle_seconds = 60;
     let mut deletions = 20;
+    let mut replicas = None;
     let mut operator = std::env::current_exe()?
         .parent()
         .and_then(|p| p.parent())
@@ -55,16 +59,17 @@ fn parse_args() -> anyhow::Result<Args> {
             "--objects" => objects = it.next().unwrap_or_default().parse()?,
             "--idle-seconds" => idle_seconds = it.next().unwrap_or_default().parse()?,
             "--deletions" => deletions = it.next().unwrap_or_default().parse()?,
+            "--replicas" => replicas = Some(it.next().unwrap_or_default().parse()?),
             "--operator" => operator = PathBuf::from(it.next().unwrap_or_default()),
             "--" => extra.extend(it.by_ref()),
             other => {
                 anyhow::bail!(
-                    "unknown argument {other}; use --objects N --idle-seconds S --deletions D --operator PATH"
+                    "unknown argument {other}; use --objects N --idle-seconds S --deletions D --replicas R --operator PATH"
                 )
             }
         }
     }
-    Ok(Args { objects, idle_seconds, deletions, operator, extra })
+    Ok(Args { objects, idle_seconds, deletions, replicas, operator, extra })
 }
 
 fn rss_kib(pid: u32, field: &str) -> u64 {
@@ -199,12 +204,14 @@ async fn main() -> anyhow::Result<()> {
     let created: Vec<anyhow::Result<()>> = stream::iter(0..args.objects)
         .map(|i| {
             let api = api.clone();
+            let replicas = args.replicas;
             async move {
-                let obj: GrpcService = serde_json::from_value(json!({
+                let mut obj: GrpcService = serde_json::from_value(json!({
                     "apiVersion": "grpcoperator.io/v1alpha1", "kind": "GrpcService",
                     "metadata": {"name": format!("svc-{i:04}")},
                     "spec": {"image": format!("registry.example.com/svc-{i}:1.0.0"), "services": [format!("svc{i}.v1.Service")]}
                 }))?;
+                obj.spec.replicas = replicas;
                 api.create(&PostParams::default(), &obj).await?;
                 Ok(())
             }
