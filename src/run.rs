@@ -165,17 +165,22 @@ pub fn trim_for_cache<K: Resource>(obj: &mut K) {
 /// [`trim_for_cache`] drops, the labels, annotations and other metadata the
 /// reconciler never reads (children do not copy the GrpcService's labels).
 pub fn trim_grpc_service(obj: &mut GrpcService) {
-    let meta = std::mem::take(&mut obj.metadata);
-    obj.metadata = kube::api::ObjectMeta {
-        name: meta.name,
-        namespace: meta.namespace,
-        uid: meta.uid,
-        resource_version: meta.resource_version,
-        generation: meta.generation,
-        finalizers: meta.finalizers,
-        deletion_timestamp: meta.deletion_timestamp,
+    let mut meta = std::mem::take(&mut obj.metadata);
+    obj.metadata = kube::api::ObjectMeta { finalizers: meta.finalizers.take(), ..identity(&mut meta) };
+}
+
+/// Moves out of `meta` what every cache keeps: name, namespace, uid,
+/// resourceVersion, generation and deletionTimestamp.
+pub fn identity(meta: &mut kube::api::ObjectMeta) -> kube::api::ObjectMeta {
+    kube::api::ObjectMeta {
+        name: meta.name.take(),
+        namespace: meta.namespace.take(),
+        uid: meta.uid.take(),
+        resource_version: meta.resource_version.take(),
+        generation: meta.generation.take(),
+        deletion_timestamp: meta.deletion_timestamp.take(),
         ..kube::api::ObjectMeta::default()
-    };
+    }
 }
 
 /// Triggers a reconcile when the spec changes (generation), deletion starts,
@@ -316,6 +321,25 @@ async fn run_scope(
         )));
     }
     drop((triggers, reconcile_all));
+
+    // No reconcile before every required child cache has its first list: a
+    // reconcile would otherwise read children from the API one by one, and
+    // prune nothing.
+    let shutdown = shutdown.shared();
+    let synced = async {
+        while !ctx.kinds.iter().filter(|k| !k.kind.optional()).all(|k| k.store().is_some()) {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
+    };
+    tokio::select! {
+        () = synced => {}
+        () = shutdown.clone() => {
+            for task in tasks {
+                task.abort();
+            }
+            return;
+        }
+    }
 
     Controller::for_stream(grpc_stream, grpc_store)
         .reconcile_on(trigger_rx)

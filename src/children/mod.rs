@@ -292,21 +292,15 @@ pub fn slim(obj: &mut DynamicObject, keeps: &[&str]) {
     store_kept(obj, fields);
 }
 
-/// Keeps only the metadata the reconciler reads.
+/// Keeps only the metadata the reconciler reads of a child.
 pub fn slim_metadata(obj: &mut DynamicObject) {
     crate::run::trim_for_cache(obj);
-    let meta = std::mem::take(&mut obj.metadata);
+    let mut meta = std::mem::take(&mut obj.metadata);
     obj.metadata = kube::api::ObjectMeta {
-        name: meta.name,
-        namespace: meta.namespace,
-        uid: meta.uid,
-        resource_version: meta.resource_version,
-        generation: meta.generation,
-        labels: meta.labels,
-        annotations: meta.annotations,
-        owner_references: meta.owner_references,
-        deletion_timestamp: meta.deletion_timestamp,
-        ..kube::api::ObjectMeta::default()
+        labels: meta.labels.take(),
+        annotations: meta.annotations.take(),
+        owner_references: meta.owner_references.take(),
+        ..crate::run::identity(&mut meta)
     };
 }
 

@@ -55,40 +55,49 @@ pub async fn children(
 ) -> Result<Vec<KindObserved>, FetchError> {
     let mut observed = Vec::with_capacity(kinds.len());
     for cache in kinds {
-        let Some(store) = cache.store() else {
+        let store = cache.store();
+        if store.is_none() && cache.kind.optional() {
             observed.push(KindObserved::NotServed);
             continue;
-        };
+        }
+        // A required kind is always served; before its cache has synced
+        // (the controller waits for that, so only in a race) it is read
+        // from the API, and nothing is pruned.
         let wanted_name = cache.kind.wanted(svc).then(|| cache.kind.name(svc));
-        let others = store.state_filter(|o| {
-            o.metadata.namespace.as_deref() == Some(svc.namespace.as_str())
-                && o.labels().get(SERVICE_LABEL) == Some(&svc.name)
-                && Some(o.name_any()) != wanted_name
+        let others = store.as_ref().map_or_else(Vec::new, |store| {
+            store.state_filter(|o| {
+                o.metadata.namespace.as_deref() == Some(svc.namespace.as_str())
+                    && o.labels().get(SERVICE_LABEL) == Some(&svc.name)
+                    && Some(o.name_any()) != wanted_name
+            })
         });
+        let cached = |name: &String| {
+            store
+                .as_ref()
+                .and_then(|s| s.get(&ObjectRef::new_with(name, cache.api.clone()).within(&svc.namespace)))
+        };
         let named = match &wanted_name {
             None => None,
-            Some(name) => {
-                match store.get(&ObjectRef::new_with(name, cache.api.clone()).within(&svc.namespace)) {
-                    Some(obj) => Some(obj),
-                    None => {
-                        let api: Api<DynamicObject> =
-                            Api::namespaced_with(client.clone(), &svc.namespace, &cache.api);
-                        match api.get_opt(name).await {
-                            Ok(found) => found.map(Arc::new),
-                            // The CRD went away between discovery and now.
-                            Err(kube::Error::Api(s)) if s.code == 404 => None,
-                            Err(source) => {
-                                return Err(FetchError {
-                                    kind: cache.kind.kind(),
-                                    namespace: svc.namespace.clone(),
-                                    name: name.clone(),
-                                    source,
-                                });
-                            }
+            Some(name) => match cached(name) {
+                Some(obj) => Some(obj),
+                None => {
+                    let api: Api<DynamicObject> =
+                        Api::namespaced_with(client.clone(), &svc.namespace, &cache.api);
+                    match api.get_opt(name).await {
+                        Ok(found) => found.map(Arc::new),
+                        // The CRD went away between discovery and now.
+                        Err(kube::Error::Api(s)) if s.code == 404 => None,
+                        Err(source) => {
+                            return Err(FetchError {
+                                kind: cache.kind.kind(),
+                                namespace: svc.namespace.clone(),
+                                name: name.clone(),
+                                source,
+                            });
                         }
                     }
                 }
-            }
+            },
         };
         observed.push(KindObserved::Served { named, others });
     }

@@ -22,18 +22,7 @@ use kube::api::{Api, DeleteParams, DynamicObject, Patch, PatchParams, PostParams
 use kube::discovery::ApiResource;
 use serde_json::{Value, json};
 
-use crate::harness::{Harness, condition, create, eventually, sample};
-
-async fn patch_spec(h: &Harness, name: &str, spec: Value) {
-    h.api::<GrpcService>()
-        .patch(name, &PatchParams::default(), &Patch::Merge(&json!({ "spec": spec })))
-        .await
-        .expect("GrpcService patched");
-}
-
-fn owner_uid(obj: &Value) -> Option<&str> {
-    obj["metadata"]["ownerReferences"].as_array()?.iter().find(|o| o["controller"] == true)?["uid"].as_str()
-}
+use crate::harness::{Harness, condition, create, eventually, owner_uid, patch_spec, sample};
 
 /// Whether `manager`'s managed fields of `obj` include `spec.replicas`.
 fn owns_replicas(obj: &Value, manager: &str) -> bool {

@@ -16,7 +16,7 @@ use grpc_operator::run::{ControllerOptions, run_controller};
 use grpc_operator_testkit::{FaultProxy, RequestRecord, TestCluster, TestNamespace, Verb};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::core::v1::Service;
-use kube::api::{Api, ListParams, PostParams};
+use kube::api::{Api, ListParams, Patch, PatchParams, PostParams};
 use kube::{Client, Resource};
 use serde::Serialize;
 use serde_json::Value;
@@ -238,6 +238,19 @@ impl Harness {
     pub async fn shutdown(mut self) {
         self.stop_controller().await;
     }
+}
+
+/// Merge-patches the spec of GrpcService `name`, as `kubectl patch --type=merge` does.
+pub async fn patch_spec(h: &Harness, name: &str, spec: Value) {
+    h.api::<GrpcService>()
+        .patch(name, &PatchParams::default(), &Patch::Merge(&serde_json::json!({ "spec": spec })))
+        .await
+        .expect("GrpcService patched");
+}
+
+/// The uid of the controller ownerReference of `obj`.
+pub fn owner_uid(obj: &Value) -> Option<&str> {
+    obj["metadata"]["ownerReferences"].as_array()?.iter().find(|o| o["controller"] == true)?["uid"].as_str()
 }
 
 pub fn condition<'a>(obj: &'a Value, type_: &str) -> Option<&'a Value> {
