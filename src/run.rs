@@ -416,16 +416,23 @@ async fn watch_kind(
                 before_relist = store.state().iter().filter_map(|o| owner_of(o)).collect();
             }
             Ok(watcher::Event::InitDone) => {
-                if !published {
+                // Also after a relist, when a reconcile withdrew the store
+                // (an optional kind's API answered 404 before this watch saw it).
+                if cache.store().is_none() {
                     cache.set_store(Some(store.clone()));
                     on_synced();
-                    published = true;
                     info!(kind, "cache synced");
                 }
+                published = true;
                 for owner in std::mem::take(&mut before_relist) {
                     let _ = triggers.send(owner).await;
                 }
             }
+            // The first list triggers nothing: the Controller reconciles
+            // every GrpcService once it starts, and it starts only after
+            // this list (a trigger per child would fill the channel nobody
+            // reads yet, and block this loop before InitDone).
+            Ok(watcher::Event::InitApply(_)) if !published => {}
             Ok(watcher::Event::Apply(obj) | watcher::Event::InitApply(obj) | watcher::Event::Delete(obj)) => {
                 if let Some(owner) = owner_of(&obj) {
                     ctx.queued.push(owner.clone());

@@ -89,7 +89,8 @@ pub mod env {
 
 /// Shutdown timing the pod's `terminationGracePeriodSeconds` must cover.
 pub mod shutdown {
-    /// Longest a single shutdown hook (service-discovery deregistration) may run.
+    /// Longest the shutdown hooks (service-discovery deregistration) may run
+    /// together, and longest the telemetry flush may run.
     pub const HOOK_TIMEOUT_MS: u64 = 5_000;
     /// What the runtime spends after in-flight calls end: every hook, then the
     /// telemetry flush, each bounded by [`HOOK_TIMEOUT_MS`].

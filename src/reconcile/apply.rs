@@ -193,9 +193,10 @@ pub async fn apply_all(
         let KindObserved::Served { others, .. } = o else { continue };
         let cache = &kinds[index];
         for obj in others.iter().filter(|o| controlled_by(o, owner.uid)) {
-            prune(client, cache, owner.namespace, obj).await?;
+            if prune(client, cache, owner.namespace, obj).await? {
+                pruned.push(cache.kind.kind());
+            }
             memory.forget_verified(owner.uid, cache.kind.kind());
-            pruned.push(cache.kind.kind());
         }
     }
     Ok(AppliedChildren { kinds: result, pruned })
@@ -267,6 +268,8 @@ async fn apply_child(
         Ok(written) => written,
         // The CRD of an optional kind was removed after the cache saw it:
         // not an error, the kind is simply not served any more.
+        // Withdrawn until its watch lists again (a recreated CRD) or stops
+        // (a 404), whichever comes first.
         Err(kube::Error::Api(s)) if s.code == 404 && cache.kind.optional() => {
             cache.set_store(None);
             return Ok(KindApplied::NotServed);
@@ -284,12 +287,13 @@ fn metadata_matches(desired: &serde_json::Value, live: &DynamicObject) -> bool {
     desired.get("metadata").is_none_or(|want| drift::is_subset(want, &live_meta))
 }
 
+/// Deletes an owned child; false when it was already gone (or replaced).
 async fn prune(
     client: &Client,
     cache: &KindCache,
     namespace: &str,
     obj: &DynamicObject,
-) -> Result<(), ApplyError> {
+) -> Result<bool, ApplyError> {
     let api: Api<DynamicObject> = Api::namespaced_with(client.clone(), namespace, &cache.api);
     let name = obj.name_any();
     // The uid precondition: never delete a same-named successor.
@@ -298,8 +302,8 @@ async fn prune(
         ..DeleteParams::background()
     };
     match api.delete(&name, &params).await {
-        Ok(_) => Ok(()),
-        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(()),
+        Ok(_) => Ok(true),
+        Err(kube::Error::Api(s)) if s.code == 404 || s.code == 409 => Ok(false),
         Err(source) => Err(ApplyError::Request {
             action: "delete",
             kind: cache.kind.kind(),

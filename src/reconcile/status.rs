@@ -42,7 +42,8 @@ pub mod reason {
     pub const INVALID_SPEC: &str = "InvalidSpec";
     /// A same-named child exists that the GrpcService does not own.
     pub const NOT_OWNED: &str = "NotOwned";
-    /// The API server rejected a request (400, 403, 422); retried with backoff.
+    /// A request was refused for good (400, 401, 403, 404, 422) or a child
+    /// could not be built; retried with backoff.
     pub const APPLY_REJECTED: &str = "ApplyRejected";
     /// Repeated transient failures (conflicts, throttling, server errors,
     /// unreachable API); retried with backoff.
@@ -135,6 +136,14 @@ pub fn next_status(
     now: &Time,
 ) -> GrpcServiceStatus {
     let previous = previous.cloned().unwrap_or_default();
+    // A failed reconcile applied nothing: the generation the children and
+    // `Ready` describe stays the last one applied (kstatus and Argo CD read
+    // `observedGeneration` as "this spec is in effect"). Only `Synced` speaks
+    // of the new generation. A new object has nothing older to describe.
+    let applied = match (&obs.kinds, previous.observed_generation) {
+        (None, Some(g)) => g,
+        _ => obs.generation,
+    };
     let kinds: Vec<Condition> = match &obs.kinds {
         Some(kinds) => kinds
             .iter()
@@ -146,11 +155,11 @@ pub fn next_status(
     };
     let ready = ready_verdict(&kinds, gating, &obs.synced);
     let mut conditions = Vec::with_capacity(kinds.len() + 2);
-    conditions.push(condition(&previous.conditions, READY, &ready, obs.generation, now));
+    conditions.push(condition(&previous.conditions, READY, &ready, applied, now));
     conditions.push(condition(&previous.conditions, SYNCED, &obs.synced, obs.generation, now));
     conditions.extend(kinds);
     GrpcServiceStatus {
-        observed_generation: Some(obs.generation),
+        observed_generation: Some(applied),
         conditions,
         replicas: obs.replicas.or(previous.replicas),
         ready_replicas: obs.ready_replicas.or(previous.ready_replicas),
@@ -342,7 +351,9 @@ mod tests {
             "the old pods still serve"
         );
         assert_eq!(next.ready_replicas, Some(2));
-        assert_eq!(next.observed_generation, Some(5));
+        assert_eq!(next.observed_generation, Some(4), "generation 5 was not applied");
+        assert_eq!(find(Some(&next), READY).and_then(|c| c.observed_generation), Some(4));
+        assert_eq!(find(Some(&next), SYNCED).and_then(|c| c.observed_generation), Some(5));
     }
 
     #[test]

@@ -1,5 +1,5 @@
 //! validate: defaulting and every cross-field check, producing the only value
-//! the builders in `desired/` accept.
+//! the builders in `crate::children` accept.
 //!
 //! The CRD schema and its CEL rules reject most bad input at the API server,
 //! but the controller cannot rely on that: the installed CRD may be older than

@@ -131,7 +131,7 @@ impl Harness {
         self.health = Health::new(HealthConfig {
             probe_interval: Duration::from_millis(200),
             unreachable_after: Duration::from_secs(1),
-            ..HealthConfig::default()
+            stall_after: Duration::from_secs(2),
         });
         self.metrics = Metrics::new().expect("metrics");
         let task = tokio::spawn(run_controller(
