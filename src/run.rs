@@ -272,12 +272,19 @@ async fn run_scope(
             _ => {}
         }
     };
+    let watch_errors = metrics.watch_errors.with_label_values(&["GrpcService"]);
     let grpc_stream = watcher(grpc_api, watcher::Config::default())
         .default_backoff()
         .modify(trim_grpc_service)
         .reflect(grpc_writer)
         .inspect(sync.marker())
         .inspect(forget)
+        // Counted here; the Controller logs it (as a queue error).
+        .inspect(move |event| {
+            if event.is_err() {
+                watch_errors.inc();
+            }
+        })
         .applied_objects()
         .predicate_filter(trigger_fingerprint, PredicateConfig::default())
         .inspect(move |obj| {
