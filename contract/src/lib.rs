@@ -30,8 +30,14 @@ pub mod env {
     pub const TLS_MODE: &str = "TLS_MODE";
     /// Directory of the mounted certificate Secret: [`crate::tls`] file names.
     pub const TLS_DIR: &str = "TLS_DIR";
-    /// Comma-separated browser origins allowed to call over gRPC-Web, or `*`.
+    /// Comma-separated browser origins allowed to call over gRPC-Web: exact
+    /// origins, `https://*.example.com` patterns ([`crate::web`]), or `*`.
+    /// Unset: the runtime serves no gRPC-Web and no HTTP/1.1.
     pub const GRPC_WEB_ORIGINS: &str = "GRPC_WEB_ORIGINS";
+    /// Comma-separated SPIFFE ID patterns ([`crate::spiffe`]) of the peers
+    /// allowed to call, with mutual TLS. A peer outside the list gets
+    /// `PERMISSION_DENIED`; unset means any certificate the CA bundle trusts.
+    pub const GRPC_ALLOWED_PEERS: &str = "GRPC_ALLOWED_PEERS";
     /// Consul agent address.
     pub const CONSUL_HTTP_ADDR: &str = "CONSUL_HTTP_ADDR";
     /// Path of the mounted Consul ACL token.
@@ -52,6 +58,16 @@ pub mod env {
         pub const OTEL_TRACES_SAMPLER: &str = "OTEL_TRACES_SAMPLER";
         /// Ratio of the `*traceidratio` samplers.
         pub const OTEL_TRACES_SAMPLER_ARG: &str = "OTEL_TRACES_SAMPLER_ARG";
+        /// Trace context propagators: `tracecontext`, `baggage`, `b3`,
+        /// `b3multi`, `jaeger`, `none` (comma-separated).
+        pub const OTEL_PROPAGATORS: &str = "OTEL_PROPAGATORS";
+        /// OTLP transport: `grpc` or `http/protobuf`.
+        pub const OTEL_EXPORTER_OTLP_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
+        /// Headers sent with every OTLP export, `key=value,key=value`.
+        pub const OTEL_EXPORTER_OTLP_HEADERS: &str = "OTEL_EXPORTER_OTLP_HEADERS";
+        /// `off` removes the gRPC reflection services; `on` (default) serves
+        /// them.
+        pub const GRPC_REFLECTION: &str = "GRPC_REFLECTION";
     }
 
     /// Default of [`GRPC_PORT`].
@@ -80,6 +96,7 @@ pub mod env {
         TLS_MODE,
         TLS_DIR,
         GRPC_WEB_ORIGINS,
+        GRPC_ALLOWED_PEERS,
         CONSUL_HTTP_ADDR,
         CONSUL_HTTP_TOKEN_FILE,
         SHUTDOWN_DRAIN_DELAY,
@@ -195,6 +212,16 @@ pub mod metrics {
     pub const SERVER_HANDLING_SECONDS: &str = "grpc_server_handling_seconds";
     /// Counter: handler panics turned into `INTERNAL`.
     pub const PANICS_RECOVERED_TOTAL: &str = "grpc_req_panics_recovered_total";
+    /// Gauge: NotAfter of the leaf certificate being served, in unix seconds
+    /// (absent with `TLS_MODE=disabled`).
+    pub const TLS_CERTIFICATE_EXPIRY_TIMESTAMP_SECONDS: &str =
+        "grpc_runtime_tls_certificate_expiry_timestamp_seconds";
+    /// Counter: certificate reloads that found changed files, by `result`
+    /// (`success` or `failure`).
+    pub const TLS_RELOADS_TOTAL: &str = "grpc_runtime_tls_reloads_total";
+    /// Counter: failed TLS handshakes, by `reason` (`timeout`, `error`,
+    /// `identity`, `per_source_limit`).
+    pub const TLS_HANDSHAKE_FAILURES_TOTAL: &str = "grpc_runtime_tls_handshake_failures_total";
 
     /// Label: `unary`, `client_stream`, `server_stream` or `bidi_stream`.
     pub const LABEL_TYPE: &str = "grpc_type";
@@ -264,6 +291,227 @@ pub mod metrics {
     }
 }
 
+/// gRPC-Web: the CORS header lists and the grammar of allowed origins, shared
+/// by the runtime (native mode) and the operator's Envoy configuration.
+pub mod web {
+    /// Request headers a browser may send (`Access-Control-Allow-Headers`).
+    pub const ALLOW_HEADERS: [&str; 8] = [
+        "content-type",
+        "x-grpc-web",
+        "x-user-agent",
+        "grpc-timeout",
+        "authorization",
+        "x-request-id",
+        "x-tenant-id",
+        "traceparent",
+    ];
+    /// Response headers a browser may read (`Access-Control-Expose-Headers`).
+    pub const EXPOSE_HEADERS: [&str; 4] =
+        ["grpc-status", "grpc-message", "grpc-status-details-bin", "x-request-id"];
+
+    /// Why an origin pattern is refused.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum OriginError {
+        /// Not `scheme://host[:port]`.
+        NotAnOrigin,
+        /// The scheme is not `http` or `https`.
+        Scheme,
+        /// A path, query or fragment follows the host.
+        HasPath,
+        /// A `*` other than as the whole leftmost host label.
+        Wildcard,
+    }
+
+    impl OriginError {
+        /// A sentence for error messages.
+        pub const fn reason(self) -> &'static str {
+            match self {
+                OriginError::NotAnOrigin => "not an origin (scheme://host[:port])",
+                OriginError::Scheme => "the scheme must be http or https",
+                OriginError::HasPath => "an origin has no path, query or fragment",
+                OriginError::Wildcard => {
+                    "a * may only be the whole leftmost host label (https://*.example.com)"
+                }
+            }
+        }
+    }
+
+    /// Checks an allowed-origin entry: an exact origin
+    /// (`https://app.example.com`, `http://localhost:3000`) or a wildcard
+    /// pattern whose leftmost host label is `*` (`https://*.example.com`),
+    /// which matches exactly one label, as in a TLS wildcard certificate:
+    /// `https://a.example.com` but neither `https://example.com` nor
+    /// `https://a.b.example.com`. The lone `*` (any origin) is handled by
+    /// the callers, not here.
+    pub fn check_origin_pattern(pattern: &str) -> Result<(), OriginError> {
+        let (scheme, rest) = pattern.split_once("://").ok_or(OriginError::NotAnOrigin)?;
+        if scheme != "http" && scheme != "https" {
+            return Err(OriginError::Scheme);
+        }
+        if rest.contains(['/', '?', '#']) {
+            return Err(OriginError::HasPath);
+        }
+        let host = host_of(rest);
+        if host.is_empty() {
+            return Err(OriginError::NotAnOrigin);
+        }
+        let (first, others) = match host.split_once('.') {
+            Some((first, others)) => (first, others),
+            None => (host, ""),
+        };
+        if others.contains('*') || (first.contains('*') && (first != "*" || others.is_empty())) {
+            return Err(OriginError::Wildcard);
+        }
+        let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '[' | ']' | ':' | '*');
+        if !rest.chars().all(valid) {
+            return Err(OriginError::NotAnOrigin);
+        }
+        Ok(())
+    }
+
+    /// The host part of `host[:port]` (IPv6 literals keep their brackets).
+    fn host_of(authority: &str) -> &str {
+        if authority.starts_with('[') {
+            return authority.split_inclusive(']').next().unwrap_or(authority);
+        }
+        authority.split(':').next().unwrap_or(authority)
+    }
+
+    /// Whether `origin` (as a browser sends it) matches an entry that
+    /// [`check_origin_pattern`] accepted. Scheme and host compare
+    /// ASCII-case-insensitively, the port exactly.
+    pub fn origin_matches(pattern: &str, origin: &str) -> bool {
+        let Some((scheme, rest)) = pattern.split_once("://*.") else {
+            return pattern.eq_ignore_ascii_case(origin);
+        };
+        let Some((origin_scheme, origin_rest)) = origin.split_once("://") else { return false };
+        if !scheme.eq_ignore_ascii_case(origin_scheme) {
+            return false;
+        }
+        // One label, a dot, then exactly the pattern's remainder (domain and port).
+        match origin_rest.split_once('.') {
+            Some((label, remainder)) => {
+                !label.is_empty()
+                    && label.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+                    && remainder.eq_ignore_ascii_case(rest)
+            }
+            None => false,
+        }
+    }
+}
+
+/// SPIFFE IDs (`spiffe://<trust domain>/<path>`) and the patterns of
+/// [`crate::env::GRPC_ALLOWED_PEERS`]: a `*` stands for exactly one whole path
+/// segment, in any position (`spiffe://cluster.local/ns/shop/sa/*`,
+/// `spiffe://cluster.local/ns/*/sa/*`). The trust domain is always literal.
+pub mod spiffe {
+    /// Longest SPIFFE ID, per the SPIFFE ID specification.
+    pub const MAX_LEN: usize = 2048;
+
+    /// Why a SPIFFE ID or pattern is refused.
+    #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+    pub enum SpiffeError {
+        /// It does not start with `spiffe://`.
+        Scheme,
+        /// The trust domain is empty or has characters other than lower-case
+        /// letters, digits, `.`, `-` and `_`.
+        TrustDomain,
+        /// A path segment is empty, `.` or `..`, or has characters other than
+        /// letters, digits, `.`, `-` and `_`.
+        Segment,
+        /// A `*` that is not a whole path segment (or one in an ID).
+        Wildcard,
+        /// Longer than [`MAX_LEN`].
+        TooLong,
+    }
+
+    impl SpiffeError {
+        /// A sentence for error messages.
+        pub const fn reason(self) -> &'static str {
+            match self {
+                SpiffeError::Scheme => "must start with spiffe://",
+                SpiffeError::TrustDomain => {
+                    "the trust domain must be non-empty lower-case letters, digits, '.', '-' or '_'"
+                }
+                SpiffeError::Segment => {
+                    "every path segment must be non-empty letters, digits, '.', '-' or '_', and not . or .."
+                }
+                SpiffeError::Wildcard => "a * must be a whole path segment (…/ns/*/sa/*)",
+                SpiffeError::TooLong => "longer than 2048 bytes",
+            }
+        }
+    }
+
+    fn split(id: &str) -> Result<(&str, &str), SpiffeError> {
+        if id.len() > MAX_LEN {
+            return Err(SpiffeError::TooLong);
+        }
+        let rest = id.strip_prefix("spiffe://").ok_or(SpiffeError::Scheme)?;
+        let (domain, path) = match rest.find('/') {
+            Some(i) => (&rest[..i], &rest[i..]),
+            None => (rest, ""),
+        };
+        let domain_ok = !domain.is_empty()
+            && domain.bytes().all(|b| b.is_ascii_lowercase() || b.is_ascii_digit() || b"._-".contains(&b));
+        if !domain_ok {
+            return Err(SpiffeError::TrustDomain);
+        }
+        Ok((domain, path))
+    }
+
+    fn check_segment(segment: &str, wildcard_ok: bool) -> Result<(), SpiffeError> {
+        if wildcard_ok && segment == "*" {
+            return Ok(());
+        }
+        if segment.contains('*') {
+            return Err(SpiffeError::Wildcard);
+        }
+        let ok = !segment.is_empty()
+            && segment != "."
+            && segment != ".."
+            && segment.bytes().all(|b| b.is_ascii_alphanumeric() || b"._-".contains(&b));
+        if ok { Ok(()) } else { Err(SpiffeError::Segment) }
+    }
+
+    /// Checks a SPIFFE ID against the SPIFFE ID specification.
+    pub fn check_id(id: &str) -> Result<(), SpiffeError> {
+        let (_, path) = split(id)?;
+        if path.is_empty() {
+            return Ok(());
+        }
+        path[1..].split('/').try_for_each(|s| check_segment(s, false))
+    }
+
+    /// Checks an allow-list pattern: a SPIFFE ID whose path segments may be `*`.
+    pub fn check_pattern(pattern: &str) -> Result<(), SpiffeError> {
+        let (_, path) = split(pattern)?;
+        if path.is_empty() {
+            return Ok(());
+        }
+        path[1..].split('/').try_for_each(|s| check_segment(s, true))
+    }
+
+    /// Whether a valid SPIFFE ID matches a pattern [`check_pattern`] accepted:
+    /// same trust domain, same number of segments, each equal or `*`.
+    pub fn pattern_matches(pattern: &str, id: &str) -> bool {
+        let (Ok((p_domain, p_path)), Ok((domain, path))) = (split(pattern), split(id)) else {
+            return false;
+        };
+        if p_domain != domain {
+            return false;
+        }
+        let mut p = p_path.split('/');
+        let mut s = path.split('/');
+        loop {
+            match (p.next(), s.next()) {
+                (None, None) => return true,
+                (Some(a), Some(b)) if a == b || (a == "*" && !b.is_empty()) => {}
+                _ => return false,
+            }
+        }
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -306,6 +554,58 @@ mod tests {
             shutdown::parse_duration_ms(shutdown::DEFAULT_TIMEOUT),
             Ok(env::DEFAULT_SHUTDOWN_TIMEOUT_MS)
         );
+    }
+
+    #[test]
+    fn origin_patterns_match_one_leftmost_label_only() {
+        use web::{OriginError, check_origin_pattern, origin_matches};
+        assert_eq!(check_origin_pattern("https://app.example.com"), Ok(()));
+        assert_eq!(check_origin_pattern("http://localhost:3000"), Ok(()));
+        assert_eq!(check_origin_pattern("https://*.example.com"), Ok(()));
+        assert_eq!(check_origin_pattern("https://*.example.com:8443"), Ok(()));
+        assert_eq!(check_origin_pattern("app.example.com"), Err(OriginError::NotAnOrigin));
+        assert_eq!(check_origin_pattern("ftp://a.com"), Err(OriginError::Scheme));
+        assert_eq!(check_origin_pattern("https://a.com/x"), Err(OriginError::HasPath));
+        assert_eq!(check_origin_pattern("https://a.*.com"), Err(OriginError::Wildcard));
+        assert_eq!(check_origin_pattern("https://*"), Err(OriginError::Wildcard));
+        assert_eq!(check_origin_pattern("https://x*.a.com"), Err(OriginError::Wildcard));
+
+        assert!(origin_matches("https://*.example.com", "https://app.example.com"));
+        assert!(origin_matches("https://*.example.com", "HTTPS://App.Example.COM"));
+        assert!(!origin_matches("https://*.example.com", "https://example.com"));
+        assert!(!origin_matches("https://*.example.com", "https://a.b.example.com"));
+        assert!(!origin_matches("https://*.example.com", "http://app.example.com"));
+        assert!(!origin_matches("https://*.example.com", "https://app.example.com.evil.io"));
+        assert!(!origin_matches("https://*.example.com", "https://app.example.com:8443"));
+        assert!(origin_matches("https://*.example.com:8443", "https://app.example.com:8443"));
+        assert!(!origin_matches("https://*.example.com", "https://evil.io/.example.com"));
+        assert!(origin_matches("http://localhost:3000", "http://localhost:3000"));
+        assert!(!origin_matches("http://localhost:3000", "http://localhost:3001"));
+    }
+
+    #[test]
+    fn spiffe_patterns_match_whole_segments_in_any_position() {
+        use spiffe::{SpiffeError, check_id, check_pattern, pattern_matches};
+        let id = "spiffe://cluster.local/ns/shop/sa/orders";
+        assert_eq!(check_id(id), Ok(()));
+        assert_eq!(check_id("spiffe://cluster.local/ns/*/sa/x"), Err(SpiffeError::Wildcard));
+        assert_eq!(check_id("https://cluster.local/ns/a"), Err(SpiffeError::Scheme));
+        assert_eq!(check_id("spiffe://Cluster.local/ns/a"), Err(SpiffeError::TrustDomain));
+        assert_eq!(check_id("spiffe://cluster.local/ns//a"), Err(SpiffeError::Segment));
+        assert_eq!(check_id("spiffe://cluster.local/ns/../a"), Err(SpiffeError::Segment));
+        assert_eq!(check_id("spiffe://cluster.local/ns/a/"), Err(SpiffeError::Segment));
+        assert_eq!(check_pattern("spiffe://cluster.local/ns/*/sa/*"), Ok(()));
+        assert_eq!(check_pattern("spiffe://cluster.local/ns/shop*/sa/x"), Err(SpiffeError::Wildcard));
+        assert_eq!(check_pattern("spiffe://*/ns/a"), Err(SpiffeError::TrustDomain));
+
+        assert!(pattern_matches("spiffe://cluster.local/ns/shop/sa/*", id));
+        assert!(pattern_matches("spiffe://cluster.local/ns/*/sa/*", id));
+        assert!(pattern_matches("spiffe://cluster.local/*/shop/sa/orders", id));
+        assert!(pattern_matches(id, id));
+        assert!(!pattern_matches("spiffe://cluster.local/ns/*", id), "* is one segment, not a prefix");
+        assert!(!pattern_matches("spiffe://cluster.local/ns/shop/sa/*/x", id));
+        assert!(!pattern_matches("spiffe://other.domain/ns/shop/sa/*", id));
+        assert!(!pattern_matches("spiffe://cluster.local/ns/billing/sa/*", id));
     }
 
     #[test]
