@@ -13,7 +13,9 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let addr = std::net::SocketAddr::from(([127, 0, 0, 1], port));
     tonic::transport::Server::builder()
         .add_service(UserServiceServer::new(service::Users::with_seed()))
-        .serve_with_shutdown(addr, grpc_runtime::server::shutdown_signal())
+        .serve_with_shutdown(addr, async {
+            grpc_runtime::server::shutdown_signal().await;
+        })
         .await?;
     Ok(())
 }

@@ -1,15 +1,20 @@
 //! Authentication and authorization of calls.
 //!
 //! An [`Authenticator`] looks at a call's metadata and connection and either returns the
-//! [`Principal`] it acts for or refuses it. Two are built in: [`MtlsAllowList`] (the verified
-//! client certificate's SPIFFE ID or DNS name must be listed) and [`BearerTokens`]
-//! (`authorization: Bearer <token>` must be one of a configured set). The principal reaches
-//! handlers in the request extensions.
+//! [`Principal`] it acts for or refuses it, at once or after awaiting I/O ([`AuthDecision`]).
+//! Two are built in: [`MtlsAllowList`] (the verified client certificate's SPIFFE ID must match a
+//! pattern, or its DNS name be listed) and [`BearerTokens`] (`authorization: Bearer <token>`
+//! must be one of a configured set). The principal reaches handlers in the request extensions.
+//!
+//! Independently of the authenticator, `GRPC_ALLOWED_PEERS` restricts which mutual-TLS peers may
+//! call at all (see [`crate::layers::auth`]).
 //!
 //! Refusals follow the gRPC status semantics: no or invalid credentials are `UNAUTHENTICATED`,
 //! valid credentials without the right are `PERMISSION_DENIED`.
 
 use std::collections::{HashMap, HashSet};
+use std::future::Future;
+use std::pin::Pin;
 use std::sync::Arc;
 
 use crate::tls::PeerIdentity;
@@ -65,17 +70,50 @@ pub struct AuthRequest<'a> {
     pub peer: Option<&'a PeerIdentity>,
 }
 
-/// Decides whether a call may proceed. Implementations must be cheap: this runs on every call.
-pub trait Authenticator: Send + Sync + 'static {
-    /// The principal the call acts for, or why it is refused.
-    fn authenticate(&self, request: &AuthRequest<'_>) -> Result<Principal, AuthError>;
+/// An authenticator's verdict: ready now, or after awaiting I/O.
+pub enum AuthDecision {
+    /// Decided without waiting (the cheap, common case: no allocation).
+    Ready(Result<Principal, AuthError>),
+    /// Decided by a future, e.g. one that fetches a JWKS or asks a token introspection endpoint.
+    /// It must own what it needs from the request (copy the token out first).
+    Pending(Pin<Box<dyn Future<Output = Result<Principal, AuthError>> + Send>>),
 }
 
-/// Allows callers whose verified client certificate carries a listed SPIFFE ID (URI SAN) or DNS
+impl AuthDecision {
+    /// A verdict decided by `future`.
+    pub fn pending(future: impl Future<Output = Result<Principal, AuthError>> + Send + 'static) -> Self {
+        AuthDecision::Pending(Box::pin(future))
+    }
+}
+
+impl From<Result<Principal, AuthError>> for AuthDecision {
+    fn from(verdict: Result<Principal, AuthError>) -> Self {
+        AuthDecision::Ready(verdict)
+    }
+}
+
+impl std::fmt::Debug for AuthDecision {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            AuthDecision::Ready(verdict) => f.debug_tuple("Ready").field(verdict).finish(),
+            AuthDecision::Pending(_) => f.write_str("Pending"),
+        }
+    }
+}
+
+/// Decides whether a call may proceed; runs on every call that is not exempt, after the peer
+/// allow-list. Return [`AuthDecision::Ready`] (or `result.into()`) when no I/O is needed.
+pub trait Authenticator: Send + Sync + 'static {
+    /// The principal the call acts for, or why it is refused.
+    fn authenticate(&self, request: &AuthRequest<'_>) -> AuthDecision;
+}
+
+/// Allows callers whose verified client certificate carries a SPIFFE ID matching a pattern
+/// (`spiffe://cluster.local/ns/shop/sa/*`, the grammar of `GRPC_ALLOWED_PEERS`) or a listed DNS
 /// name (DNS SAN). Needs `TLS_MODE=mutual`, which guarantees the certificate chains to the CA.
 #[derive(Debug, Clone, Default)]
 pub struct MtlsAllowList {
-    spiffe_ids: HashSet<String>,
+    spiffe_patterns: Vec<String>,
     dns_names: HashSet<String>,
 }
 
@@ -85,10 +123,13 @@ impl MtlsAllowList {
         Self::default()
     }
 
-    /// Allows a SPIFFE ID, e.g. `spiffe://cluster.local/ns/prod/sa/orders`.
-    pub fn allow_spiffe_id(mut self, id: impl Into<String>) -> Self {
-        self.spiffe_ids.insert(id.into());
-        self
+    /// Allows a SPIFFE ID or pattern, e.g. `spiffe://cluster.local/ns/prod/sa/orders` or
+    /// `spiffe://cluster.local/ns/prod/sa/*`. An invalid pattern is refused with the reason.
+    pub fn allow_spiffe_id(mut self, pattern: impl Into<String>) -> Result<Self, crate::ConfigError> {
+        let pattern = pattern.into();
+        crate::config::AllowedPeers::parse(&pattern)?;
+        self.spiffe_patterns.push(pattern);
+        Ok(self)
     }
 
     /// Allows a DNS SAN, e.g. `orders.prod.svc`. Compared case-insensitively.
@@ -98,18 +139,27 @@ impl MtlsAllowList {
     }
 }
 
-impl Authenticator for MtlsAllowList {
-    fn authenticate(&self, request: &AuthRequest<'_>) -> Result<Principal, AuthError> {
+impl MtlsAllowList {
+    fn check(&self, request: &AuthRequest<'_>) -> Result<Principal, AuthError> {
         let Some(peer) = request.peer else {
             return Err(AuthError::Unauthenticated("a client certificate is required".into()));
         };
-        if let Some(id) = peer.spiffe_ids().find(|id| self.spiffe_ids.contains(*id)) {
+        if let Some(id) = peer.spiffe_id()
+            && self.spiffe_patterns.iter().any(|p| grpc_contract::spiffe::pattern_matches(p, id))
+        {
             return Ok(Principal { subject: id.to_string(), method: AuthMethod::Mtls });
         }
-        if let Some(name) = peer.dns_names.iter().find(|n| self.dns_names.contains(&n.to_ascii_lowercase())) {
+        if let Some(name) = peer.dns_names().iter().find(|n| self.dns_names.contains(&n.to_ascii_lowercase()))
+        {
             return Ok(Principal { subject: name.clone(), method: AuthMethod::Mtls });
         }
         Err(AuthError::PermissionDenied("the client certificate identity is not allowed".into()))
+    }
+}
+
+impl Authenticator for MtlsAllowList {
+    fn authenticate(&self, request: &AuthRequest<'_>) -> AuthDecision {
+        self.check(request).into()
     }
 }
 
@@ -173,7 +223,13 @@ fn service_of(path: &str) -> &str {
 }
 
 impl Authenticator for BearerTokens {
-    fn authenticate(&self, request: &AuthRequest<'_>) -> Result<Principal, AuthError> {
+    fn authenticate(&self, request: &AuthRequest<'_>) -> AuthDecision {
+        self.check(request).into()
+    }
+}
+
+impl BearerTokens {
+    fn check(&self, request: &AuthRequest<'_>) -> Result<Principal, AuthError> {
         let Some(value) = request.metadata.get(http::header::AUTHORIZATION) else {
             return Err(AuthError::Unauthenticated("missing authorization metadata".into()));
         };
@@ -212,35 +268,30 @@ mod tests {
 
     #[test]
     fn mtls_allow_list_accepts_listed_spiffe_ids_and_dns_names_only() {
-        let list =
-            MtlsAllowList::new().allow_spiffe_id("spiffe://td/ns/a/sa/orders").allow_dns_name("Billing.svc");
+        let list = MtlsAllowList::new()
+            .allow_spiffe_id("spiffe://td/ns/a/sa/orders")
+            .unwrap()
+            .allow_spiffe_id("spiffe://td/ns/*/sa/billing")
+            .unwrap()
+            .allow_dns_name("Billing.svc");
+        assert!(MtlsAllowList::new().allow_spiffe_id("spiffe://td/ns/a*").is_err());
         let headers = http::HeaderMap::new();
-        let orders = PeerIdentity {
-            uris: vec!["spiffe://td/ns/a/sa/orders".into()],
-            dns_names: vec![],
-            subject: "CN=orders".into(),
-        };
-        let billing =
-            PeerIdentity { uris: vec![], dns_names: vec!["billing.svc".into()], subject: String::new() };
-        let other = PeerIdentity {
-            uris: vec!["spiffe://td/ns/a/sa/evil".into()],
-            dns_names: vec![],
-            subject: String::new(),
-        };
-        let p = list.authenticate(&request("/a.B/C", &headers, Some(&orders))).unwrap();
+        let orders = PeerIdentity::for_tests(Some("spiffe://td/ns/a/sa/orders"), &[], "CN=orders");
+        let billing = PeerIdentity::for_tests(None, &["billing.svc"], "");
+        let other = PeerIdentity::for_tests(Some("spiffe://td/ns/a/sa/evil"), &[], "");
+        let pattern = PeerIdentity::for_tests(Some("spiffe://td/ns/b/sa/billing"), &[], "");
+        let p = list.check(&request("/a.B/C", &headers, Some(&orders))).unwrap();
         assert_eq!(p, Principal { subject: "spiffe://td/ns/a/sa/orders".into(), method: AuthMethod::Mtls });
+        assert_eq!(list.check(&request("/a.B/C", &headers, Some(&billing))).unwrap().subject, "billing.svc");
         assert_eq!(
-            list.authenticate(&request("/a.B/C", &headers, Some(&billing))).unwrap().subject,
-            "billing.svc"
+            list.check(&request("/a.B/C", &headers, Some(&pattern))).unwrap().subject,
+            "spiffe://td/ns/b/sa/billing"
         );
         assert!(matches!(
-            list.authenticate(&request("/a.B/C", &headers, Some(&other))),
+            list.check(&request("/a.B/C", &headers, Some(&other))),
             Err(AuthError::PermissionDenied(_))
         ));
-        assert!(matches!(
-            list.authenticate(&request("/a.B/C", &headers, None)),
-            Err(AuthError::Unauthenticated(_))
-        ));
+        assert!(matches!(list.check(&request("/a.B/C", &headers, None)), Err(AuthError::Unauthenticated(_))));
     }
 
     #[test]
@@ -252,23 +303,23 @@ mod tests {
         );
         let mut headers = http::HeaderMap::new();
         assert!(matches!(
-            tokens.authenticate(&request("/a.B/C", &headers, None)),
+            tokens.check(&request("/a.B/C", &headers, None)),
             Err(AuthError::Unauthenticated(_))
         ));
         headers.insert("authorization", "Bearer wrong".parse().unwrap());
         assert!(matches!(
-            tokens.authenticate(&request("/a.B/C", &headers, None)),
+            tokens.check(&request("/a.B/C", &headers, None)),
             Err(AuthError::Unauthenticated(_))
         ));
         headers.insert("authorization", "Bearer s3cret".parse().unwrap());
-        assert_eq!(tokens.authenticate(&request("/a.B/C", &headers, None)).unwrap().subject, "ci");
+        assert_eq!(tokens.check(&request("/a.B/C", &headers, None)).unwrap().subject, "ci");
         headers.insert("authorization", "Bearer narrow".parse().unwrap());
         assert_eq!(
-            tokens.authenticate(&request("/user.v1.UserService/GetUser", &headers, None)).unwrap().subject,
+            tokens.check(&request("/user.v1.UserService/GetUser", &headers, None)).unwrap().subject,
             "bot"
         );
         assert!(matches!(
-            tokens.authenticate(&request("/admin.v1.Admin/Drop", &headers, None)),
+            tokens.check(&request("/admin.v1.Admin/Drop", &headers, None)),
             Err(AuthError::PermissionDenied(_))
         ));
         assert!(!format!("{tokens:?}").contains("s3cret"));

@@ -4,7 +4,7 @@
 //! default that serves plaintext on the contract ports. A bad value is a startup error naming
 //! the variable and what was wrong with it, never a silent fallback.
 
-use std::net::{IpAddr, Ipv4Addr, SocketAddr};
+use std::net::{IpAddr, Ipv6Addr, SocketAddr};
 use std::path::PathBuf;
 use std::time::Duration;
 
@@ -35,6 +35,12 @@ pub const ENV_OTEL_RESOURCE_ATTRIBUTES: &str = grpc_contract::env::OTEL_RESOURCE
 pub const ENV_OTEL_TRACES_SAMPLER: &str = grpc_contract::env::user::OTEL_TRACES_SAMPLER;
 /// `OTEL_TRACES_SAMPLER_ARG`: the ratio for the `*traceidratio` samplers, in `[0, 1]`.
 pub const ENV_OTEL_TRACES_SAMPLER_ARG: &str = grpc_contract::env::user::OTEL_TRACES_SAMPLER_ARG;
+
+/// `GRPC_ALLOWED_PEERS`: comma-separated SPIFFE ID patterns of the peers allowed to call (mutual
+/// TLS); a `*` stands for one whole path segment.
+pub const ENV_GRPC_ALLOWED_PEERS: &str = grpc_contract::env::GRPC_ALLOWED_PEERS;
+/// `GRPC_REFLECTION`: `off` removes the reflection services; `on` (default) serves them.
+pub const ENV_GRPC_REFLECTION: &str = grpc_contract::env::user::GRPC_REFLECTION;
 
 /// `SHUTDOWN_DRAIN_DELAY`: how long to keep serving after SIGTERM while reporting not ready
 /// (`500ms`, `5s`, `1m`).
@@ -125,16 +131,68 @@ impl Default for OtelConfig {
     }
 }
 
-/// Which browser origins may call over gRPC-Web.
+/// Which browser origins may call over gRPC-Web. gRPC-Web, and HTTP/1.1 with it, is served only
+/// when this is not [`WebOrigins::None`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
 pub enum WebOrigins {
-    /// No cross-origin browser calls (gRPC-Web from non-browser clients still works).
+    /// No gRPC-Web at all: the server speaks HTTP/2 only.
     #[default]
     None,
     /// Any origin (`GRPC_WEB_ORIGINS=*`).
     Any,
-    /// These exact origins (`scheme://host[:port]`).
+    /// These origins: exact (`scheme://host[:port]`, lower case) or wildcard patterns whose
+    /// leftmost host label is `*` (`https://*.example.com`, one label).
     List(Vec<String>),
+}
+
+impl WebOrigins {
+    /// Whether gRPC-Web is served.
+    pub fn enabled(&self) -> bool {
+        !matches!(self, WebOrigins::None)
+    }
+
+    /// Whether a browser's `Origin` header value is allowed.
+    pub fn allows(&self, origin: &[u8]) -> bool {
+        match self {
+            WebOrigins::None => false,
+            WebOrigins::Any => true,
+            WebOrigins::List(list) => std::str::from_utf8(origin)
+                .is_ok_and(|o| list.iter().any(|p| grpc_contract::web::origin_matches(p, o))),
+        }
+    }
+}
+
+/// The peers allowed to call, from `GRPC_ALLOWED_PEERS`: SPIFFE ID patterns, checked against
+/// the verified client certificate's SPIFFE ID. A peer outside the list gets
+/// `PERMISSION_DENIED`; a call without a client certificate `UNAUTHENTICATED`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct AllowedPeers(Vec<String>);
+
+impl AllowedPeers {
+    /// Parses a comma-separated list of patterns (see [`grpc_contract::spiffe`]).
+    pub fn parse(value: &str) -> Result<Self, ConfigError> {
+        let mut patterns = Vec::new();
+        for item in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
+            grpc_contract::spiffe::check_pattern(item).map_err(|e| {
+                ConfigError::new(ENV_GRPC_ALLOWED_PEERS, value, format!("{item:?}: {}", e.reason()))
+            })?;
+            patterns.push(item.to_string());
+        }
+        if patterns.is_empty() {
+            return Err(ConfigError::new(ENV_GRPC_ALLOWED_PEERS, value, "lists no SPIFFE ID"));
+        }
+        Ok(AllowedPeers(patterns))
+    }
+
+    /// The patterns.
+    pub fn patterns(&self) -> &[String] {
+        &self.0
+    }
+
+    /// Whether a SPIFFE ID is allowed.
+    pub fn allows(&self, spiffe_id: &str) -> bool {
+        self.0.iter().any(|p| grpc_contract::spiffe::pattern_matches(p, spiffe_id))
+    }
 }
 
 /// HTTP/2 and resource limits. Every value is explicit because the library defaults differ
@@ -144,9 +202,19 @@ pub struct Limits {
     /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` per connection. Default 100, the value the
     /// HTTP/2 RFC recommends as a minimum and most proxies use.
     pub max_concurrent_streams: u32,
-    /// RPCs in flight across all connections before new ones are shed with
-    /// `RESOURCE_EXHAUSTED`. Default 1024.
+    /// Unary and client-streaming RPCs in flight across all connections before new ones are
+    /// shed with `RESOURCE_EXHAUSTED`. Default 1024.
     pub max_concurrent_rpcs: usize,
+    /// Server- and bidi-streaming RPCs in flight across all connections, a budget apart from
+    /// unary calls so long-lived streams cannot starve them. Default 1024.
+    pub max_concurrent_streaming_rpcs: usize,
+    /// Calls to `grpc.health.v1.Health` in flight (which skip authentication, and whose
+    /// `Watch` streams last), a budget apart from the others. Default 256.
+    pub max_concurrent_health_rpcs: usize,
+    /// Streaming calls (health `Watch` included) one connection may hold; less than
+    /// `max_concurrent_streams`, so unary calls always find room on every connection.
+    /// Default (`None`) half of `max_concurrent_streams`.
+    pub max_streaming_rpcs_per_connection: Option<usize>,
     /// HTTP/2 PING interval on idle connections. Default 60 s.
     pub keepalive_interval: Duration,
     /// How long to wait for a PING ack before closing. Default 20 s.
@@ -157,6 +225,16 @@ pub struct Limits {
     /// After `max_connection_age`, in-flight calls get this long before the connection is cut.
     /// Default 5 min.
     pub max_connection_age_grace: Duration,
+    /// A connection with no call in flight for this long is closed with GOAWAY (grpc-go's
+    /// `MaxConnectionIdle`). Default 5 min.
+    pub max_connection_idle: Duration,
+    /// A plaintext connection must send its first bytes within this, and every connection its
+    /// first request within `tls_handshake_timeout` + this. Default 10 s.
+    pub preface_timeout: Duration,
+    /// TLS handshakes in progress from one source address; more are closed at once. The
+    /// loopback addresses 127.0.0.1 and ::1 are exempt: a sidecar proxy connects from there.
+    /// Default 16.
+    pub max_handshakes_per_source: usize,
     /// Largest request message accepted; larger ones fail with `RESOURCE_EXHAUSTED` (as in
     /// grpc-go). Default 4 MiB, the gRPC default.
     pub max_decoding_message_size: usize,
@@ -173,7 +251,7 @@ pub struct Limits {
     /// the bound against "MadeYouReset" (CVE-2025-8671). tonic passes "unlimited" unless set.
     /// Default 1024.
     pub max_local_error_reset_streams: usize,
-    /// A TLS handshake must finish within this. Default 10 s.
+    /// A TLS handshake must finish within this. Default 5 s.
     pub tls_handshake_timeout: Duration,
     /// Deadline applied to unary and client-streaming calls that send no `grpc-timeout`.
     /// `None` means no server default. Default 30 s. Server- and bidi-streaming calls without a
@@ -181,21 +259,34 @@ pub struct Limits {
     pub default_deadline: Option<Duration>,
 }
 
+impl Limits {
+    /// [`Limits::max_streaming_rpcs_per_connection`], its default resolved.
+    pub fn streaming_rpcs_per_connection(&self) -> usize {
+        self.max_streaming_rpcs_per_connection.unwrap_or((self.max_concurrent_streams as usize / 2).max(1))
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {
             max_concurrent_streams: 100,
             max_concurrent_rpcs: 1024,
+            max_concurrent_streaming_rpcs: 1024,
+            max_concurrent_health_rpcs: 256,
+            max_streaming_rpcs_per_connection: None,
             keepalive_interval: Duration::from_secs(60),
             keepalive_timeout: Duration::from_secs(20),
             max_connection_age: Duration::from_secs(30 * 60),
             max_connection_age_grace: Duration::from_secs(5 * 60),
+            max_connection_idle: Duration::from_secs(5 * 60),
+            preface_timeout: Duration::from_secs(10),
+            max_handshakes_per_source: 16,
             max_decoding_message_size: 4 << 20,
             max_encoding_message_size: 4 << 20,
             max_header_list_size: 16 << 10,
             max_pending_accept_reset_streams: 20,
             max_local_error_reset_streams: 1024,
-            tls_handshake_timeout: Duration::from_secs(10),
+            tls_handshake_timeout: Duration::from_secs(5),
             default_deadline: Some(Duration::from_secs(30)),
         }
     }
@@ -225,9 +316,10 @@ impl Default for ShutdownConfig {
 /// Everything the server reads from the environment, after validation.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Config {
-    /// Address of the gRPC listener. Default `0.0.0.0:GRPC_PORT`.
+    /// Address of the gRPC listener. Default `[::]:GRPC_PORT`, dual-stack (IPv6 and IPv4),
+    /// falling back to `0.0.0.0` where IPv6 is off.
     pub grpc_addr: SocketAddr,
-    /// Address of the admin listener. Default `0.0.0.0:ADMIN_PORT`.
+    /// Address of the admin listener. Default `[::]:ADMIN_PORT`, dual-stack like the gRPC one.
     pub admin_addr: SocketAddr,
     /// TLS mode.
     pub tls_mode: TlsMode,
@@ -237,6 +329,11 @@ pub struct Config {
     pub tls_reload_interval: Duration,
     /// gRPC-Web CORS origins.
     pub web_origins: WebOrigins,
+    /// SPIFFE ID patterns of the peers allowed to call (`GRPC_ALLOWED_PEERS`); `None` allows any
+    /// certificate the CA bundle trusts.
+    pub allowed_peers: Option<AllowedPeers>,
+    /// Whether the reflection services are served (`GRPC_REFLECTION`). Default true.
+    pub reflection: bool,
     /// Log format.
     pub log_format: LogFormat,
     /// Log filter directive (`RUST_LOG`). Default `info`.
@@ -251,7 +348,7 @@ pub struct Config {
 
 impl Default for Config {
     fn default() -> Self {
-        let any = IpAddr::V4(Ipv4Addr::UNSPECIFIED);
+        let any = IpAddr::V6(Ipv6Addr::UNSPECIFIED);
         Config {
             grpc_addr: SocketAddr::new(any, DEFAULT_GRPC_PORT),
             admin_addr: SocketAddr::new(any, DEFAULT_ADMIN_PORT),
@@ -259,6 +356,8 @@ impl Default for Config {
             tls_dir: None,
             tls_reload_interval: Duration::from_secs(2),
             web_origins: WebOrigins::None,
+            allowed_peers: None,
+            reflection: true,
             log_format: LogFormat::Text,
             log_filter: "info".into(),
             otel: OtelConfig::default(),
@@ -309,6 +408,16 @@ impl Config {
         if let Some(v) = get(ENV_GRPC_WEB_ORIGINS) {
             config.web_origins = parse_origins(&v)?;
         }
+        if let Some(v) = get(ENV_GRPC_ALLOWED_PEERS) {
+            config.allowed_peers = Some(AllowedPeers::parse(&v)?);
+        }
+        if let Some(v) = get(ENV_GRPC_REFLECTION) {
+            config.reflection = match v.trim() {
+                "on" => true,
+                "off" => false,
+                _ => return Err(ConfigError::new(ENV_GRPC_REFLECTION, &v, "must be on or off")),
+            };
+        }
         if let Some(v) = get(ENV_LOG_FORMAT) {
             config.log_format = match v.trim() {
                 "json" => LogFormat::Json,
@@ -346,9 +455,125 @@ impl Config {
             config.shutdown.timeout = parse_duration(ENV_SHUTDOWN_TIMEOUT, &v)?;
         }
         config.otel.sampler = parse_sampler(get(ENV_OTEL_TRACES_SAMPLER), get(ENV_OTEL_TRACES_SAMPLER_ARG))?;
+        config.validate()?;
         Ok(config)
     }
+
+    /// Checks the whole configuration, builder overrides included ([`crate::Server::bind`] calls
+    /// it): what the environment parser checks, plus every limit and duration. A setting of the
+    /// builder is named by its field path, e.g. `limits.max_concurrent_rpcs`.
+    pub fn validate(&self) -> Result<(), ConfigError> {
+        if self.grpc_addr.port() != 0 && self.grpc_addr.port() == self.admin_addr.port() {
+            return Err(ConfigError::new(
+                ENV_ADMIN_PORT,
+                &self.admin_addr.port().to_string(),
+                format!("must differ from {ENV_GRPC_PORT}"),
+            ));
+        }
+        if self.tls_mode != TlsMode::Disabled && self.tls_dir.is_none() {
+            return Err(ConfigError::new(
+                ENV_TLS_DIR,
+                "",
+                format!("must be set when {ENV_TLS_MODE}={}", self.tls_mode.as_str()),
+            ));
+        }
+        if self.allowed_peers.is_some() && self.tls_mode != TlsMode::Mutual {
+            return Err(ConfigError::new(
+                ENV_GRPC_ALLOWED_PEERS,
+                "",
+                format!("needs {ENV_TLS_MODE}=mutual: without client certificates no peer has a SPIFFE ID"),
+            ));
+        }
+        if let WebOrigins::List(list) = &self.web_origins {
+            for origin in list {
+                grpc_contract::web::check_origin_pattern(origin)
+                    .map_err(|e| ConfigError::new(ENV_GRPC_WEB_ORIGINS, origin, e.reason()))?;
+            }
+        }
+        let l = &self.limits;
+        let positive: [(&'static str, usize); 8] = [
+            ("limits.max_concurrent_streams", l.max_concurrent_streams as usize),
+            ("limits.max_concurrent_rpcs", l.max_concurrent_rpcs),
+            ("limits.max_concurrent_streaming_rpcs", l.max_concurrent_streaming_rpcs),
+            ("limits.max_concurrent_health_rpcs", l.max_concurrent_health_rpcs),
+            ("limits.max_streaming_rpcs_per_connection", l.streaming_rpcs_per_connection()),
+            ("limits.max_decoding_message_size", l.max_decoding_message_size),
+            ("limits.max_encoding_message_size", l.max_encoding_message_size),
+            ("limits.max_handshakes_per_source", l.max_handshakes_per_source),
+        ];
+        for (field, value) in positive {
+            if value == 0 {
+                return Err(ConfigError::new(field, "0", "must be at least 1"));
+            }
+        }
+        // tokio's semaphores hold at most usize::MAX >> 3 permits.
+        for (field, value) in &positive[1..5] {
+            if *value > MAX_BUDGET {
+                return Err(ConfigError::new(
+                    field,
+                    &value.to_string(),
+                    format!("must be at most {MAX_BUDGET}"),
+                ));
+            }
+        }
+        if l.streaming_rpcs_per_connection() >= l.max_concurrent_streams as usize
+            && l.max_concurrent_streams > 1
+        {
+            return Err(ConfigError::new(
+                "limits.max_streaming_rpcs_per_connection",
+                &l.streaming_rpcs_per_connection().to_string(),
+                format!(
+                    "must be less than limits.max_concurrent_streams ({}), so unary calls always find room",
+                    l.max_concurrent_streams
+                ),
+            ));
+        }
+        if l.max_header_list_size < 1024 {
+            return Err(ConfigError::new(
+                "limits.max_header_list_size",
+                &l.max_header_list_size.to_string(),
+                "must be at least 1024 bytes",
+            ));
+        }
+        let durations: [(&'static str, Duration, Duration, Duration); 11] = [
+            ("limits.keepalive_interval", l.keepalive_interval, Duration::from_secs(1), MAX_LONG),
+            ("limits.keepalive_timeout", l.keepalive_timeout, Duration::from_millis(100), MAX_SHORT),
+            ("limits.max_connection_age", l.max_connection_age, Duration::from_secs(1), MAX_LONG),
+            ("limits.max_connection_age_grace", l.max_connection_age_grace, Duration::ZERO, MAX_LONG),
+            ("limits.max_connection_idle", l.max_connection_idle, Duration::from_secs(1), MAX_LONG),
+            ("limits.preface_timeout", l.preface_timeout, Duration::from_millis(100), MAX_SHORT),
+            ("limits.tls_handshake_timeout", l.tls_handshake_timeout, Duration::from_millis(100), MAX_SHORT),
+            ("tls_reload_interval", self.tls_reload_interval, Duration::from_millis(10), MAX_SHORT),
+            (ENV_SHUTDOWN_DRAIN_DELAY, self.shutdown.drain_delay, Duration::ZERO, MAX_SHUTDOWN),
+            (ENV_SHUTDOWN_TIMEOUT, self.shutdown.timeout, Duration::ZERO, MAX_SHUTDOWN),
+            (
+                "limits.default_deadline",
+                l.default_deadline.unwrap_or(Duration::from_secs(1)),
+                Duration::from_millis(1),
+                MAX_LONG,
+            ),
+        ];
+        for (field, value, min, max) in durations {
+            if value < min || value > max {
+                return Err(ConfigError::new(
+                    field,
+                    &format!("{value:?}"),
+                    format!("must be between {min:?} and {max:?}"),
+                ));
+            }
+        }
+        Ok(())
+    }
 }
+
+/// Largest concurrency budget accepted.
+const MAX_BUDGET: usize = 1 << 24;
+/// Longest timeout of the handshake and ping kind.
+const MAX_SHORT: Duration = Duration::from_secs(10 * 60);
+/// Longest connection lifetime setting: a week.
+const MAX_LONG: Duration = Duration::from_secs(7 * 24 * 3600);
+/// Longest shutdown phase: the contract's bound on its durations.
+const MAX_SHUTDOWN: Duration = Duration::from_millis(grpc_contract::shutdown::MAX_DURATION_MS);
 
 fn parse_port(variable: &'static str, value: &str) -> Result<u16, ConfigError> {
     match value.trim().parse::<u16>() {
@@ -376,24 +601,9 @@ fn parse_origins(value: &str) -> Result<WebOrigins, ConfigError> {
         if item == "*" {
             return Err(ConfigError::new(ENV_GRPC_WEB_ORIGINS, value, "`*` must be the only entry"));
         }
-        let uri: http::Uri = item.parse().map_err(|_| {
-            ConfigError::new(
-                ENV_GRPC_WEB_ORIGINS,
-                value,
-                format!("{item:?} is not an origin (scheme://host[:port])"),
-            )
+        grpc_contract::web::check_origin_pattern(item).map_err(|e| {
+            ConfigError::new(ENV_GRPC_WEB_ORIGINS, value, format!("{item:?}: {}", e.reason()))
         })?;
-        let valid = matches!(uri.scheme_str(), Some("http" | "https"))
-            && uri.host().is_some()
-            && uri.path_and_query().is_none_or(|p| p.as_str().is_empty() || p.as_str() == "/")
-            && !item.ends_with('/');
-        if !valid {
-            return Err(ConfigError::new(
-                ENV_GRPC_WEB_ORIGINS,
-                value,
-                format!("{item:?} is not an origin: expected scheme://host[:port] with no path"),
-            ));
-        }
         origins.push(item.to_ascii_lowercase());
     }
     Ok(WebOrigins::List(origins))

@@ -27,8 +27,14 @@ impl Health {
         }
     }
 
-    /// Sets one service's status (`""` is the whole server). Unknown names are added.
+    /// Sets one service's status (`""` is the whole server). Unknown names are added. Once
+    /// shutdown has begun, `SERVING` is ignored: a dependency check that recovers during the
+    /// drain must not put the endpoint back into load balancers.
     pub async fn set_serving(&self, service: &str, serving: bool) {
+        if serving && self.is_draining() {
+            tracing::debug!(service, "ignoring SERVING during shutdown");
+            return;
+        }
         let status = if serving { ServingStatus::Serving } else { ServingStatus::NotServing };
         self.reporter.set_service_status(service, status).await;
         self.statuses.lock().unwrap_or_else(PoisonError::into_inner).insert(service.to_string(), serving);

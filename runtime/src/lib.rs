@@ -112,6 +112,8 @@ pub(crate) mod admin;
 pub mod auth;
 pub mod codes;
 pub mod config;
+mod connection;
+mod dispatch;
 pub mod frames;
 pub mod health;
 pub mod layers;
@@ -122,13 +124,16 @@ pub mod server;
 pub mod telemetry;
 pub mod tls;
 
-pub use auth::{AuthError, AuthMethod, AuthRequest, Authenticator, BearerTokens, MtlsAllowList, Principal};
-pub use config::{Config, ConfigError, Limits, LogFormat, ShutdownConfig, WebOrigins};
+pub use auth::{
+    AuthDecision, AuthError, AuthMethod, AuthRequest, Authenticator, BearerTokens, MtlsAllowList, Principal,
+};
+pub use config::{AllowedPeers, Config, ConfigError, Limits, LogFormat, ShutdownConfig, WebOrigins};
 pub use health::Health;
-pub use layers::context::RequestContext;
+pub use layers::context::{RequestContext, ShutdownSignal};
 pub use layers::deadline::Deadline;
 pub use layers::trace::{Baggage, TraceContext};
-pub use server::{BoundServer, ServeError, Server};
+pub use layers::user::HandlerService;
+pub use server::{BoundServer, ServeError, Server, Signal};
 pub use telemetry::Telemetry;
 pub use tls::{PeerIdentity, PeerInfo, TlsMode};
 

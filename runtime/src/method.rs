@@ -42,6 +42,17 @@ impl RpcKind {
     }
 }
 
+/// Which concurrency budget a method's calls draw from (see [`crate::layers::limit`]).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Budget {
+    /// Unary and client-streaming calls.
+    Unary,
+    /// Server- and bidi-streaming calls.
+    Streaming,
+    /// The health service's calls.
+    Health,
+}
+
 /// One RPC method as the layers see it; shared by every call of that method.
 #[derive(Debug)]
 pub struct RpcMethod {
@@ -53,6 +64,8 @@ pub struct RpcMethod {
     pub full_name: String,
     /// Streaming kind.
     pub kind: RpcKind,
+    /// The concurrency budget its calls draw from.
+    pub budget: Budget,
     /// Pre-created metric children for this method.
     pub(crate) metrics: MethodMetrics,
 }
@@ -96,8 +109,16 @@ impl MethodTable {
                             (true, true) => RpcKind::BidiStream,
                         };
                         let path = format!("/{service_name}/{}", method.name());
+                        let budget = if service_name == crate::server::HEALTH_SERVICE {
+                            Budget::Health
+                        } else if kind.server_streams() {
+                            Budget::Streaming
+                        } else {
+                            Budget::Unary
+                        };
                         by_path.entry(path).or_insert_with(|| {
                             Arc::new(RpcMethod {
+                                budget,
                                 metrics: metrics.method(kind, &service_name, method.name()),
                                 service: service_name.clone(),
                                 method: method.name().to_string(),
@@ -115,6 +136,7 @@ impl MethodTable {
             method: "unknown".into(),
             full_name: "unknown".into(),
             kind: RpcKind::Unary,
+            budget: Budget::Unary,
         });
         Ok(MethodTable { by_path, unknown })
     }
@@ -122,6 +144,11 @@ impl MethodTable {
     /// The method for a request path; `unknown` for anything not registered.
     pub(crate) fn lookup(&self, path: &str) -> Arc<RpcMethod> {
         self.by_path.get(path).unwrap_or(&self.unknown).clone()
+    }
+
+    /// The method unregistered paths resolve to.
+    pub(crate) fn unknown(&self) -> Arc<RpcMethod> {
+        self.unknown.clone()
     }
 
     /// Whether the descriptors define `service` (`package.Service`).

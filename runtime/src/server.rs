@@ -1,64 +1,44 @@
-//! The server: builder, listeners, connection handling and graceful shutdown.
+//! The server: builder, binding, and the lifecycle from serving to graceful shutdown.
 
 use std::collections::HashSet;
 use std::convert::Infallible;
 use std::future::Future;
 use std::net::SocketAddr;
-use std::pin::{Pin, pin};
+use std::pin::Pin;
 use std::sync::Arc;
-use std::task::{Context, Poll};
 use std::time::Duration;
 
-use bytes::Bytes;
-use futures::StreamExt;
-use http::{HeaderName, HeaderValue, Method};
-use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
-use pin_project_lite::pin_project;
 use prometheus::Registry;
 use tokio::net::TcpListener;
-use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
 use tonic::server::NamedService;
 use tonic::service::RoutesBuilder;
 use tower::ServiceBuilder;
-use tower_http::cors::{AllowOrigin, CorsLayer};
+use tower_http::cors::CorsLayer;
 
 use crate::admin::{self, AdminState};
 use crate::auth::Authenticator;
-use crate::config::{Config, ConfigError, WebOrigins};
+use crate::config::{Config, ConfigError};
+use crate::connection::serve_connections;
+use crate::dispatch::{Dispatch, cors_layer};
 use crate::health::Health;
-use crate::layers::access_log::AccessLogLayer;
 use crate::layers::auth::AuthLayer;
-use crate::layers::context::ContextLayer;
+use crate::layers::context::{ContextLayer, ShutdownSignal};
 use crate::layers::deadline::DeadlineLayer;
-use crate::layers::limit::{Closing, LimitLayer};
-use crate::layers::metrics::MetricsLayer;
+use crate::layers::limit::LimitLayer;
+use crate::layers::observe::ObserveLayer;
 use crate::layers::recovery::RecoveryLayer;
-use crate::layers::trace::TraceLayer;
+use crate::layers::user::{BoxedLayer, Handler, HandlerService};
 use crate::method::{DescriptorError, MethodTable};
 use crate::metrics::ServerMetrics;
 use crate::telemetry::{Telemetry, TelemetryError};
-use crate::tls::{PeerInfo, TlsError, TlsMetrics, TlsMode, TlsReloader};
+use crate::tls::{PeerInfo, Protocols, TlsError, TlsMetrics, TlsMode, TlsReloader};
 
-/// Request headers browsers may send on gRPC-Web calls (CORS `Access-Control-Allow-Headers`).
-pub const GRPC_WEB_ALLOW_HEADERS: [&str; 8] = [
-    "content-type",
-    "x-grpc-web",
-    "x-user-agent",
-    "grpc-timeout",
-    "authorization",
-    "x-request-id",
-    "x-tenant-id",
-    "traceparent",
-];
-/// Response headers browsers may read on gRPC-Web calls (CORS `Access-Control-Expose-Headers`).
-pub const GRPC_WEB_EXPOSE_HEADERS: [&str; 4] =
-    ["grpc-status", "grpc-message", "grpc-status-details-bin", "x-request-id"];
+pub use crate::dispatch::{GRPC_WEB_ALLOW_HEADERS, GRPC_WEB_EXPOSE_HEADERS};
 
 /// Why the server could not start or stopped with an error.
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum ServeError {
     /// A configuration value is invalid.
     #[error("invalid configuration: {0}")]
@@ -80,6 +60,16 @@ pub enum ServeError {
     /// A registered file descriptor set is invalid.
     #[error("reading service descriptors: {0}")]
     Descriptors(#[from] DescriptorError),
+    /// A service was added without the file descriptor set that describes it.
+    #[error(
+        "service {service} has no file descriptor set: register its FILE_DESCRIPTOR_SET with \
+         Server::file_descriptor_set, or its methods would be unknown to metrics, deadlines, limits \
+         and authentication exemptions"
+    )]
+    MissingDescriptors {
+        /// The service (`package.Service`).
+        service: &'static str,
+    },
     /// The reflection service could not be built from the descriptors.
     #[error("building the reflection service: {0}")]
     Reflection(#[from] tonic_reflection::server::Error),
@@ -109,6 +99,7 @@ pub struct Server {
     descriptors: Vec<&'static [u8]>,
     authenticator: Option<Arc<dyn Authenticator>>,
     auth_exempt: HashSet<String>,
+    layers: Vec<BoxedLayer>,
     registry: Registry,
     hooks: Vec<ShutdownHook>,
     init_telemetry: bool,
@@ -130,6 +121,7 @@ impl Server {
             descriptors: Vec::new(),
             authenticator: None,
             auth_exempt: HashSet::from([HEALTH_SERVICE.to_string()]),
+            layers: Vec::new(),
             registry: Registry::new(),
             hooks: Vec::new(),
             init_telemetry: true,
@@ -160,15 +152,16 @@ impl Server {
     }
 
     /// Registers an encoded `FileDescriptorSet` (what `tonic_prost_build` writes with
-    /// `file_descriptor_set_path`): served by reflection, and the source of each method's
-    /// streaming kind for metrics. Methods of services without descriptors are reported as
-    /// `unknown` in metrics.
+    /// `file_descriptor_set_path`): served by reflection, and the source of each method's name,
+    /// streaming kind and budget for metrics, deadlines and limits. Every service added must be
+    /// described by one, or [`Server::bind`] fails with [`ServeError::MissingDescriptors`].
     pub fn file_descriptor_set(mut self, encoded: &'static [u8]) -> Self {
         self.descriptors.push(encoded);
         self
     }
 
-    /// Authenticates every call (except exempt services) with `authenticator`.
+    /// Authenticates every call (except exempt services) with `authenticator`, after the
+    /// `GRPC_ALLOWED_PEERS` allow-list. Its verdict may await I/O ([`crate::AuthDecision`]).
     pub fn authenticator(mut self, authenticator: impl Authenticator) -> Self {
         self.authenticator = Some(Arc::new(authenticator));
         self
@@ -210,6 +203,28 @@ impl Server {
         self
     }
 
+    /// Adds your tower layer around every call's handler: after authentication (it sees the
+    /// [`crate::Principal`]), the deadline and the concurrency limits, before the handler. Layers
+    /// added first run first. The layer wraps a [`HandlerService`] and must produce a service of
+    /// the same request and response types with no error: answer refusals as gRPC statuses
+    /// (`tonic::Status::into_http`). Each call through your layers costs one allocation.
+    pub fn layer<L>(mut self, layer: L) -> Self
+    where
+        L: tower_layer::Layer<HandlerService> + Send + 'static,
+        L::Service: tower_service::Service<
+                http::Request<tonic::body::Body>,
+                Response = http::Response<tonic::body::Body>,
+                Error = Infallible,
+            > + Clone
+            + Send
+            + Sync
+            + 'static,
+        <L::Service as tower_service::Service<http::Request<tonic::body::Body>>>::Future: Send + 'static,
+    {
+        self.layers.push(Box::new(move |inner| HandlerService::new(layer.layer(inner))));
+        self
+    }
+
     /// Skips installing the global `tracing` subscriber and OpenTelemetry propagator (for
     /// applications that set up their own).
     pub fn without_telemetry_init(mut self) -> Self {
@@ -217,43 +232,28 @@ impl Server {
         self
     }
 
-    /// Validates the setup, loads TLS, binds both listeners and returns the server ready to
-    /// serve (a bound port 0 has its real port in [`BoundServer::grpc_addr`]).
+    /// Validates the setup (the configuration, builder overrides included, and the descriptors),
+    /// loads TLS, binds both listeners and returns the server ready to serve (a bound port 0 has
+    /// its real port in [`BoundServer::grpc_addr`]).
     pub async fn bind(self) -> Result<BoundServer, ServeError> {
         let config = self.config;
+        config.validate()?;
         let telemetry = if self.init_telemetry { Some(Telemetry::init(&config)?) } else { None };
         let registry = self.registry;
         let server_metrics = ServerMetrics::new(&registry)?;
         crate::metrics::register_process_metrics(&registry)?;
         let tls_metrics = TlsMetrics::new(&registry)?;
 
-        let mut descriptors: Vec<&'static [u8]> = vec![
-            tonic_health::pb::FILE_DESCRIPTOR_SET,
-            tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET,
-            tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET,
-        ];
+        let mut descriptors: Vec<&'static [u8]> = vec![tonic_health::pb::FILE_DESCRIPTOR_SET];
+        if config.reflection {
+            descriptors.push(tonic_reflection::pb::v1::FILE_DESCRIPTOR_SET);
+            descriptors.push(tonic_reflection::pb::v1alpha::FILE_DESCRIPTOR_SET);
+        }
         descriptors.extend(self.descriptors.iter().copied());
         let methods = Arc::new(MethodTable::build(&descriptors, &server_metrics)?);
-        for name in &self.services {
-            if !methods.has_service(name) {
-                tracing::warn!(
-                    service = name,
-                    "no file descriptor set registered for this service: reflection will not list it and its \
-                     metrics are reported as grpc_service=\"unknown\""
-                );
-            }
+        if let Some(service) = self.services.iter().find(|name| !methods.has_service(name)) {
+            return Err(ServeError::MissingDescriptors { service });
         }
-
-        // Reflection lists every registered service, its own v1 and v1alpha included, so both
-        // grpcurl 1.8 (v1alpha only) and current clients (v1) see the same listing.
-        let reflection = |b: tonic_reflection::server::Builder<'static>| {
-            descriptors
-                .iter()
-                .fold(b.include_reflection_service(false), |b, d| b.register_encoded_file_descriptor_set(d))
-        };
-        let reflection_v1 = reflection(tonic_reflection::server::Builder::configure()).build_v1()?;
-        let reflection_v1alpha =
-            reflection(tonic_reflection::server::Builder::configure()).build_v1alpha()?;
 
         let (reporter, health_service) = tonic_health::server::health_reporter();
         let health = Health::new(reporter);
@@ -263,48 +263,66 @@ impl Server {
         }
 
         let mut routes = self.routes;
-        routes.add_service(health_service).add_service(reflection_v1).add_service(reflection_v1alpha);
+        routes.add_service(health_service);
+        if config.reflection {
+            // Reflection lists every registered service, its own v1 and v1alpha included, so
+            // both grpcurl 1.8 (v1alpha only) and current clients (v1) see the same listing.
+            let reflection = |b: tonic_reflection::server::Builder<'static>| {
+                descriptors.iter().fold(b.include_reflection_service(false), |b, d| {
+                    b.register_encoded_file_descriptor_set(d)
+                })
+            };
+            routes
+                .add_service(reflection(tonic_reflection::server::Builder::configure()).build_v1()?)
+                .add_service(reflection(tonic_reflection::server::Builder::configure()).build_v1alpha()?);
+        }
         let routes = routes.routes().prepare();
 
         let tls = match config.tls_mode {
             TlsMode::Disabled => None,
             mode => {
-                // Config::from_lookup guarantees a directory for these modes; a builder override
-                // that removed it is reported the same way.
+                // Config::validate guarantees a directory for these modes.
                 let dir = config.tls_dir.clone().ok_or_else(|| ConfigError {
                     variable: crate::config::ENV_TLS_DIR,
                     value: String::new(),
                     reason: format!("must be set when {}={}", crate::config::ENV_TLS_MODE, mode.as_str()),
                 })?;
-                Some(TlsReloader::load(mode, dir, tls_metrics)?)
+                let protocols =
+                    if config.web_origins.enabled() { Protocols::Http2AndHttp1 } else { Protocols::Http2 };
+                Some(TlsReloader::load(mode, dir, tls_metrics, protocols)?)
             }
         };
+        if config.tls_mode == TlsMode::Mutual
+            && config.allowed_peers.is_none()
+            && self.authenticator.is_none()
+        {
+            tracing::warn!(
+                "TLS_MODE=mutual without GRPC_ALLOWED_PEERS or an authenticator: every certificate the CA \
+                 bundle trusts may call every method"
+            );
+        }
 
-        let closing = Closing::default();
+        let shutdown = ShutdownSignal::default();
         let limits = &config.limits;
         let chain = ServiceBuilder::new()
-            .layer(ContextLayer::new(methods.clone()))
-            .layer(RecoveryLayer::new(server_metrics.panics.clone()))
-            .layer(TraceLayer::new(config.log_format == crate::config::LogFormat::Text))
-            .layer(MetricsLayer)
-            .layer(AccessLogLayer)
-            .layer(AuthLayer::new(self.authenticator, self.auth_exempt))
-            .layer(DeadlineLayer::new(limits.default_deadline))
-            .layer(LimitLayer::new(
-                limits.max_concurrent_rpcs,
-                limits.max_decoding_message_size,
-                limits.max_encoding_message_size,
-                closing.clone(),
+            .layer(ContextLayer::new(
+                methods.clone(),
+                limits.streaming_rpcs_per_connection(),
+                shutdown.clone(),
             ))
-            .service(routes);
+            .layer(ObserveLayer::new(config.log_format == crate::config::LogFormat::Text, methods.unknown()))
+            .layer(RecoveryLayer::new(server_metrics.panics.clone()))
+            .layer(AuthLayer::new(config.allowed_peers.clone(), self.authenticator, self.auth_exempt))
+            .layer(DeadlineLayer::new(limits.default_deadline))
+            .layer(LimitLayer::new(limits))
+            .service(Handler::new(routes, self.layers));
 
-        let grpc_listener = TcpListener::bind(config.grpc_addr).await.map_err(|source| ServeError::Bind {
+        let grpc_listener = crate::connection::bind(config.grpc_addr).map_err(|source| ServeError::Bind {
             listener: "gRPC",
             addr: config.grpc_addr,
             source,
         })?;
-        let admin_listener = TcpListener::bind(config.admin_addr)
-            .await
+        let admin_listener = crate::connection::bind(config.admin_addr)
             .map_err(|source| ServeError::Bind { listener: "admin", addr: config.admin_addr, source })?;
         let grpc_addr = grpc_listener.local_addr().map_err(|source| ServeError::Bind {
             listener: "gRPC",
@@ -327,7 +345,7 @@ impl Server {
             admin: AdminState { registry: registry.clone(), health: health.clone() },
             health,
             tls,
-            closing,
+            shutdown,
             hooks: self.hooks,
             telemetry,
             config,
@@ -339,25 +357,9 @@ impl Server {
 /// Name of the standard health service.
 pub const HEALTH_SERVICE: &str = "grpc.health.v1.Health";
 
-fn cors_layer(origins: &WebOrigins) -> CorsLayer {
-    let allow_origin = match origins {
-        WebOrigins::Any => AllowOrigin::any(),
-        WebOrigins::None => AllowOrigin::list(std::iter::empty::<HeaderValue>()),
-        WebOrigins::List(list) => {
-            AllowOrigin::list(list.iter().filter_map(|o| HeaderValue::from_str(o).ok()))
-        }
-    };
-    CorsLayer::new()
-        .allow_origin(allow_origin)
-        .allow_methods([Method::POST, Method::OPTIONS])
-        .allow_headers(GRPC_WEB_ALLOW_HEADERS.map(HeaderName::from_static))
-        .expose_headers(GRPC_WEB_EXPOSE_HEADERS.map(HeaderName::from_static))
-        .max_age(Duration::from_secs(24 * 3600))
-}
-
 /// A bound server, ready to serve.
 pub struct BoundServer {
-    chain: ChainService,
+    chain: Chain,
     cors: CorsLayer,
     grpc_listener: TcpListener,
     admin_listener: TcpListener,
@@ -366,7 +368,7 @@ pub struct BoundServer {
     admin: AdminState,
     health: Health,
     tls: Option<TlsReloader>,
-    closing: Closing,
+    shutdown: ShutdownSignal,
     hooks: Vec<ShutdownHook>,
     telemetry: Option<Telemetry>,
     config: Config,
@@ -383,17 +385,11 @@ impl std::fmt::Debug for BoundServer {
     }
 }
 
-type ChainService = crate::layers::context::RequestContextService<
-    crate::layers::recovery::Recovery<
-        crate::layers::trace::Trace<
-            crate::layers::metrics::Metrics<
-                crate::layers::access_log::AccessLog<
-                    crate::layers::auth::Auth<
-                        crate::layers::deadline::DeadlineService<
-                            crate::layers::limit::Limit<tonic::service::Routes>,
-                        >,
-                    >,
-                >,
+type Chain = crate::layers::context::RequestContextService<
+    crate::layers::observe::Observe<
+        crate::layers::recovery::Recovery<
+            crate::layers::auth::Auth<
+                crate::layers::deadline::DeadlineService<crate::layers::limit::Limit<Handler>>,
             >,
         >,
     >,
@@ -415,20 +411,34 @@ impl BoundServer {
         self.health.clone()
     }
 
-    /// Serves until SIGTERM or SIGINT, then shuts down gracefully.
+    /// Serves until SIGTERM or SIGINT, then shuts down gracefully. A second SIGTERM or SIGINT
+    /// during shutdown exits the process at once (status 128 + the signal number), as an
+    /// impatient operator at a terminal expects.
     pub async fn serve(self) -> Result<(), ServeError> {
-        self.serve_until(shutdown_signal()).await
+        self.serve_until(async {
+            shutdown_signal().await;
+            tokio::spawn(async {
+                let signal = shutdown_signal().await;
+                tracing::warn!("second {signal:?} during shutdown: exiting now");
+                std::process::exit(128 + signal.number());
+            });
+        })
+        .await
     }
 
     /// Serves until `signal` completes, then shuts down gracefully:
     ///
-    /// 1. every service reports `NOT_SERVING` and `/readyz` fails;
-    /// 2. shutdown hooks run (service-discovery deregistration);
+    /// 1. every service reports `NOT_SERVING` and `/readyz` fails; from then on
+    ///    [`Health::set_serving`] cannot report `SERVING` again;
+    /// 2. shutdown hooks run (service-discovery deregistration), together at most
+    ///    [`SHUTDOWN_HOOK_TIMEOUT`];
     /// 3. the drain delay passes while calls are still served, so the endpoint leaves load
     ///    balancers before it stops answering;
-    /// 4. the listener closes and connections get GOAWAY; in-flight calls may finish until the
-    ///    shutdown timeout, after which their connections are closed;
-    /// 5. telemetry is flushed.
+    /// 4. the listener closes, connections get GOAWAY (calls that raced it are still served), and
+    ///    [`RequestContext::shutdown`](crate::RequestContext::shutdown) fires so long-lived
+    ///    streams can end cleanly; in-flight calls may finish until the shutdown timeout, after
+    ///    which their connections are closed;
+    /// 5. telemetry is flushed, at most [`SHUTDOWN_HOOK_TIMEOUT`].
     pub async fn serve_until(self, signal: impl Future<Output = ()>) -> Result<(), ServeError> {
         let BoundServer {
             chain,
@@ -440,7 +450,7 @@ impl BoundServer {
             admin,
             health,
             tls,
-            closing,
+            shutdown,
             hooks,
             telemetry,
             config,
@@ -461,19 +471,22 @@ impl BoundServer {
             grpc.address = %grpc_addr,
             admin.address = %admin_addr,
             tls.mode = config.tls_mode.as_str(),
+            grpc_web = config.web_origins.enabled(),
             services = ?services,
             "serving"
         );
         let stop_accepting = CancellationToken::new();
-        // One service stack per connection, carrying the connection's peer: cheaper than
-        // adding it to every request's extensions.
+        let origins = Arc::new(config.web_origins.clone());
+        // One service stack per connection, carrying the connection's peer: cheaper than adding
+        // it to every request's extensions.
         let make_service = move |peer: PeerInfo| {
             let grpc = chain.clone().for_peer(peer);
+            let state = grpc.connection();
             let web = ServiceBuilder::new()
                 .layer(cors.clone())
                 .layer(tonic_web::GrpcWebLayer::new())
                 .service(grpc.clone());
-            Dispatch { grpc, web }
+            (Dispatch { grpc, web, origins: origins.clone() }, state)
         };
         let connections = tokio::spawn(serve_connections(
             grpc_listener,
@@ -496,8 +509,8 @@ impl BoundServer {
         }
         tokio::time::sleep(config.shutdown.drain_delay).await;
         tracing::info!(timeout = ?config.shutdown.timeout, "shutdown: closing the listener and draining calls");
-        closing.close();
         stop_accepting.cancel();
+        shutdown.fire();
         if let Err(err) = connections.await {
             tracing::error!(error = %err, "connection supervisor failed");
         }
@@ -528,245 +541,53 @@ impl BoundServer {
     }
 }
 
-/// Completes on SIGTERM or SIGINT (Ctrl-C).
-pub async fn shutdown_signal() {
+/// A signal that stops the server.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Signal {
+    /// SIGTERM (Kubernetes stopping the pod).
+    Terminate,
+    /// SIGINT (Ctrl-C).
+    Interrupt,
+}
+
+impl Signal {
+    /// The POSIX signal number.
+    pub fn number(self) -> i32 {
+        match self {
+            Signal::Terminate => 15,
+            Signal::Interrupt => 2,
+        }
+    }
+}
+
+/// Completes on SIGTERM or SIGINT (Ctrl-C), with the signal received.
+pub async fn shutdown_signal() -> Signal {
     #[cfg(unix)]
     {
         use tokio::signal::unix::{SignalKind, signal};
         match signal(SignalKind::terminate()) {
             Ok(mut term) => {
                 tokio::select! {
-                    _ = term.recv() => tracing::info!("received SIGTERM"),
-                    _ = tokio::signal::ctrl_c() => tracing::info!("received SIGINT"),
+                    _ = term.recv() => {
+                        tracing::info!("received SIGTERM");
+                        Signal::Terminate
+                    }
+                    _ = tokio::signal::ctrl_c() => {
+                        tracing::info!("received SIGINT");
+                        Signal::Interrupt
+                    }
                 }
             }
             Err(err) => {
                 tracing::warn!(error = %err, "cannot listen for SIGTERM; only SIGINT stops the server");
                 let _ = tokio::signal::ctrl_c().await;
+                Signal::Interrupt
             }
         }
     }
     #[cfg(not(unix))]
     {
         let _ = tokio::signal::ctrl_c().await;
-    }
-}
-
-fn connection_builder(config: &Config) -> auto::Builder<TokioExecutor> {
-    let limits = &config.limits;
-    let mut builder = auto::Builder::new(TokioExecutor::new());
-    builder
-        .http2()
-        .timer(TokioTimer::new())
-        .max_concurrent_streams(limits.max_concurrent_streams)
-        .keep_alive_interval(limits.keepalive_interval)
-        .keep_alive_timeout(limits.keepalive_timeout)
-        .max_header_list_size(limits.max_header_list_size)
-        .max_pending_accept_reset_streams(limits.max_pending_accept_reset_streams)
-        .max_local_error_reset_streams(limits.max_local_error_reset_streams);
-    // HTTP/1.1 only carries gRPC-Web; bound how long a client may take to send headers.
-    builder.http1().timer(TokioTimer::new()).header_read_timeout(Duration::from_secs(30));
-    builder
-}
-
-/// Accepts connections until `stop` fires, then drains them: GOAWAY to every connection, wait
-/// up to the shutdown timeout, close what remains.
-async fn serve_connections<M, S, B>(
-    listener: TcpListener,
-    tls: Option<TlsReloader>,
-    make_service: M,
-    config: Config,
-    stop: CancellationToken,
-) where
-    M: Fn(PeerInfo) -> S,
-    S: tower_service::Service<
-            http::Request<hyper::body::Incoming>,
-            Response = http::Response<B>,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let builder = Arc::new(connection_builder(&config));
-    let (drain_tx, drain_rx) = tokio::sync::watch::channel(false);
-    let mut connections = JoinSet::new();
-    {
-        let incoming = crate::tls::incoming(listener, tls, config.limits.tls_handshake_timeout);
-        let mut incoming = pin!(incoming);
-        loop {
-            tokio::select! {
-                () = stop.cancelled() => break,
-                Some(_) = connections.join_next(), if !connections.is_empty() => {}
-                next = incoming.next() => {
-                    let Some(next) = next else { break };
-                    let conn = match next {
-                        Ok(conn) => conn,
-                        Err(err) => {
-                            tracing::debug!(error = %err, "accept failed");
-                            continue;
-                        }
-                    };
-                    let service = make_service(conn.peer_info().clone());
-                    connections.spawn(serve_connection(
-                        builder.clone(),
-                        conn,
-                        service,
-                        drain_rx.clone(),
-                        config.limits.max_connection_age,
-                        config.limits.max_connection_age_grace,
-                    ));
-                }
-            }
-        }
-        // `incoming` (and the listener) is dropped here: the port stops accepting at once.
-    }
-    let _ = drain_tx.send(true);
-    let open = connections.len();
-    if open > 0 {
-        tracing::info!(connections = open, "waiting for in-flight calls");
-    }
-    let drained = tokio::time::timeout(config.shutdown.timeout, async {
-        while connections.join_next().await.is_some() {}
-    })
-    .await;
-    if drained.is_err() {
-        tracing::warn!(
-            connections = connections.len(),
-            timeout = ?config.shutdown.timeout,
-            "shutdown timeout reached; closing connections with calls still in flight"
-        );
-        connections.shutdown().await;
-    }
-}
-
-async fn serve_connection<S, B>(
-    builder: Arc<auto::Builder<TokioExecutor>>,
-    conn: crate::tls::Conn,
-    service: S,
-    mut drain: tokio::sync::watch::Receiver<bool>,
-    max_age: Duration,
-    grace: Duration,
-) where
-    S: tower_service::Service<
-            http::Request<hyper::body::Incoming>,
-            Response = http::Response<B>,
-            Error = Infallible,
-        > + Clone
-        + Send
-        + 'static,
-    S::Future: Send + 'static,
-    B: http_body::Body<Data = Bytes> + Send + 'static,
-    B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
-{
-    let connection = builder.serve_connection(TokioIo::new(conn), TowerToHyperService::new(service));
-    let mut connection = pin!(connection);
-    // Max connection age, then its grace period; disarmed once shutdown drains the connection
-    // (the supervisor's shutdown timeout bounds it from then on).
-    let age = tokio::time::sleep(max_age);
-    let mut age = pin!(age);
-    let mut age_armed = true;
-    let mut closing = false;
-    loop {
-        tokio::select! {
-            result = connection.as_mut() => {
-                if let Err(err) = result {
-                    tracing::debug!(error = %err, "connection ended with an error");
-                }
-                return;
-            }
-            () = age.as_mut(), if age_armed => {
-                if closing {
-                    tracing::debug!("connection outlived its grace period; closing");
-                    return;
-                }
-                // Max connection age: GOAWAY now, hard close after the grace period.
-                closing = true;
-                connection.as_mut().graceful_shutdown();
-                age.as_mut().reset(tokio::time::Instant::now() + grace);
-            }
-            changed = drain.changed(), if !closing => {
-                if changed.is_err() || *drain.borrow() {
-                    closing = true;
-                    age_armed = false;
-                    connection.as_mut().graceful_shutdown();
-                }
-            }
-        }
-    }
-}
-
-/// Sends gRPC-Web requests (and CORS preflights) through CORS and the gRPC-Web translation;
-/// native gRPC goes straight to the chain without paying for either.
-#[derive(Clone)]
-struct Dispatch<G, W> {
-    grpc: G,
-    web: W,
-}
-
-fn is_web_request<B>(req: &http::Request<B>) -> bool {
-    req.method() == Method::OPTIONS
-        || req
-            .headers()
-            .get(http::header::CONTENT_TYPE)
-            .is_some_and(|ct| ct.as_bytes().starts_with(b"application/grpc-web"))
-}
-
-impl<G, W, GB, WB> tower_service::Service<http::Request<hyper::body::Incoming>> for Dispatch<G, W>
-where
-    G: tower_service::Service<
-            http::Request<hyper::body::Incoming>,
-            Response = http::Response<GB>,
-            Error = Infallible,
-        >,
-    W: tower_service::Service<
-            http::Request<hyper::body::Incoming>,
-            Response = http::Response<WB>,
-            Error = Infallible,
-        >,
-{
-    type Response = http::Response<http_body_util::Either<GB, WB>>;
-    type Error = Infallible;
-    type Future = DispatchFuture<G::Future, W::Future>;
-
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // Both sides are always ready (no layer applies backpressure through poll_ready).
-        match (self.grpc.poll_ready(cx), self.web.poll_ready(cx)) {
-            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => Poll::Ready(Ok(())),
-            _ => Poll::Pending,
-        }
-    }
-
-    fn call(&mut self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
-        if is_web_request(&req) {
-            DispatchFuture::Web { future: self.web.call(req) }
-        } else {
-            DispatchFuture::Grpc { future: self.grpc.call(req) }
-        }
-    }
-}
-
-pin_project! {
-    #[project = DispatchProj]
-    enum DispatchFuture<G, W> {
-        Grpc { #[pin] future: G },
-        Web { #[pin] future: W },
-    }
-}
-
-impl<G, W, GB, WB> Future for DispatchFuture<G, W>
-where
-    G: Future<Output = Result<http::Response<GB>, Infallible>>,
-    W: Future<Output = Result<http::Response<WB>, Infallible>>,
-{
-    type Output = Result<http::Response<http_body_util::Either<GB, WB>>, Infallible>;
-
-    fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
-        match self.project() {
-            DispatchProj::Grpc { future } => future.poll(cx).map_ok(|r| r.map(http_body_util::Either::Left)),
-            DispatchProj::Web { future } => future.poll(cx).map_ok(|r| r.map(http_body_util::Either::Right)),
-        }
+        Signal::Interrupt
     }
 }

@@ -6,6 +6,7 @@
 use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 
 use http::HeaderValue;
@@ -80,6 +81,85 @@ struct ContextInner {
     peer: Option<PeerInfo>,
     peer_address: Option<Arc<str>>,
     method: Arc<RpcMethod>,
+    connection: Arc<ConnectionState>,
+}
+
+/// Fires when the server begins to close its connections at shutdown (after the drain delay),
+/// so long-lived streams can end cleanly, with a status of their choosing, before the shutdown
+/// timeout cuts them. Read it from [`RequestContext::shutdown`].
+#[derive(Debug, Clone, Default)]
+pub struct ShutdownSignal(tokio_util::sync::CancellationToken);
+
+impl ShutdownSignal {
+    /// Completes once shutdown has begun closing connections.
+    pub async fn cancelled(&self) {
+        self.0.cancelled().await;
+    }
+
+    /// Whether shutdown has begun closing connections.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.is_cancelled()
+    }
+
+    pub(crate) fn fire(&self) {
+        self.0.cancel();
+    }
+}
+
+/// What the chain knows about one connection, shared by its calls: the budget of long-lived
+/// streams (so one connection's streams cannot take every stream slot of the server, and unary
+/// calls on it always find room) and its activity, for closing idle connections.
+#[derive(Debug)]
+pub(crate) struct ConnectionState {
+    /// Streaming calls (server or bidi streaming, health `Watch` included) open on this
+    /// connection.
+    pub(crate) streams: Arc<tokio::sync::Semaphore>,
+    shutdown: ShutdownSignal,
+    /// Calls in flight.
+    active: AtomicUsize,
+    /// When the last call ended, in milliseconds since `epoch`.
+    last_end_ms: AtomicU64,
+    epoch: std::time::Instant,
+}
+
+impl ConnectionState {
+    pub(crate) fn new(max_streams: usize, shutdown: ShutdownSignal) -> Self {
+        ConnectionState {
+            streams: Arc::new(tokio::sync::Semaphore::new(max_streams)),
+            shutdown,
+            active: AtomicUsize::new(0),
+            last_end_ms: AtomicU64::new(0),
+            epoch: std::time::Instant::now(),
+        }
+    }
+
+    /// Counts a call as in flight until the guard drops.
+    pub(crate) fn begin_call(self: &Arc<Self>) -> CallGuard {
+        self.active.fetch_add(1, Ordering::Relaxed);
+        CallGuard(self.clone())
+    }
+
+    /// How long the connection has had no call in flight (`None` while one is).
+    pub(crate) fn idle_for(&self) -> Option<std::time::Duration> {
+        if self.active.load(Ordering::Acquire) > 0 {
+            return None;
+        }
+        let last = std::time::Duration::from_millis(self.last_end_ms.load(Ordering::Acquire));
+        Some(self.epoch.elapsed().saturating_sub(last))
+    }
+}
+
+/// A call in flight on a connection; see [`ConnectionState::begin_call`].
+#[derive(Debug)]
+pub(crate) struct CallGuard(Arc<ConnectionState>);
+
+impl Drop for CallGuard {
+    fn drop(&mut self) {
+        let state = &self.0;
+        let now = u64::try_from(state.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        state.last_end_ms.fetch_max(now, Ordering::AcqRel);
+        state.active.fetch_sub(1, Ordering::AcqRel);
+    }
 }
 
 impl RequestContext {
@@ -107,6 +187,28 @@ impl RequestContext {
     pub fn method(&self) -> &Arc<RpcMethod> {
         &self.0.method
     }
+
+    pub(crate) fn connection(&self) -> &Arc<ConnectionState> {
+        &self.0.connection
+    }
+
+    /// Fires when shutdown begins closing connections: a long-lived stream should end then.
+    pub fn shutdown(&self) -> &ShutdownSignal {
+        &self.0.connection.shutdown
+    }
+
+    /// A context for a request that did not pass the context layer (a wiring bug): the
+    /// `unknown` method, a fresh request id, no peer.
+    pub(crate) fn detached(unknown: Arc<RpcMethod>) -> Self {
+        RequestContext(Arc::new(ContextInner {
+            request_id: generate_request_id(),
+            tenant_id: None,
+            peer: None,
+            peer_address: None,
+            method: unknown,
+            connection: Arc::new(ConnectionState::new(0, ShutdownSignal::default())),
+        }))
+    }
 }
 
 fn sane_id(value: &HeaderValue) -> Option<Id> {
@@ -132,18 +234,32 @@ pub(crate) fn generate_request_id() -> Id {
 #[derive(Debug, Clone)]
 pub struct ContextLayer {
     methods: Arc<MethodTable>,
+    streams_per_connection: usize,
+    shutdown: ShutdownSignal,
 }
 
 impl ContextLayer {
-    pub(crate) fn new(methods: Arc<MethodTable>) -> Self {
-        ContextLayer { methods }
+    pub(crate) fn new(
+        methods: Arc<MethodTable>,
+        streams_per_connection: usize,
+        shutdown: ShutdownSignal,
+    ) -> Self {
+        ContextLayer { methods, streams_per_connection, shutdown }
     }
 }
 
 impl<S> tower_layer::Layer<S> for ContextLayer {
     type Service = RequestContextService<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        RequestContextService { inner, methods: self.methods.clone(), peer: None, peer_address: None }
+        RequestContextService {
+            inner,
+            methods: self.methods.clone(),
+            peer: None,
+            peer_address: None,
+            connection: Arc::new(ConnectionState::new(self.streams_per_connection, self.shutdown.clone())),
+            streams_per_connection: self.streams_per_connection,
+            shutdown: self.shutdown.clone(),
+        }
     }
 }
 
@@ -157,6 +273,10 @@ pub struct RequestContextService<S> {
     peer: Option<PeerInfo>,
     /// The peer's address, formatted once per connection for log lines.
     peer_address: Option<Arc<str>>,
+    /// The connection's state; one per [`RequestContextService::for_peer`].
+    connection: Arc<ConnectionState>,
+    streams_per_connection: usize,
+    shutdown: ShutdownSignal,
 }
 
 impl<S> RequestContextService<S> {
@@ -164,7 +284,13 @@ impl<S> RequestContextService<S> {
     pub(crate) fn for_peer(mut self, peer: PeerInfo) -> Self {
         self.peer_address = peer.remote_addr.map(|a| Arc::from(a.to_string()));
         self.peer = Some(peer);
+        self.connection = Arc::new(ConnectionState::new(self.streams_per_connection, self.shutdown.clone()));
         self
+    }
+
+    /// The state of the connection this service was made for.
+    pub(crate) fn connection(&self) -> Arc<ConnectionState> {
+        self.connection.clone()
     }
 }
 
@@ -200,6 +326,7 @@ where
             peer,
             peer_address,
             method,
+            connection: self.connection.clone(),
         })));
         EchoRequestId { inner: self.inner.call(req), echo }
     }

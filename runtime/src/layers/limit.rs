@@ -1,12 +1,16 @@
-//! Layer 8: resource limits, right before the handler.
+//! Layer 6: resource limits, right before your layers and the handler.
 //!
-//! - **Concurrency:** at most `max_concurrent_rpcs` calls run at once across all connections;
-//!   the permit is held until the response stream ends. Beyond that, calls are shed at once
-//!   with `RESOURCE_EXHAUSTED` rather than queued, so overload shows up as fast, retryable
-//!   errors instead of growing latency.
-//! - **Shutdown:** once the server stops accepting, calls still arriving on open connections
-//!   (HTTP/1.1 gRPC-Web has no GOAWAY) are refused with `UNAVAILABLE`, which clients retry
-//!   elsewhere.
+//! - **Concurrency, in three budgets** that cannot starve each other, each held until the
+//!   response stream ends:
+//!   - unary and client-streaming calls: `max_concurrent_rpcs`;
+//!   - server- and bidi-streaming calls, which may last hours: `max_concurrent_streaming_rpcs`;
+//!   - the health service (probes, load balancers, `Watch` streams that anyone may open
+//!     without credentials): `max_concurrent_health_rpcs`.
+//!
+//!   On top, one connection may hold at most `max_streaming_rpcs_per_connection` streaming
+//!   calls, fewer than its HTTP/2 stream limit, so unary calls always find room on it. Beyond a
+//!   budget, calls are shed at once with `RESOURCE_EXHAUSTED` rather than queued, so overload
+//!   shows up as fast, retryable errors instead of growing latency.
 //! - **Message size:** a request message declared larger than `max_decoding_message_size`
 //!   fails the call with `RESOURCE_EXHAUSTED` (as grpc-go does) before its payload is read; a
 //!   response message larger than `max_encoding_message_size` ends the call with
@@ -15,7 +19,6 @@
 
 use std::pin::Pin;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use bytes::Bytes;
@@ -25,41 +28,40 @@ use pin_project_lite::pin_project;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Code;
 
+use super::context::RequestContext;
 use super::{InnerBody, MaybeBody};
 use crate::codes::status_trailers;
+use crate::config::Limits;
 use crate::frames::FrameScanner;
+use crate::method::Budget;
 
-/// Shared switch the server flips when it stops accepting.
-#[derive(Debug, Clone, Default)]
-pub(crate) struct Closing(Arc<AtomicBool>);
-
-impl Closing {
-    pub(crate) fn close(&self) {
-        self.0.store(true, Ordering::Release);
-    }
-
-    fn is_closed(&self) -> bool {
-        self.0.load(Ordering::Acquire)
-    }
+/// The server-wide budgets.
+#[derive(Debug)]
+struct Budgets {
+    unary: Arc<Semaphore>,
+    streaming: Arc<Semaphore>,
+    health: Arc<Semaphore>,
 }
 
 /// Layer for [`Limit`].
 #[derive(Debug, Clone)]
 pub struct LimitLayer {
-    permits: Arc<Semaphore>,
+    budgets: Arc<Budgets>,
     max_decoding: usize,
     max_encoding: usize,
-    closing: Closing,
 }
 
 impl LimitLayer {
-    pub(crate) fn new(
-        max_concurrent: usize,
-        max_decoding: usize,
-        max_encoding: usize,
-        closing: Closing,
-    ) -> Self {
-        LimitLayer { permits: Arc::new(Semaphore::new(max_concurrent)), max_decoding, max_encoding, closing }
+    pub(crate) fn new(limits: &Limits) -> Self {
+        LimitLayer {
+            budgets: Arc::new(Budgets {
+                unary: Arc::new(Semaphore::new(limits.max_concurrent_rpcs)),
+                streaming: Arc::new(Semaphore::new(limits.max_concurrent_streaming_rpcs)),
+                health: Arc::new(Semaphore::new(limits.max_concurrent_health_rpcs)),
+            }),
+            max_decoding: limits.max_decoding_message_size,
+            max_encoding: limits.max_encoding_message_size,
+        }
     }
 }
 
@@ -68,10 +70,9 @@ impl<S> tower_layer::Layer<S> for LimitLayer {
     fn layer(&self, inner: S) -> Self::Service {
         Limit {
             inner,
-            permits: self.permits.clone(),
+            budgets: self.budgets.clone(),
             max_decoding: self.max_decoding,
             max_encoding: self.max_encoding,
-            closing: self.closing.clone(),
         }
     }
 }
@@ -80,10 +81,16 @@ impl<S> tower_layer::Layer<S> for LimitLayer {
 #[derive(Debug, Clone)]
 pub struct Limit<S> {
     inner: S,
-    permits: Arc<Semaphore>,
+    budgets: Arc<Budgets>,
     max_decoding: usize,
     max_encoding: usize,
-    closing: Closing,
+}
+
+/// The permits a call holds until its response ends.
+#[derive(Debug)]
+struct Permits {
+    _server: OwnedSemaphorePermit,
+    _connection: Option<OwnedSemaphorePermit>,
 }
 
 impl<S, ReqBody, ResBody> tower_service::Service<http::Request<ReqBody>> for Limit<S>
@@ -100,12 +107,29 @@ where
 
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
         let refuse = |status: tonic::Status| Either::Left(super::Reject::new(status));
-        if self.closing.is_closed() {
-            return refuse(tonic::Status::unavailable("server is shutting down"));
-        }
-        let Ok(permit) = self.permits.clone().try_acquire_owned() else {
-            return refuse(tonic::Status::resource_exhausted("server is at its concurrent call limit"));
+        let context = req.extensions().get::<RequestContext>();
+        let (budget, streams) =
+            context.map_or((Budget::Unary, false), |c| (c.method().budget, c.method().kind.server_streams()));
+        let (server, what) = match budget {
+            Budget::Unary => (&self.budgets.unary, "concurrent call"),
+            Budget::Streaming => (&self.budgets.streaming, "concurrent streaming call"),
+            Budget::Health => (&self.budgets.health, "concurrent health call"),
         };
+        let Ok(server) = server.clone().try_acquire_owned() else {
+            return refuse(tonic::Status::resource_exhausted(format!("server is at its {what} limit")));
+        };
+        let connection = match context.filter(|_| streams) {
+            Some(c) => match c.connection().streams.clone().try_acquire_owned() {
+                Ok(permit) => Some(permit),
+                Err(_) => {
+                    return refuse(tonic::Status::resource_exhausted(
+                        "this connection is at its limit of streaming calls; open another connection",
+                    ));
+                }
+            },
+            None => None,
+        };
+        let permit = Permits { _server: server, _connection: connection };
         let max = self.max_decoding;
         let req =
             req.map(|inner| SizeLimitedBody { inner, scanner: FrameScanner::default(), max, failed: false });
@@ -122,7 +146,7 @@ pin_project! {
     pub struct LimitFuture<F> {
         #[pin]
         inner: InnerBody<F>,
-        permit: Option<OwnedSemaphorePermit>,
+        permit: Option<Permits>,
         max_encoding: usize,
     }
 }
@@ -156,7 +180,7 @@ pin_project! {
     pub struct LimitBody<B> {
         #[pin]
         inner: MaybeBody<B>,
-        permit: Option<OwnedSemaphorePermit>,
+        permit: Option<Permits>,
         scanner: FrameScanner,
         max: usize,
         finished: bool,

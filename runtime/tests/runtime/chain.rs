@@ -99,7 +99,9 @@ async fn request_id_and_tenant_reach_the_handler_and_the_request_id_is_echoed() 
 #[tokio::test]
 async fn mtls_allow_list_without_a_client_certificate_is_unauthenticated() {
     // Plaintext connection: there is no peer identity, so the allow-list refuses.
-    let allow = grpc_runtime::MtlsAllowList::new().allow_spiffe_id("spiffe://cluster.local/ns/a/sa/b");
+    let allow = grpc_runtime::MtlsAllowList::new()
+        .allow_spiffe_id("spiffe://cluster.local/ns/a/sa/b")
+        .expect("valid pattern");
     let server = TestServer::start(misbehaving_server().authenticator(allow)).await;
     let mut client = server.client().await;
     let status = client.get_user(context_call()).await.expect_err("no certificate");

@@ -587,7 +587,7 @@ async fn the_mtls_allow_list_admits_a_listed_spiffe_id_and_denies_others_with_th
     let tls = MutualTls::new();
     let creds = &tls.creds;
     let listed = with_tls(crate::harness::misbehaving_server(), TlsMode::Mutual, &tls.dir(), None)
-        .authenticator(grpc_runtime::MtlsAllowList::new().allow_spiffe_id(SPIFFE_ID));
+        .authenticator(grpc_runtime::MtlsAllowList::new().allow_spiffe_id(SPIFFE_ID).expect("valid pattern"));
     let server = TestServer::start(listed).await;
     // GetUser(-3) answers with the request context; its third field is the principal.
     let (result, out) = grpcio.get_user(server.grpc, creds, -3).await;
@@ -598,7 +598,9 @@ async fn the_mtls_allow_list_admits_a_listed_spiffe_id_and_denies_others_with_th
 
     let other = with_tls(crate::harness::misbehaving_server(), TlsMode::Mutual, &tls.dir(), None)
         .authenticator(
-            grpc_runtime::MtlsAllowList::new().allow_spiffe_id("spiffe://cluster.local/ns/x/sa/other"),
+            grpc_runtime::MtlsAllowList::new()
+                .allow_spiffe_id("spiffe://cluster.local/ns/x/sa/other")
+                .expect("valid pattern"),
         );
     let server = TestServer::start(other).await;
     let (result, out) = grpcio.get_user(server.grpc, creds, -3).await;

@@ -1,0 +1,405 @@
+//! The accept loop: TCP, TLS handshakes off the accept path, per-connection peer identity.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+
+use std::sync::{Arc, Mutex, PoisonError};
+use std::task::{Context, Poll};
+use std::time::Duration;
+
+use rustls::ServerConfig;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinSet;
+use tokio::time::Sleep;
+use tokio_rustls::TlsAcceptor;
+use tracing::{debug, warn};
+
+use std::collections::HashMap;
+use std::net::IpAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+
+use super::{PeerIdentity, PeerInfo, TlsMode, TlsReloader};
+
+/// Pause after an accept error that is not specific to one connection (EMFILE, ENFILE, ENOBUFS...).
+/// Retrying at once would spin on the same error; waiting gives in-flight connections time to close.
+const ACCEPT_ERROR_BACKOFF: Duration = Duration::from_millis(100);
+
+/// Connections accepted per `poll_next` before yielding back to the executor, so a connection flood
+/// cannot monopolise the task that polls the listener.
+const ACCEPT_BUDGET: usize = 64;
+
+/// Upper bound on handshakes in progress. Beyond it we stop accepting (the kernel backlog absorbs
+/// the excess) until some finish, so a flood of silent clients cannot exhaust memory or descriptors.
+/// The per-source cap keeps one address from reaching it.
+const MAX_IN_FLIGHT_HANDSHAKES: usize = 1024;
+
+/// Bytes of the HTTP/2 connection preface (`PRI * HTTP/2.0…`); an HTTP/1.1 request line with its
+/// first header is longer. A connection has "spoken" once it sent this many bytes.
+const PREFACE_LEN: usize = 24;
+
+/// How the accept loop bounds connections that have not yet proven they are clients.
+#[derive(Debug, Clone, Copy)]
+pub struct AcceptLimits {
+    /// A TLS handshake must finish within this.
+    pub handshake_timeout: Duration,
+    /// TLS handshakes in progress from one source address (127.0.0.1 and ::1 exempt).
+    pub max_handshakes_per_source: usize,
+}
+
+/// Whether a connection has sent its preface yet; shared between [`Conn`] and the server's
+/// connection task, which closes connections that stay silent.
+#[derive(Debug, Default)]
+pub struct Preface {
+    read: AtomicUsize,
+}
+
+impl Preface {
+    /// Whether the connection sent at least the length of the HTTP/2 preface.
+    pub fn seen(&self) -> bool {
+        self.read.load(Ordering::Relaxed) >= PREFACE_LEN
+    }
+
+    fn count(&self, n: usize) {
+        if !self.seen() {
+            self.read.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+}
+
+/// Handshakes in progress per source address; a slot is released when its guard drops.
+#[derive(Debug, Default)]
+struct PerSource(Mutex<HashMap<IpAddr, usize>>);
+
+struct SourceSlot {
+    sources: Arc<PerSource>,
+    ip: IpAddr,
+}
+
+impl PerSource {
+    /// Takes a slot for `ip`, or `None` when it has `max` handshakes in progress.
+    fn acquire(self: &Arc<Self>, ip: IpAddr, max: usize) -> Option<SourceSlot> {
+        let mut map = self.0.lock().unwrap_or_else(PoisonError::into_inner);
+        let count = map.entry(ip).or_insert(0);
+        if *count >= max {
+            return None;
+        }
+        *count += 1;
+        Some(SourceSlot { sources: self.clone(), ip })
+    }
+}
+
+impl Drop for SourceSlot {
+    fn drop(&mut self) {
+        let mut map = self.sources.0.lock().unwrap_or_else(PoisonError::into_inner);
+        if let Some(count) = map.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                map.remove(&self.ip);
+            }
+        }
+    }
+}
+
+/// The addresses a sidecar proxy connects from, exempt from the per-source cap.
+fn is_sidecar_source(ip: IpAddr) -> bool {
+    ip == IpAddr::V4(std::net::Ipv4Addr::LOCALHOST) || ip == IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+}
+
+/// One accepted connection: plain TCP or TLS over TCP.
+///
+/// Implements tokio's `AsyncRead + AsyncWrite + Unpin` and tonic's `Connected` with
+/// `ConnectInfo = PeerInfo`, so handlers find a [`PeerInfo`] in every request's extensions.
+pub struct Conn {
+    io: ConnIo,
+    info: PeerInfo,
+    preface: Arc<Preface>,
+}
+
+enum ConnIo {
+    Plain(TcpStream),
+    // Boxed: a rustls connection is several hundred bytes, a TcpStream a few words.
+    Tls(Box<tokio_rustls::server::TlsStream<TcpStream>>),
+}
+
+impl fmt::Debug for Conn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Conn").field("info", &self.info).finish_non_exhaustive()
+    }
+}
+
+impl Conn {
+    /// What is known about the peer; the same value tonic puts in request extensions.
+    pub fn peer_info(&self) -> &PeerInfo {
+        &self.info
+    }
+
+    /// Whether the connection has sent its preface yet.
+    pub fn preface(&self) -> Arc<Preface> {
+        self.preface.clone()
+    }
+
+    /// The ALPN protocol negotiated by the TLS handshake (`None` for plain TCP or no agreement).
+    pub fn alpn_protocol(&self) -> Option<&[u8]> {
+        match &self.io {
+            ConnIo::Plain(_) => None,
+            ConnIo::Tls(tls) => tls.get_ref().1.alpn_protocol(),
+        }
+    }
+}
+
+impl tonic::transport::server::Connected for Conn {
+    type ConnectInfo = PeerInfo;
+
+    fn connect_info(&self) -> Self::ConnectInfo {
+        self.info.clone()
+    }
+}
+
+impl AsyncRead for Conn {
+    fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        let this = self.get_mut();
+        let before = buf.filled().len();
+        let polled = match &mut this.io {
+            ConnIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ConnIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        };
+        this.preface.count(buf.filled().len() - before);
+        polled
+    }
+}
+
+impl AsyncWrite for Conn {
+    fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().io {
+            ConnIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ConnIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match &mut self.get_mut().io {
+            ConnIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            ConnIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match &self.io {
+            ConnIo::Plain(s) => s.is_write_vectored(),
+            ConnIo::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().io {
+            ConnIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            ConnIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match &mut self.get_mut().io {
+            ConnIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ConnIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// Turns a bound listener into the stream tonic's `serve_with_incoming_shutdown` consumes.
+///
+/// - TCP_NODELAY is set on every accepted socket (gRPC messages are small and latency-bound).
+/// - With TLS, each handshake runs in its own task, bounded by `handshake_timeout`, so a slow or
+///   malicious client never stalls accepting. Failed handshakes are logged at debug and counted in
+///   `grpc_runtime_tls_handshake_failures_total`; they are never yielded as stream errors. Each
+///   connection uses the configuration current when it was accepted.
+/// - In mutual mode the client's leaf certificate is parsed into [`PeerInfo::identity`].
+/// - Accept errors are logged and retried (after a short pause for resource exhaustion such as
+///   EMFILE), never ending the stream. The stream therefore never yields `Err` and never ends.
+/// - Accepting and spawning happen when the stream is polled, which must be inside a tokio runtime.
+///   Dropping the stream closes the listener and aborts the handshakes in progress.
+/// - At most `max_handshakes_per_source` handshakes run per source address (127.0.0.1 and ::1,
+///   where a sidecar connects from, are exempt); more are closed at once and counted with
+///   `reason="per_source_limit"`, so one address cannot fill the in-flight limit.
+pub fn incoming(
+    listener: TcpListener,
+    tls: Option<TlsReloader>,
+    limits: AcceptLimits,
+) -> impl futures::Stream<Item = Result<Conn, io::Error>> + Send + 'static {
+    Incoming { listener, tls, limits, per_source: Arc::default(), handshakes: JoinSet::new(), backoff: None }
+}
+
+struct Incoming {
+    listener: TcpListener,
+    tls: Option<TlsReloader>,
+    limits: AcceptLimits,
+    per_source: Arc<PerSource>,
+    /// Handshakes in progress; `None` results are failures that were already logged and counted.
+    handshakes: JoinSet<Option<Conn>>,
+    /// Set after a resource-exhaustion accept error; accepting resumes when it fires.
+    backoff: Option<Pin<Box<Sleep>>>,
+}
+
+impl futures::Stream for Incoming {
+    type Item = Result<Conn, io::Error>;
+
+    fn poll_next(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = self.get_mut();
+        if let Some(conn) = this.poll_accept(cx) {
+            return Poll::Ready(Some(Ok(conn)));
+        }
+        // Polled after accepting so handshakes spawned just now register this task's waker.
+        loop {
+            match this.handshakes.poll_join_next(cx) {
+                Poll::Ready(Some(Ok(Some(conn)))) => return Poll::Ready(Some(Ok(conn))),
+                Poll::Ready(Some(Ok(None))) => {}
+                Poll::Ready(Some(Err(error))) => warn!(%error, "TLS handshake task failed"),
+                // An empty set registers no waker; the listener (or backoff timer) is registered.
+                Poll::Ready(None) | Poll::Pending => return Poll::Pending,
+            }
+        }
+    }
+}
+
+impl Incoming {
+    /// Accepts what the listener has ready. Returns a plain connection at once; TLS connections are
+    /// handed to handshake tasks. When it returns `None`, a waker is registered (listener, backoff
+    /// timer, self-wake after the budget, or the handshake set at the in-flight limit).
+    fn poll_accept(&mut self, cx: &mut Context<'_>) -> Option<Conn> {
+        for _ in 0..ACCEPT_BUDGET {
+            if let Some(backoff) = self.backoff.as_mut() {
+                if backoff.as_mut().poll(cx).is_pending() {
+                    return None;
+                }
+                self.backoff = None;
+            }
+            if self.handshakes.len() >= MAX_IN_FLIGHT_HANDSHAKES {
+                return None;
+            }
+            match self.listener.poll_accept(cx) {
+                Poll::Pending => return None,
+                Poll::Ready(Ok((stream, remote_addr))) => {
+                    // A dual-stack listener reports IPv4 clients as ::ffff:a.b.c.d.
+                    let remote_addr = SocketAddr::new(remote_addr.ip().to_canonical(), remote_addr.port());
+                    if let Err(error) = stream.set_nodelay(true) {
+                        debug!(%remote_addr, %error, "cannot set TCP_NODELAY");
+                    }
+                    let info = PeerInfo {
+                        remote_addr: Some(remote_addr),
+                        local_addr: stream.local_addr().ok(),
+                        identity: None,
+                        tls: false,
+                    };
+                    let Some(reloader) = &self.tls else {
+                        return Some(Conn { io: ConnIo::Plain(stream), info, preface: Arc::default() });
+                    };
+                    let ip = remote_addr.ip();
+                    let slot = if is_sidecar_source(ip) {
+                        None
+                    } else {
+                        match self.per_source.acquire(ip, self.limits.max_handshakes_per_source) {
+                            Some(slot) => Some(slot),
+                            None => {
+                                reloader.metrics().handshake_per_source_limit.inc();
+                                debug!(%remote_addr, "too many TLS handshakes in progress from this address; closing");
+                                continue;
+                            }
+                        }
+                    };
+                    self.spawn_handshake(reloader.clone(), stream, info, slot);
+                }
+                // The failing connection is already gone; the next one may be fine.
+                Poll::Ready(Err(error)) if is_connection_error(&error) => {
+                    debug!(%error, "accepted connection failed before use");
+                }
+                Poll::Ready(Err(error)) => {
+                    warn!(%error, backoff_ms = ACCEPT_ERROR_BACKOFF.as_millis(), "accept failed; retrying");
+                    self.backoff = Some(Box::pin(tokio::time::sleep(ACCEPT_ERROR_BACKOFF)));
+                }
+            }
+        }
+        cx.waker().wake_by_ref();
+        None
+    }
+
+    fn spawn_handshake(
+        &mut self,
+        reloader: TlsReloader,
+        stream: TcpStream,
+        info: PeerInfo,
+        slot: Option<SourceSlot>,
+    ) {
+        // try_current instead of JoinSet::spawn, which would panic outside a runtime.
+        match tokio::runtime::Handle::try_current() {
+            Ok(runtime) => {
+                let config = reloader.current();
+                let timeout = self.limits.handshake_timeout;
+                let task = async move {
+                    let conn = handshake(config, reloader, stream, info, timeout).await;
+                    drop(slot);
+                    conn
+                };
+                self.handshakes.spawn_on(task, &runtime);
+            }
+            Err(error) => warn!(%error, "incoming polled outside a tokio runtime; dropping connection"),
+        }
+    }
+}
+
+fn is_connection_error(error: &io::Error) -> bool {
+    matches!(
+        error.kind(),
+        io::ErrorKind::ConnectionRefused | io::ErrorKind::ConnectionAborted | io::ErrorKind::ConnectionReset
+    )
+}
+
+async fn handshake(
+    config: Arc<ServerConfig>,
+    reloader: TlsReloader,
+    stream: TcpStream,
+    mut info: PeerInfo,
+    timeout: Duration,
+) -> Option<Conn> {
+    let metrics = reloader.metrics();
+    let remote = info.remote_addr;
+    let tls = match tokio::time::timeout(timeout, TlsAcceptor::from(config).accept(stream)).await {
+        Ok(Ok(tls)) => tls,
+        Ok(Err(error)) => {
+            metrics.handshake_error.inc();
+            debug!(?remote, %error, "TLS handshake failed");
+            return None;
+        }
+        Err(_) => {
+            metrics.handshake_timeout.inc();
+            debug!(?remote, timeout_ms = timeout.as_millis(), "TLS handshake timed out");
+            return None;
+        }
+    };
+    if reloader.mode() == TlsMode::Mutual {
+        // rustls verified the chain; without a parsable identity authorization would be blind, so
+        // such a connection is refused rather than accepted anonymously.
+        let leaf = tls.get_ref().1.peer_certificates().and_then(|certs| certs.first());
+        match leaf.map(|der| PeerIdentity::from_client_der(der.as_ref())) {
+            Some(Ok(identity)) => info.identity = Some(Arc::new(identity)),
+            Some(Err(error)) => {
+                metrics.handshake_identity.inc();
+                debug!(?remote, %error, "refusing the client certificate");
+                return None;
+            }
+            None => {
+                metrics.handshake_error.inc();
+                debug!(?remote, "mutual TLS connection without a client certificate");
+                return None;
+            }
+        }
+    }
+    info.tls = true;
+    Some(Conn { io: ConnIo::Tls(Box::new(tls)), info, preface: Arc::default() })
+}
