@@ -277,9 +277,13 @@ fn assert_alice(result: &Value, out: &Output) {
 // A Rust TLS probe and /metrics
 // ---------------------------------------------------------------------------------------------
 
-/// Opens a new TLS connection (verifying the server as `localhost` against `ca_pem`, presenting
-/// `client` if given) and returns the leaf certificate the server sent.
-async fn served_leaf(addr: SocketAddr, ca_pem: &str, client: Option<&Leaf>) -> CertificateDer<'static> {
+/// A TLS connection to the server (verifying it as `localhost` against `ca_pem`, presenting
+/// `client` if given), offering `h2`.
+async fn tls_connect(
+    addr: SocketAddr,
+    ca_pem: &str,
+    client: Option<&Leaf>,
+) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let provider = Arc::new(rustls::crypto::ring::default_provider());
     let mut roots = rustls::RootCertStore::empty();
     roots.add(CertificateDer::from_pem_slice(ca_pem.as_bytes()).expect("CA PEM")).expect("CA root");
@@ -297,17 +301,52 @@ async fn served_leaf(addr: SocketAddr, ca_pem: &str, client: Option<&Leaf>) -> C
         None => builder.with_no_client_auth(),
     };
     config.alpn_protocols = vec![b"h2".to_vec()];
-    let tcp = tokio::net::TcpStream::connect(addr).await.expect("TCP connect");
+    let tcp = tokio::net::TcpStream::connect(addr).await?;
     let name = ServerName::try_from("localhost").expect("server name");
-    let tls = tokio::time::timeout(
+    tokio::time::timeout(
         Duration::from_secs(5),
         tokio_rustls::TlsConnector::from(Arc::new(config)).connect(name, tcp),
     )
     .await
-    .expect("TLS handshake within 5 s")
-    .expect("TLS handshake");
+    .map_err(|_| std::io::Error::other("TLS handshake timed out"))?
+}
+
+/// Opens a new TLS connection and returns the leaf certificate the server sent.
+async fn served_leaf(addr: SocketAddr, ca_pem: &str, client: Option<&Leaf>) -> CertificateDer<'static> {
+    let tls = tls_connect(addr, ca_pem, client).await.expect("TLS handshake");
     let leaf = tls.get_ref().1.peer_certificates().and_then(|certs| certs.first()).expect("a server leaf");
     leaf.clone().into_owned()
+}
+
+/// `grpc.health.v1.Health/Check` for the server (`""`) over a TLS connection; the grpc-status.
+async fn health_check_over_tls(addr: SocketAddr, ca_pem: &str, client: Option<&Leaf>) -> i32 {
+    let tls = tls_connect(addr, ca_pem, client).await.expect("TLS handshake");
+    let (send, connection) = h2::client::handshake(tls).await.expect("h2 handshake");
+    let driver = tokio::spawn(connection);
+    let mut send = send.ready().await.expect("ready");
+    let request = http::Request::post("https://localhost/grpc.health.v1.Health/Check")
+        .header("content-type", "application/grpc")
+        .header("te", "trailers")
+        .body(())
+        .expect("request");
+    let (response, mut body) = send.send_request(request, false).expect("send");
+    body.send_data(vec![0u8, 0, 0, 0, 0].into(), true).expect("message");
+    let response = response.await.expect("response");
+    let status =
+        |h: &http::HeaderMap| h.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|s| s.parse().ok());
+    let code = match status(response.headers()) {
+        Some(code) => code,
+        None => {
+            let mut body = response.into_body();
+            while let Some(chunk) = body.data().await {
+                let chunk = chunk.expect("data");
+                let _ = body.flow_control().release_capacity(chunk.len());
+            }
+            status(&body.trailers().await.expect("trailers").unwrap_or_default()).expect("grpc-status")
+        }
+    };
+    driver.abort();
+    code
 }
 
 /// Waits up to `timeout` for new connections to be served `expected`.
@@ -610,5 +649,115 @@ async fn the_mtls_allow_list_admits_a_listed_spiffe_id_and_denies_others_with_th
         "{}",
         describe(&out)
     );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn grpc_allowed_peers_admits_matching_spiffe_ids_and_denies_others_but_not_health() {
+    let Some(grpcio) = Grpcio::find() else { return };
+    let tls = MutualTls::new();
+    let creds = &tls.creds;
+    // The client is spiffe://cluster.local/ns/default/sa/client.
+    let allowed = |patterns: &str| {
+        let peers = grpc_runtime::AllowedPeers::parse(patterns).expect("valid patterns");
+        with_tls(crate::harness::misbehaving_server(), TlsMode::Mutual, &tls.dir(), None)
+            .configure(move |c| c.allowed_peers = Some(peers))
+    };
+
+    let server = TestServer::start(allowed("spiffe://cluster.local/ns/*/sa/client")).await;
+    let (result, out) = grpcio.get_user(server.grpc, creds, -3).await;
+    assert_eq!(result["ok"], true, "{}", describe(&out));
+    let name = result["user"]["name"].as_str().unwrap_or_default().to_string();
+    assert_eq!(name.split('|').nth(2), Some(SPIFFE_ID), "the principal is the peer: {}", describe(&out));
+    server.stop().await;
+
+    let server = TestServer::start(allowed(
+        "spiffe://cluster.local/ns/shop/sa/*, spiffe://cluster.local/ns/default/sa/*/x",
+    ))
+    .await;
+    let (result, out) = grpcio.get_user(server.grpc, creds, 1).await;
+    assert_eq!(
+        (result["ok"].as_bool(), result["code"].as_str()),
+        (Some(false), Some("PERMISSION_DENIED")),
+        "{}",
+        describe(&out)
+    );
+    // Health stays reachable for probes and load balancers.
+    assert_eq!(health_check_over_tls(server.grpc, &tls.ca.pem, Some(&tls.client)).await, 0);
+    server.stop().await;
+
+    // The environment variable is parsed with the same grammar, and a bad pattern names it.
+    let err = grpc_runtime::Config::from_lookup(|name| match name {
+        "TLS_MODE" => Some("mutual".into()),
+        "TLS_DIR" => Some("/tls".into()),
+        "GRPC_ALLOWED_PEERS" => Some("spiffe://cluster.local/ns/shop*/sa/x".into()),
+        _ => None,
+    })
+    .expect_err("a * inside a segment");
+    assert_eq!(err.variable, "GRPC_ALLOWED_PEERS", "{err}");
+}
+
+#[tokio::test]
+async fn a_client_certificate_without_client_auth_or_with_two_uris_is_refused_at_the_handshake() {
+    let tls = MutualTls::new();
+    let server = TestServer::start(tls_server(TlsMode::Mutual, &tls.dir(), None)).await;
+    let mut params = CertificateParams::new(Vec::<String>::new()).expect("params");
+    params.subject_alt_names = vec![SanType::URI(SPIFFE_ID.try_into().expect("URI"))];
+    // A server certificate used as a client credential: rustls refuses it in the handshake.
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth];
+    let server_auth_only = tls.ca.issue(&params);
+    // No extended key usage at all: rustls accepts any use, the runtime requires clientAuth.
+    params.extended_key_usages = vec![];
+    let no_eku = tls.ca.issue(&params);
+    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ClientAuth];
+    params
+        .subject_alt_names
+        .push(SanType::URI("spiffe://cluster.local/ns/default/sa/other".try_into().expect("URI")));
+    let two_ids = tls.ca.issue(&params);
+    let cases = [(&server_auth_only, "serverAuth only"), (&no_eku, "no EKU"), (&two_ids, "two URI SANs")];
+    for (leaf, reason) in cases {
+        // TLS 1.3: the client learns of the refusal on its first read, after the handshake.
+        let result = tokio::time::timeout(Duration::from_secs(5), async {
+            let mut conn = tls_connect(server.grpc, &tls.ca.pem, Some(leaf)).await?;
+            let mut buf = [0u8; 64];
+            match tokio::io::AsyncReadExt::read(&mut conn, &mut buf).await? {
+                0 => Err(std::io::Error::other("closed")),
+                n => Ok(n),
+            }
+        })
+        .await
+        .expect("answered within 5 s");
+        assert!(result.is_err(), "{reason}: the connection must be closed, got {result:?}");
+    }
+    let text = scrape(server.admin).await;
+    let failures = |reason| metric(&text, "grpc_runtime_tls_handshake_failures_total", &[("reason", reason)]);
+    assert_eq!((failures("error"), failures("identity")), (1.0, 2.0), "{text}");
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn a_flood_of_silent_tls_sockets_from_one_address_does_not_stop_a_real_client() {
+    let Some(grpcio) = Grpcio::find() else { return };
+    let tls = MutualTls::new();
+    let server = TestServer::start(tls_server(TlsMode::Mutual, &tls.dir(), None)).await;
+    // 1,500 connections that never send a ClientHello, from 127.0.0.2 (the loopback address
+    // 127.0.0.1, where a sidecar connects from, is exempt from the per-source cap).
+    let mut silent = Vec::new();
+    for _ in 0..1500 {
+        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+        socket.bind("127.0.0.2:0".parse().expect("addr")).expect("bind 127.0.0.2");
+        silent.push(socket.connect(server.grpc).await.expect("connect"));
+    }
+    let started = std::time::Instant::now();
+    let (result, out) = grpcio.get_user(server.grpc, &tls.creds, 1).await;
+    assert_alice(&result, &out);
+    assert!(started.elapsed() < Duration::from_secs(4), "the real client waited {:?}", started.elapsed());
+    let text = scrape(server.admin).await;
+    assert!(
+        metric(&text, "grpc_runtime_tls_handshake_failures_total", &[("reason", "per_source_limit")])
+            >= 1400.0,
+        "{text}"
+    );
+    drop(silent);
     server.stop().await;
 }
