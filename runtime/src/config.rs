@@ -733,6 +733,19 @@ mod tests {
             (&[("GRPC_WEB_ORIGINS", "app.example.com")], "GRPC_WEB_ORIGINS", "not an origin"),
             (&[("GRPC_WEB_ORIGINS", "https://a.com/path")], "GRPC_WEB_ORIGINS", "no path"),
             (&[("GRPC_WEB_ORIGINS", "*,https://a.com")], "GRPC_WEB_ORIGINS", "only entry"),
+            (&[("GRPC_WEB_ORIGINS", "https://a.*.com")], "GRPC_WEB_ORIGINS", "leftmost host label"),
+            (&[("GRPC_ALLOWED_PEERS", "spiffe://td/ns/*/sa/*")], "GRPC_ALLOWED_PEERS", "needs TLS_MODE=mutual"),
+            (
+                &[("TLS_MODE", "mutual"), ("TLS_DIR", "/t"), ("GRPC_ALLOWED_PEERS", "spiffe://td/ns/a*")],
+                "GRPC_ALLOWED_PEERS",
+                "whole path segment",
+            ),
+            (
+                &[("TLS_MODE", "mutual"), ("TLS_DIR", "/t"), ("GRPC_ALLOWED_PEERS", " , ")],
+                "GRPC_ALLOWED_PEERS",
+                "lists no SPIFFE ID",
+            ),
+            (&[("GRPC_REFLECTION", "no")], "GRPC_REFLECTION", "on or off"),
             (&[("LOG_FORMAT", "yaml")], "LOG_FORMAT", "json or text"),
             (&[("SHUTDOWN_DRAIN_DELAY", "5")], "SHUTDOWN_DRAIN_DELAY", "such as 500ms"),
             (&[("SHUTDOWN_TIMEOUT", "2h")], "SHUTDOWN_TIMEOUT", "such as 500ms"),
@@ -757,6 +770,27 @@ mod tests {
             assert!(err.reason.contains(reason), "{vars:?}: {err}");
             assert!(err.to_string().starts_with(variable), "{err}");
         }
+    }
+
+    #[test]
+    fn allowed_peers_origins_and_reflection_are_read() {
+        let c = config(&[
+            ("TLS_MODE", "mutual"),
+            ("TLS_DIR", "/t"),
+            ("GRPC_ALLOWED_PEERS", "spiffe://cluster.local/ns/shop/sa/*, spiffe://cluster.local/ns/*/sa/api"),
+            ("GRPC_WEB_ORIGINS", "https://*.Example.com"),
+            ("GRPC_REFLECTION", "off"),
+        ])
+        .unwrap();
+        let peers = c.allowed_peers.unwrap();
+        assert!(peers.allows("spiffe://cluster.local/ns/shop/sa/orders"));
+        assert!(peers.allows("spiffe://cluster.local/ns/billing/sa/api"));
+        assert!(!peers.allows("spiffe://cluster.local/ns/billing/sa/worker"));
+        assert!(c.web_origins.allows(b"https://app.example.com"));
+        assert!(!c.web_origins.allows(b"https://example.com"));
+        assert!(!c.reflection);
+        assert!(config(&[]).unwrap().reflection);
+        assert_eq!(config(&[]).unwrap().grpc_addr.ip(), std::net::Ipv6Addr::UNSPECIFIED);
     }
 
     #[test]

@@ -684,3 +684,52 @@ async fn a_handshake_that_never_sends_client_hello_times_out_without_blocking_ot
     assert_eq!(metrics.handshake_error.get(), 0);
     assert!(server.conns.try_recv().is_err());
 }
+
+#[test]
+fn an_expired_or_not_yet_valid_leaf_is_refused_at_load_and_reload_keeps_the_old_one() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("test CA");
+    let mut expired = server_params(9, 2021);
+    expired.not_before = date_time_ymd(2020, 1, 1);
+    write_tls(dir.path(), &ca.issue(&expired), None);
+    let error = TlsReloader::load(TlsMode::Server, dir.path(), metrics(), Protocols::Http2).unwrap_err();
+    assert!(matches!(error, TlsError::Expired { .. }), "{error}");
+    assert!(error.to_string().contains(CERT_FILE), "{error}");
+
+    let good = ca.issue(&server_params(1, 2090));
+    write_tls(dir.path(), &good, None);
+    let metrics = metrics();
+    let reloader = TlsReloader::load(TlsMode::Server, dir.path(), metrics.clone(), Protocols::Http2).unwrap();
+    let before = reloader.current();
+
+    write_tls(dir.path(), &ca.issue(&expired), None);
+    assert!(matches!(reloader.reload(), Err(TlsError::Expired { .. })));
+    assert!(Arc::ptr_eq(&before, &reloader.current()), "the valid certificate stays");
+
+    let mut future = server_params(10, 2090);
+    future.not_before = date_time_ymd(2080, 1, 1);
+    write_tls(dir.path(), &ca.issue(&future), None);
+    assert!(matches!(reloader.reload(), Err(TlsError::NotYetValid { .. })));
+    assert!(Arc::ptr_eq(&before, &reloader.current()));
+    assert_eq!(metrics.reload_failure.get(), 2);
+    assert_eq!(reloader.not_after_unix(), unix(2090));
+
+    // Issued a few seconds "in the future" by a clock slightly ahead: within the skew allowance.
+    let mut fresh = server_params(11, 2091);
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap();
+    fresh.not_before = date_time_ymd(1970, 1, 1) + (now + Duration::from_secs(20));
+    write_tls(dir.path(), &ca.issue(&fresh), None);
+    assert!(reloader.reload().unwrap());
+    assert_eq!(reloader.not_after_unix(), unix(2091));
+}
+
+#[tokio::test]
+async fn without_grpc_web_only_h2_is_offered_in_the_tls_handshake() {
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("test CA");
+    write_tls(dir.path(), &ca.issue(&server_params(1, 2090)), None);
+    let reloader = TlsReloader::load(TlsMode::Server, dir.path(), metrics(), Protocols::Http2).unwrap();
+    assert_eq!(reloader.current().alpn_protocols, vec![b"h2".to_vec()]);
+    let both = TlsReloader::load(TlsMode::Server, dir.path(), metrics(), Protocols::Http2AndHttp1).unwrap();
+    assert_eq!(both.current().alpn_protocols, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
+}

@@ -218,7 +218,8 @@ where
 ///   other ids answer a user at once.
 /// - `CreateUser` with name `big` answers a user with an 8 KiB name; otherwise echoes.
 /// - `ListUsers` streams a user every 100 ms, forever (until the client, a deadline or
-///   shutdown ends it); a panic at the third message when the metadata has `x-panic-stream`.
+///   shutdown ends it); a panic at the third message when the metadata has `x-panic-stream`;
+///   with `x-end-on-shutdown`, it ends cleanly when the server's shutdown signal fires.
 #[derive(Debug, Clone, Default)]
 pub struct Misbehaving;
 
@@ -275,12 +276,28 @@ impl crate::service::pb::user_service_server::UserService for Misbehaving {
         request: tonic::Request<crate::service::pb::ListUsersRequest>,
     ) -> Result<tonic::Response<UserStream>, tonic::Status> {
         let panic_at_third = request.metadata().contains_key("x-panic-stream");
-        let stream = futures::stream::unfold(0i64, move |n| async move {
-            tokio::time::sleep(Duration::from_millis(100)).await;
-            if panic_at_third && n == 2 {
-                panic!("stream bug on purpose");
+        // With `x-end-on-shutdown`, the stream ends (OK) when the server begins shutting down.
+        let shutdown = request
+            .metadata()
+            .contains_key("x-end-on-shutdown")
+            .then(|| request.extensions().get::<grpc_runtime::RequestContext>().map(|c| c.shutdown().clone()))
+            .flatten();
+        let stream = futures::stream::unfold(0i64, move |n| {
+            let shutdown = shutdown.clone();
+            async move {
+                let tick = tokio::time::sleep(Duration::from_millis(100));
+                match &shutdown {
+                    Some(signal) => tokio::select! {
+                        () = tick => {}
+                        () = signal.cancelled() => return None,
+                    },
+                    None => tick.await,
+                }
+                if panic_at_third && n == 2 {
+                    panic!("stream bug on purpose");
+                }
+                Some((Ok(crate::service::pb::User { id: n, name: format!("user-{n}"), tags: vec![] }), n + 1))
             }
-            Some((Ok(crate::service::pb::User { id: n, name: format!("user-{n}"), tags: vec![] }), n + 1))
         });
         Ok(tonic::Response::new(Box::pin(stream)))
     }

@@ -146,3 +146,143 @@ async fn sigterm_makes_the_example_exit_zero_within_its_deadline_despite_a_hangi
     assert!(took < Duration::from_secs(4), "drain 0.3 s + timeout 1 s, exited after {took:?}");
     assert!(stdout.contains("shutdown complete"), "{stdout}");
 }
+
+#[tokio::test]
+async fn calls_that_race_the_goaway_are_served_never_answered_unavailable() {
+    let mut server = TestServer::start(misbehaving_server()).await;
+    let tcp = tokio::net::TcpStream::connect(server.grpc).await.expect("connect");
+    let (send, connection) = h2::client::handshake(tcp).await.expect("h2 handshake");
+    tokio::spawn(connection);
+    let send = send.ready().await.expect("ready");
+    // Twenty callers keep GetUser calls in flight on one connection until it refuses new streams.
+    let mut callers = tokio::task::JoinSet::new();
+    for _ in 0..20 {
+        let mut send = send.clone();
+        callers.spawn(async move {
+            let mut codes = Vec::new();
+            loop {
+                let Ok(ready) = send.ready().await else { return codes };
+                send = ready;
+                let request = http::Request::post("http://localhost/user.v1.UserService/GetUser")
+                    .header("content-type", "application/grpc")
+                    .header("te", "trailers")
+                    .body(())
+                    .expect("request");
+                let Ok((response, mut body)) = send.send_request(request, false) else { return codes };
+                if body.send_data(vec![0u8, 0, 0, 0, 2, 0x08, 0x01].into(), true).is_err() {
+                    return codes;
+                }
+                // A stream the server refused after its GOAWAY is a transport error (retried
+                // by clients), not a gRPC status.
+                let Ok(response) = response.await else { continue };
+                let status = |h: &http::HeaderMap| {
+                    h.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|s| s.parse::<i32>().ok())
+                };
+                let code = match status(response.headers()) {
+                    Some(code) => Some(code),
+                    None => {
+                        let mut body = response.into_body();
+                        while let Some(Ok(chunk)) = body.data().await {
+                            let _ = body.flow_control().release_capacity(chunk.len());
+                        }
+                        body.trailers().await.ok().flatten().as_ref().and_then(status)
+                    }
+                };
+                codes.extend(code);
+            }
+        });
+    }
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.begin_shutdown().await.expect("join").expect("serve returns Ok");
+    let mut codes = Vec::new();
+    while let Some(result) = callers.join_next().await {
+        codes.extend(result.expect("caller"));
+    }
+    assert!(codes.len() > 100, "the callers made calls: {}", codes.len());
+    let not_ok: Vec<i32> = codes.iter().copied().filter(|c| *c != 0).collect();
+    assert!(not_ok.is_empty(), "{} of {} calls failed with {:?}", not_ok.len(), codes.len(), not_ok);
+}
+
+#[tokio::test]
+async fn a_long_lived_stream_ends_cleanly_when_shutdown_begins() {
+    let server = misbehaving_server().configure(|c| c.shutdown.timeout = Duration::from_secs(10));
+    let mut server = TestServer::start(server).await;
+    let mut client = server.client().await;
+    let mut request = tonic::Request::new(ListUsersRequest {});
+    request.metadata_mut().insert("x-end-on-shutdown", "1".parse().expect("value"));
+    let mut stream = client.list_users(request).await.expect("stream").into_inner();
+    stream.message().await.expect("first message").expect("some");
+    let started = Instant::now();
+    let serving = server.begin_shutdown();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match stream.message().await {
+                Ok(Some(_)) => continue,
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the stream ends");
+    assert!(matches!(ended, Ok(None)), "the handler ended its stream with OK: {ended:?}");
+    serving.await.expect("join").expect("serve returns Ok");
+    assert!(started.elapsed() < Duration::from_secs(3), "well before the 10 s timeout: {:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn health_cannot_report_serving_again_once_shutdown_has_begun() {
+    let server = misbehaving_server().configure(|c| c.shutdown.drain_delay = Duration::from_millis(800));
+    let mut server = TestServer::start(server).await;
+    let health = server.health.clone();
+    let serving = server.begin_shutdown();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    // A dependency check that recovers during the drain must not put the endpoint back.
+    health.set_serving("user.v1.UserService", true).await;
+    health.set_serving("", true).await;
+    assert!(!health.is_serving("user.v1.UserService") && !health.is_serving(""));
+    assert_eq!(admin_get(server.admin, "/readyz").await.0, 503);
+    serving.await.expect("join").expect("serve returns Ok");
+}
+
+#[tokio::test]
+async fn a_second_sigterm_exits_at_once() {
+    let (grpc, admin) = (free_port(), free_port());
+    let mut child = tokio::process::Command::new(example_binary())
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("GRPC_PORT", grpc.to_string())
+        .env("ADMIN_PORT", admin.to_string())
+        .env("SHUTDOWN_DRAIN_DELAY", "30s")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("example starts");
+    let admin_addr: std::net::SocketAddr = ([127, 0, 0, 1], admin).into();
+    let ready = crate::harness::eventually(Duration::from_secs(20), || async {
+        let ok = tokio::net::TcpStream::connect(admin_addr).await.is_ok()
+            && admin_get(admin_addr, "/readyz").await.0 == 200;
+        ok.then_some(())
+    })
+    .await;
+    assert!(ready.is_some(), "the example became ready");
+    let pid = child.id().expect("pid").to_string();
+    let term = || async {
+        let kill = tokio::process::Command::new("kill").args(["-TERM", &pid]).status().await.expect("kill");
+        assert!(kill.success());
+    };
+    term().await;
+    // The first SIGTERM starts a 30 s drain; /readyz turns 503.
+    let draining = crate::harness::eventually(Duration::from_secs(5), || async {
+        (admin_get(admin_addr, "/readyz").await.0 == 503).then_some(())
+    })
+    .await;
+    assert!(draining.is_some(), "the first SIGTERM began the drain");
+    let started = Instant::now();
+    term().await;
+    let status = tokio::time::timeout(Duration::from_secs(3), child.wait())
+        .await
+        .expect("the second SIGTERM exits at once")
+        .expect("wait");
+    assert_eq!(status.code(), Some(128 + 15), "{status:?}");
+    assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+}
