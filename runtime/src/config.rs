@@ -734,7 +734,11 @@ mod tests {
             (&[("GRPC_WEB_ORIGINS", "https://a.com/path")], "GRPC_WEB_ORIGINS", "no path"),
             (&[("GRPC_WEB_ORIGINS", "*,https://a.com")], "GRPC_WEB_ORIGINS", "only entry"),
             (&[("GRPC_WEB_ORIGINS", "https://a.*.com")], "GRPC_WEB_ORIGINS", "leftmost host label"),
-            (&[("GRPC_ALLOWED_PEERS", "spiffe://td/ns/*/sa/*")], "GRPC_ALLOWED_PEERS", "needs TLS_MODE=mutual"),
+            (
+                &[("GRPC_ALLOWED_PEERS", "spiffe://td/ns/*/sa/*")],
+                "GRPC_ALLOWED_PEERS",
+                "needs TLS_MODE=mutual",
+            ),
             (
                 &[("TLS_MODE", "mutual"), ("TLS_DIR", "/t"), ("GRPC_ALLOWED_PEERS", "spiffe://td/ns/a*")],
                 "GRPC_ALLOWED_PEERS",

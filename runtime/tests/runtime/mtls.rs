@@ -741,13 +741,23 @@ async fn a_flood_of_silent_tls_sockets_from_one_address_does_not_stop_a_real_cli
     let tls = MutualTls::new();
     let server = TestServer::start(tls_server(TlsMode::Mutual, &tls.dir(), None)).await;
     // 1,500 connections that never send a ClientHello, from 127.0.0.2 (the loopback address
-    // 127.0.0.1, where a sidecar connects from, is exempt from the per-source cap).
-    let mut silent = Vec::new();
-    for _ in 0..1500 {
-        let socket = tokio::net::TcpSocket::new_v4().expect("socket");
-        socket.bind("127.0.0.2:0".parse().expect("addr")).expect("bind 127.0.0.2");
-        silent.push(socket.connect(server.grpc).await.expect("connect"));
-    }
+    // 127.0.0.1, where a sidecar connects from, is exempt from the per-source cap), held open
+    // while the real client calls. Without the cap, the first 1,024 fill the handshakes in
+    // progress for 10 s, the accept queue fills behind them, and new clients wait.
+    let (count_tx, mut count) = tokio::sync::watch::channel(0usize);
+    let target = server.grpc;
+    let flood = tokio::spawn(async move {
+        let mut silent = Vec::new();
+        for n in 1..=1500 {
+            let socket = tokio::net::TcpSocket::new_v4().expect("socket");
+            socket.bind("127.0.0.2:0".parse().expect("addr")).expect("bind 127.0.0.2");
+            silent.push(socket.connect(target).await.expect("connect"));
+            let _ = count_tx.send(n);
+        }
+        std::future::pending::<()>().await;
+        drop(silent);
+    });
+    let _ = tokio::time::timeout(Duration::from_secs(5), count.wait_for(|n| *n >= 1200)).await;
     let started = std::time::Instant::now();
     let (result, out) = grpcio.get_user(server.grpc, &tls.creds, 1).await;
     assert_alice(&result, &out);
@@ -758,6 +768,6 @@ async fn a_flood_of_silent_tls_sockets_from_one_address_does_not_stop_a_real_cli
             >= 1400.0,
         "{text}"
     );
-    drop(silent);
+    flood.abort();
     server.stop().await;
 }

@@ -226,7 +226,11 @@ async fn a_long_lived_stream_ends_cleanly_when_shutdown_begins() {
     .expect("the stream ends");
     assert!(matches!(ended, Ok(None)), "the handler ended its stream with OK: {ended:?}");
     serving.await.expect("join").expect("serve returns Ok");
-    assert!(started.elapsed() < Duration::from_secs(3), "well before the 10 s timeout: {:?}", started.elapsed());
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "well before the 10 s timeout: {:?}",
+        started.elapsed()
+    );
 }
 
 #[tokio::test]
