@@ -209,7 +209,8 @@ async fn a_service_without_descriptors_is_an_error_at_bind() {
 
 #[tokio::test]
 async fn invalid_builder_overrides_are_errors_naming_the_setting_not_panics() {
-    let cases: Vec<(Box<dyn FnOnce(&mut grpc_runtime::Config)>, &str)> = vec![
+    type Change = Box<dyn FnOnce(&mut grpc_runtime::Config)>;
+    let cases: Vec<(Change, &str)> = vec![
         (Box::new(|c| c.shutdown.timeout = Duration::MAX), "SHUTDOWN_TIMEOUT"),
         (Box::new(|c| c.shutdown.drain_delay = Duration::from_secs(7200)), "SHUTDOWN_DRAIN_DELAY"),
         (Box::new(|c| c.limits.max_concurrent_rpcs = 0), "limits.max_concurrent_rpcs"),
