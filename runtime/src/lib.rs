@@ -27,9 +27,12 @@
 //! (`runtime/examples/user-service`), and `--example user-client` calls it.
 //!
 //! Every call then has, without further code: health (`grpc.health.v1`, per service and `""`),
-//! reflection v1 and v1alpha, gRPC-Web with CORS, go-grpc-prometheus metrics on
-//! `ADMIN_PORT/metrics`, a trace span continuing the caller's W3C `traceparent`, an access log
-//! line, deadline enforcement, a concurrency limit and message size limits, and panic recovery.
+//! reflection v1 and v1alpha, go-grpc-prometheus metrics on `ADMIN_PORT/metrics`, a trace span
+//! continuing the caller's W3C `traceparent`, an access log line, deadline enforcement,
+//! concurrency budgets and message size limits, and panic recovery; gRPC-Web with CORS when
+//! `GRPC_WEB_ORIGINS` is set. Anything that is not gRPC (another content type, another method,
+//! native gRPC over HTTP/1.1, a gRPC-Web call from an origin that is not allowed) is answered
+//! with an HTTP error before any of it runs.
 //!
 //! ## Configuration
 //!
@@ -41,8 +44,10 @@
 //! | `GRPC_PORT` | `50051` | gRPC port (HTTP/2; HTTP/1.1 for gRPC-Web) |
 //! | `ADMIN_PORT` | `9090` | admin HTTP port: `/metrics`, `/healthz`, `/readyz` |
 //! | `TLS_MODE` | `disabled` | `disabled`, `server` (TLS) or `mutual` (client certificates required) |
-//! | `TLS_DIR` | — | directory with `tls.crt`, `tls.key`, `ca.crt`; required unless TLS is disabled; reloaded on change |
-//! | `GRPC_WEB_ORIGINS` | none | comma-separated browser origins allowed by CORS, or `*` |
+//! | `TLS_DIR` | — | directory with `tls.crt`, `tls.key`, `ca.crt`; required unless TLS is disabled; reloaded on change (an expired or mismatched set is refused and the old one kept) |
+//! | `GRPC_ALLOWED_PEERS` | unset (any certificate the CA trusts) | with `TLS_MODE=mutual`: comma-separated SPIFFE ID patterns allowed to call, `*` = one whole path segment (`spiffe://cluster.local/ns/shop/sa/*`); others get `PERMISSION_DENIED` |
+//! | `GRPC_WEB_ORIGINS` | unset (no gRPC-Web, HTTP/2 only) | comma-separated browser origins allowed to call over gRPC-Web: exact, `https://*.example.com` (one label), or `*` |
+//! | `GRPC_REFLECTION` | `on` | `off` removes the reflection services |
 //! | `LOG_FORMAT` | `text` | `json` for one JSON object per line |
 //! | `RUST_LOG` | `info` | log filter (`tracing_subscriber::EnvFilter` syntax) |
 //! | `OTEL_EXPORTER_OTLP_ENDPOINT` | unset | OTLP/gRPC collector URL; traces are exported only when set |
@@ -53,7 +58,10 @@
 //! | `SHUTDOWN_TIMEOUT` | `20s` | then in-flight calls get this long before their connections close |
 //!
 //! HTTP/2 and resource limits ([`Limits`]) and shutdown timing ([`ShutdownConfig`]) have
-//! explicit, documented defaults and are set through [`Server::configure`].
+//! explicit, documented defaults and are set through [`Server::configure`]. [`Server::bind`]
+//! validates the whole configuration, overrides included: a zero limit or an out-of-range
+//! duration is a [`ConfigError`] naming the setting (`limits.max_concurrent_rpcs`), not a panic.
+//! Listeners bind `[::]` dual-stack by default, falling back to IPv4 where IPv6 is off.
 //!
 //! ## Layer order
 //!
@@ -61,16 +69,20 @@
 //!
 //! 1. **context**: method lookup, `x-request-id` (generated when absent, echoed back even on
 //!    errors), `x-tenant-id`, peer identity → [`RequestContext`] in the request extensions;
-//! 2. **recovery**: a panic becomes `INTERNAL`, counted in `grpc_req_panics_recovered_total`;
-//! 3. **trace**: the RPC span (parent from `traceparent`), [`TraceContext`] in the extensions;
-//! 4. **metrics**: `grpc_server_*` with go-grpc-prometheus names ([`metrics`]);
-//! 5. **access log**: one line per call with the final code;
-//! 6. **auth**: an [`Authenticator`] ([`MtlsAllowList`], [`BearerTokens`], or your own) →
-//!    `UNAUTHENTICATED` / `PERMISSION_DENIED`, [`Principal`] in the extensions;
-//! 7. **deadline**: `grpc-timeout` or the server default → `DEADLINE_EXCEEDED`;
-//! 8. **limits**: concurrency → `RESOURCE_EXHAUSTED`, shutting down → `UNAVAILABLE`, message
-//!    sizes → `RESOURCE_EXHAUSTED`;
-//! 9. your service.
+//! 2. **observe**: the RPC span (parent from `traceparent`, [`TraceContext`] in the extensions),
+//!    `grpc_server_*` metrics with go-grpc-prometheus names ([`metrics`]) and the access log
+//!    line, all from one observer of the response, so they agree on the final code;
+//! 3. **recovery**: a panic becomes `INTERNAL`, counted in `grpc_req_panics_recovered_total`
+//!    (and seen as `Internal` by the observer above);
+//! 4. **auth**: the `GRPC_ALLOWED_PEERS` allow-list, then an [`Authenticator`]
+//!    ([`MtlsAllowList`], [`BearerTokens`], or your own, which may await I/O) →
+//!    `UNAUTHENTICATED` / `PERMISSION_DENIED`, [`Principal`] in the extensions; the health
+//!    service is exempt;
+//! 5. **deadline**: `grpc-timeout` or the server default → `DEADLINE_EXCEEDED`;
+//! 6. **limits**: concurrency budgets (unary, streaming and health apart, and streaming calls
+//!    per connection) → `RESOURCE_EXHAUSTED`; message sizes → `RESOURCE_EXHAUSTED`;
+//! 7. **your layers** ([`Server::layer`]): tower layers that see the principal and the deadline;
+//! 8. your service.
 //!
 //! gRPC-Web requests pass through CORS and the tonic-web translation first; native gRPC skips
 //! both.
@@ -98,10 +110,13 @@
 //! ## Shutdown
 //!
 //! On SIGTERM or SIGINT ([`BoundServer::serve`]): every service reports `NOT_SERVING` and
-//! `/readyz` fails; [`Server::on_shutdown`] hooks run (service-discovery deregistration; all
-//! together at most 5 s); the drain delay passes while calls are still served; the listener
-//! closes and connections get GOAWAY; in-flight calls may finish until the shutdown timeout,
-//! then their connections are closed; spans are flushed (at most 5 s); `serve` returns `Ok`.
+//! `/readyz` fails (and stays so: [`Health::set_serving`] cannot report `SERVING` again);
+//! [`Server::on_shutdown`] hooks run (service-discovery deregistration; all together at most
+//! 5 s); the drain delay passes while calls are still served; the listener closes, connections
+//! get GOAWAY (calls that raced it are still served) and [`RequestContext::shutdown`] fires so
+//! long-lived streams can end cleanly; in-flight calls may finish until the shutdown timeout,
+//! then their connections are closed; spans are flushed (at most 5 s); `serve` returns `Ok`. A
+//! second SIGTERM or SIGINT exits at once.
 //! The operator sets the pod's `terminationGracePeriodSeconds` to cover all of it
 //! (`grpc_contract::shutdown::termination_grace_seconds`).
 
