@@ -23,6 +23,7 @@ use crate::connection::serve_connections;
 use crate::dispatch::{Dispatch, cors_layer};
 use crate::health::Health;
 use crate::layers::auth::AuthLayer;
+use crate::layers::compression::CompressionLayer;
 use crate::layers::context::{ContextLayer, ShutdownSignal};
 use crate::layers::deadline::DeadlineLayer;
 use crate::layers::limit::LimitLayer;
@@ -315,6 +316,7 @@ impl Server {
             .layer(AuthLayer::new(config.allowed_peers.clone(), self.authenticator, self.auth_exempt))
             .layer(DeadlineLayer::new(limits.default_deadline))
             .layer(LimitLayer::new(limits))
+            .layer(CompressionLayer::new(limits.max_decoding_message_size))
             .service(Handler::new(routes, self.layers));
 
         let grpc_listener = crate::connection::bind(config.grpc_addr).map_err(|source| ServeError::Bind {
@@ -389,7 +391,9 @@ type Chain = crate::layers::context::RequestContextService<
     crate::layers::observe::Observe<
         crate::layers::recovery::Recovery<
             crate::layers::auth::Auth<
-                crate::layers::deadline::DeadlineService<crate::layers::limit::Limit<Handler>>,
+                crate::layers::deadline::DeadlineService<
+                    crate::layers::limit::Limit<crate::layers::compression::Compression<Handler>>,
+                >,
             >,
         >,
     >,

@@ -8,13 +8,15 @@
 //! | 4 | [`auth`] | the peer allow-list and the [`Authenticator`](crate::Authenticator) reject before any resources (deadline timers, concurrency permits) are spent |
 //! | 5 | [`deadline`] | bounds everything below, your layers and the handler included |
 //! | 6 | [`limit`] | concurrency budgets (unary, streaming and health apart) and message size limits |
-//! | 7 | your layers | [`Server::layer`](crate::Server::layer): they see the [`Principal`](crate::Principal), the [`Deadline`] and the [`RequestContext`](context::RequestContext), and count as part of the handler |
+//! | 7 | [`compression`] | gzip in both directions for every service, as grpc-go and grpcio use it; below the limits, which therefore check the sizes on the wire, while inflating is bounded by the decoding limit itself |
+//! | 8 | your layers | [`Server::layer`](crate::Server::layer): they see the [`Principal`](crate::Principal), the [`Deadline`] and the [`RequestContext`](context::RequestContext), and count as part of the handler |
 //!
 //! Every layer is generic over request and response bodies and wraps them without boxing (tonic's
 //! router boxes once when it hands the request to the service).
 
 pub mod access_log;
 pub mod auth;
+pub mod compression;
 pub mod context;
 pub mod deadline;
 pub mod limit;

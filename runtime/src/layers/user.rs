@@ -1,4 +1,4 @@
-//! Layer 7: your layers ([`Server::layer`](crate::Server::layer)), between the limits and the
+//! Layer 8: your layers ([`Server::layer`](crate::Server::layer)), between the limits and the
 //! handler. They run for every call that got this far: authenticated, within its deadline,
 //! holding a concurrency permit. Without any, the router is called directly at no cost.
 

@@ -13,6 +13,8 @@ a usage error (2) or a crash (1).
   --call get     {"ok":true,"user":{"id":1,"name":"..","tags":[..]}}
                  {"ok":false,"code":"NOT_FOUND","details":".."}
   --call create  same shape as get
+  --gzip         requests are gzip-compressed (grpc-encoding: gzip) and gzip
+                 responses accepted
   --call list    {"ok":true,"users":[{..},..]}
                  {"ok":false,"code":"..","details":"..","users":[received so far]}
   --call loop    {"calls":N,"failures":M,"codes":{"OK":..,"UNAVAILABLE":..},
@@ -56,6 +58,7 @@ def parse_args(argv):
     p.add_argument("--tag", action="append", default=[], help="create: a tag (repeatable)")
     p.add_argument("--metadata", action="append", default=[], metavar="KEY=VALUE", help="request metadata (repeatable)")
     p.add_argument("--timeout", type=float, default=5.0, help="deadline of each RPC, seconds")
+    p.add_argument("--gzip", action="store_true", help="compress requests with gzip (and accept gzip responses)")
     p.add_argument("--seconds", type=float, default=5.0, help="loop: how long to keep calling")
     p.add_argument("--interval-ms", type=float, default=50.0, help="loop: pause between calls")
     p.add_argument("--loop-call", choices=["get", "create"], default="get", help="loop: which RPC to repeat")
@@ -108,8 +111,9 @@ def read(path):
 
 
 def make_channel(args):
+    compression = grpc.Compression.Gzip if args.gzip else None
     if args.insecure:
-        return grpc.insecure_channel(args.target)
+        return grpc.insecure_channel(args.target, compression=compression)
     creds = grpc.ssl_channel_credentials(
         root_certificates=read(args.ca),
         private_key=read(args.key) if args.key else None,
@@ -118,7 +122,7 @@ def make_channel(args):
     options = []
     if args.server_name:
         options.append(("grpc.ssl_target_name_override", args.server_name))
-    return grpc.secure_channel(args.target, creds, options=options)
+    return grpc.secure_channel(args.target, creds, options=options, compression=compression)
 
 
 def user_json(u):

@@ -13,6 +13,7 @@ mod harness;
 mod service;
 
 mod chain;
+mod compression;
 mod grpc_web;
 mod grpcurl;
 mod hardening;
