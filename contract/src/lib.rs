@@ -65,6 +65,8 @@ pub mod env {
         pub const OTEL_EXPORTER_OTLP_PROTOCOL: &str = "OTEL_EXPORTER_OTLP_PROTOCOL";
         /// Headers sent with every OTLP export, `key=value,key=value`.
         pub const OTEL_EXPORTER_OTLP_HEADERS: &str = "OTEL_EXPORTER_OTLP_HEADERS";
+        /// PEM file of CA certificates trusted for an `https://` collector.
+        pub const OTEL_EXPORTER_OTLP_CERTIFICATE: &str = "OTEL_EXPORTER_OTLP_CERTIFICATE";
         /// `off` removes the gRPC reflection services; `on` (default) serves
         /// them.
         pub const GRPC_REFLECTION: &str = "GRPC_REFLECTION";

@@ -35,6 +35,16 @@ pub const ENV_OTEL_RESOURCE_ATTRIBUTES: &str = grpc_contract::env::OTEL_RESOURCE
 pub const ENV_OTEL_TRACES_SAMPLER: &str = grpc_contract::env::user::OTEL_TRACES_SAMPLER;
 /// `OTEL_TRACES_SAMPLER_ARG`: the ratio for the `*traceidratio` samplers, in `[0, 1]`.
 pub const ENV_OTEL_TRACES_SAMPLER_ARG: &str = grpc_contract::env::user::OTEL_TRACES_SAMPLER_ARG;
+/// `OTEL_PROPAGATORS`: `tracecontext`, `baggage`, `b3`, `b3multi`, `jaeger` or `none`,
+/// comma-separated. Default `tracecontext,baggage`.
+pub const ENV_OTEL_PROPAGATORS: &str = grpc_contract::env::user::OTEL_PROPAGATORS;
+/// `OTEL_EXPORTER_OTLP_PROTOCOL`: `grpc` (default) or `http/protobuf`.
+pub const ENV_OTEL_EXPORTER_OTLP_PROTOCOL: &str = grpc_contract::env::user::OTEL_EXPORTER_OTLP_PROTOCOL;
+/// `OTEL_EXPORTER_OTLP_HEADERS`: `key=value,…` sent with every export (URL-encoded values).
+pub const ENV_OTEL_EXPORTER_OTLP_HEADERS: &str = grpc_contract::env::user::OTEL_EXPORTER_OTLP_HEADERS;
+/// `OTEL_EXPORTER_OTLP_CERTIFICATE`: a PEM file of CA certificates trusted for an `https://`
+/// collector, in addition to the system's.
+pub const ENV_OTEL_EXPORTER_OTLP_CERTIFICATE: &str = grpc_contract::env::user::OTEL_EXPORTER_OTLP_CERTIFICATE;
 
 /// `GRPC_ALLOWED_PEERS`: comma-separated SPIFFE ID patterns of the peers allowed to call (mutual
 /// TLS); a `*` stands for one whole path segment.
@@ -106,12 +116,44 @@ pub enum ParentRoot {
     TraceIdRatio(f64),
 }
 
+/// The OTLP transport.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum OtlpProtocol {
+    /// OTLP/gRPC (the endpoint is the collector's gRPC address, usually port 4317).
+    #[default]
+    Grpc,
+    /// OTLP/HTTP with protobuf bodies (`/v1/traces` is appended to the endpoint, usually port
+    /// 4318).
+    HttpProtobuf,
+}
+
+/// Headers sent with every OTLP export. They often carry credentials, so `Debug` shows only
+/// their names.
+#[derive(Clone, PartialEq, Eq, Default)]
+pub struct OtlpHeaders(pub Vec<(String, String)>);
+
+impl std::fmt::Debug for OtlpHeaders {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_list().entries(self.0.iter().map(|(k, _)| format!("{k}=<redacted>"))).finish()
+    }
+}
+
 /// OpenTelemetry settings.
 #[derive(Debug, Clone, PartialEq)]
 pub struct OtelConfig {
-    /// OTLP/gRPC endpoint, e.g. `http://otel-collector:4317`; `None` disables export (spans are
-    /// still created, so trace ids reach logs and are propagated).
+    /// OTLP endpoint, e.g. `http://otel-collector:4317` (gRPC) or `https://collector:4318`
+    /// (HTTP); `None` disables export (spans are still created, so trace ids reach logs and are
+    /// propagated).
     pub endpoint: Option<String>,
+    /// The OTLP transport.
+    pub protocol: OtlpProtocol,
+    /// Headers sent with every export (`OTEL_EXPORTER_OTLP_HEADERS`).
+    pub headers: OtlpHeaders,
+    /// Extra CA certificates (PEM file) for an `https://` endpoint.
+    pub certificate: Option<PathBuf>,
+    /// The propagators that extract the caller's trace context (and inject it in outgoing
+    /// calls through the global propagator).
+    pub propagators: Vec<crate::propagation::Propagator>,
     /// `service.name`; defaults to the binary name.
     pub service_name: Option<String>,
     /// Extra resource attributes.
@@ -124,6 +166,13 @@ impl Default for OtelConfig {
     fn default() -> Self {
         OtelConfig {
             endpoint: None,
+            protocol: OtlpProtocol::Grpc,
+            headers: OtlpHeaders::default(),
+            certificate: None,
+            propagators: vec![
+                crate::propagation::Propagator::TraceContext,
+                crate::propagation::Propagator::Baggage,
+            ],
             service_name: None,
             resource_attributes: Vec::new(),
             sampler: Sampler::ParentBased(ParentRoot::AlwaysOn),
@@ -444,6 +493,26 @@ impl Config {
             }
             config.otel.endpoint = Some(v.trim().to_string());
         }
+        if let Some(v) = get(ENV_OTEL_EXPORTER_OTLP_PROTOCOL) {
+            config.otel.protocol = match v.trim() {
+                "grpc" => OtlpProtocol::Grpc,
+                "http/protobuf" => OtlpProtocol::HttpProtobuf,
+                _ => {
+                    return Err(ConfigError::new(
+                        ENV_OTEL_EXPORTER_OTLP_PROTOCOL,
+                        &v,
+                        "must be grpc or http/protobuf",
+                    ));
+                }
+            };
+        }
+        if let Some(v) = get(ENV_OTEL_EXPORTER_OTLP_HEADERS) {
+            config.otel.headers = parse_otlp_headers(&v)?;
+        }
+        config.otel.certificate = get(ENV_OTEL_EXPORTER_OTLP_CERTIFICATE).map(|s| PathBuf::from(s.trim()));
+        if let Some(v) = get(ENV_OTEL_PROPAGATORS) {
+            config.otel.propagators = parse_propagators(&v)?;
+        }
         config.otel.service_name = get(ENV_OTEL_SERVICE_NAME).map(|s| s.trim().to_string());
         if let Some(v) = get(ENV_OTEL_RESOURCE_ATTRIBUTES) {
             config.otel.resource_attributes = parse_resource_attributes(&v)?;
@@ -609,6 +678,67 @@ fn parse_origins(value: &str) -> Result<WebOrigins, ConfigError> {
     Ok(WebOrigins::List(origins))
 }
 
+fn parse_propagators(value: &str) -> Result<Vec<crate::propagation::Propagator>, ConfigError> {
+    let names: Vec<&str> = value.split(',').map(str::trim).filter(|s| !s.is_empty()).collect();
+    if names == ["none"] {
+        return Ok(Vec::new());
+    }
+    let mut out = Vec::new();
+    for name in names {
+        let Some(p) = crate::propagation::Propagator::parse(name) else {
+            return Err(ConfigError::new(
+                ENV_OTEL_PROPAGATORS,
+                value,
+                format!("{name:?} is not one of tracecontext, baggage, b3, b3multi, jaeger, none (alone)"),
+            ));
+        };
+        if !out.contains(&p) {
+            out.push(p);
+        }
+    }
+    Ok(out)
+}
+
+/// `key=value,…` with URL-encoded values (the OpenTelemetry specification's format). Errors
+/// name the entry's position, never its content: these headers carry credentials.
+fn parse_otlp_headers(value: &str) -> Result<OtlpHeaders, ConfigError> {
+    let redacted = |reason: String| ConfigError::new(ENV_OTEL_EXPORTER_OTLP_HEADERS, "<redacted>", reason);
+    let mut out = Vec::new();
+    for (index, pair) in value.split(',').map(str::trim).filter(|s| !s.is_empty()).enumerate() {
+        let Some((key, val)) = pair.split_once('=') else {
+            return Err(redacted(format!("entry #{} is not key=value", index + 1)));
+        };
+        let key = key.trim().to_ascii_lowercase();
+        if http::HeaderName::from_bytes(key.as_bytes()).is_err() {
+            return Err(redacted(format!("entry #{} has an invalid header name", index + 1)));
+        }
+        let val = percent_decode(val.trim())
+            .ok_or_else(|| redacted(format!("entry #{} has a bad %-escape", index + 1)))?;
+        if http::HeaderValue::from_str(&val).is_err() {
+            return Err(redacted(format!("entry #{} has an invalid header value", index + 1)));
+        }
+        out.push((key, val));
+    }
+    Ok(OtlpHeaders(out))
+}
+
+fn percent_decode(value: &str) -> Option<String> {
+    let bytes = value.as_bytes();
+    let mut out = Vec::with_capacity(bytes.len());
+    let mut i = 0;
+    while i < bytes.len() {
+        if bytes[i] == b'%' {
+            let hex = std::str::from_utf8(bytes.get(i + 1..i + 3)?).ok()?;
+            out.push(u8::from_str_radix(hex, 16).ok()?);
+            i += 3;
+        } else {
+            out.push(bytes[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8(out).ok()
+}
+
 fn parse_resource_attributes(value: &str) -> Result<Vec<(String, String)>, ConfigError> {
     let mut out = Vec::new();
     for pair in value.split(',').map(str::trim).filter(|s| !s.is_empty()) {
@@ -750,6 +880,23 @@ mod tests {
                 "lists no SPIFFE ID",
             ),
             (&[("GRPC_REFLECTION", "no")], "GRPC_REFLECTION", "on or off"),
+            (&[("OTEL_PROPAGATORS", "tracecontext,xray")], "OTEL_PROPAGATORS", "not one of"),
+            (&[("OTEL_PROPAGATORS", "none,b3")], "OTEL_PROPAGATORS", "not one of"),
+            (
+                &[("OTEL_EXPORTER_OTLP_PROTOCOL", "http/json")],
+                "OTEL_EXPORTER_OTLP_PROTOCOL",
+                "grpc or http/protobuf",
+            ),
+            (
+                &[("OTEL_EXPORTER_OTLP_HEADERS", "api-key=s3cret,broken")],
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "entry #2",
+            ),
+            (
+                &[("OTEL_EXPORTER_OTLP_HEADERS", "api-key=s3cret%zz")],
+                "OTEL_EXPORTER_OTLP_HEADERS",
+                "%-escape",
+            ),
             (&[("LOG_FORMAT", "yaml")], "LOG_FORMAT", "json or text"),
             (&[("SHUTDOWN_DRAIN_DELAY", "5")], "SHUTDOWN_DRAIN_DELAY", "such as 500ms"),
             (&[("SHUTDOWN_TIMEOUT", "2h")], "SHUTDOWN_TIMEOUT", "such as 500ms"),
@@ -795,6 +942,27 @@ mod tests {
         assert!(!c.reflection);
         assert!(config(&[]).unwrap().reflection);
         assert_eq!(config(&[]).unwrap().grpc_addr.ip(), std::net::Ipv6Addr::UNSPECIFIED);
+    }
+
+    #[test]
+    fn otlp_settings_and_propagators_are_read_and_header_values_never_shown() {
+        use crate::propagation::Propagator;
+        let c = config(&[
+            ("OTEL_PROPAGATORS", "b3multi, jaeger, tracecontext, b3multi"),
+            ("OTEL_EXPORTER_OTLP_PROTOCOL", "http/protobuf"),
+            ("OTEL_EXPORTER_OTLP_HEADERS", "Authorization=Bearer%20s3cret,x-tenant=a"),
+        ])
+        .unwrap();
+        assert_eq!(
+            c.otel.propagators,
+            vec![Propagator::B3Multi, Propagator::Jaeger, Propagator::TraceContext]
+        );
+        assert_eq!(c.otel.protocol, OtlpProtocol::HttpProtobuf);
+        assert_eq!(c.otel.headers.0[0], ("authorization".to_string(), "Bearer s3cret".to_string()));
+        assert!(!format!("{c:?}").contains("s3cret"));
+        let err = config(&[("OTEL_EXPORTER_OTLP_HEADERS", "a=s3cret,b")]).unwrap_err();
+        assert!(!err.to_string().contains("s3cret"), "{err}");
+        assert!(config(&[("OTEL_PROPAGATORS", "none")]).unwrap().otel.propagators.is_empty());
     }
 
     #[test]

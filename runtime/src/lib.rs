@@ -50,7 +50,11 @@
 //! | `GRPC_REFLECTION` | `on` | `off` removes the reflection services |
 //! | `LOG_FORMAT` | `text` | `json` for one JSON object per line |
 //! | `RUST_LOG` | `info` | log filter (`tracing_subscriber::EnvFilter` syntax) |
-//! | `OTEL_EXPORTER_OTLP_ENDPOINT` | unset | OTLP/gRPC collector URL; traces are exported only when set |
+//! | `OTEL_EXPORTER_OTLP_ENDPOINT` | unset | OTLP collector URL, `http://` or `https://` (rustls with ring, the system's CAs); traces are exported only when set |
+//! | `OTEL_EXPORTER_OTLP_PROTOCOL` | `grpc` | `grpc`, or `http/protobuf` (`/v1/traces` is appended to the endpoint) |
+//! | `OTEL_EXPORTER_OTLP_HEADERS` | — | `key=value,…` (URL-encoded values) sent with every export; never logged |
+//! | `OTEL_EXPORTER_OTLP_CERTIFICATE` | — | PEM file of extra CAs for an `https://` collector |
+//! | `OTEL_PROPAGATORS` | `tracecontext,baggage` | any of `tracecontext`, `baggage`, `b3`, `b3multi`, `jaeger`, or `none`: callers instrumented with Zipkin or Jaeger keep their trace |
 //! | `OTEL_SERVICE_NAME` | binary name | `service.name` resource attribute |
 //! | `OTEL_RESOURCE_ATTRIBUTES` | — | `key=value,…` resource attributes |
 //! | `OTEL_TRACES_SAMPLER` / `_ARG` | `parentbased_always_on` | sampler and its ratio |
@@ -135,6 +139,7 @@ pub mod layers;
 mod logging;
 pub mod method;
 pub mod metrics;
+pub mod propagation;
 pub mod server;
 pub mod telemetry;
 pub mod tls;

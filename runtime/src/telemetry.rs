@@ -1,6 +1,7 @@
 //! Logs and traces: a `tracing` subscriber writing text or JSON lines, bridged to OpenTelemetry
-//! so every RPC span has a W3C trace id (propagated from the caller's `traceparent`), exported
-//! over OTLP/gRPC when `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
+//! so every RPC span has a trace id (propagated from the caller by the `OTEL_PROPAGATORS`),
+//! exported over OTLP (gRPC or HTTP/protobuf, `http://` or `https://`) when
+//! `OTEL_EXPORTER_OTLP_ENDPOINT` is set.
 //!
 //! Without an exporter no OpenTelemetry spans are built, but every RPC still gets a trace id
 //! (the caller's from `traceparent`, or a new one): it reaches the logs and the
@@ -9,18 +10,22 @@
 
 use std::time::Duration;
 
+use std::sync::Arc;
+
+use bytes::Bytes;
+use http_body_util::BodyExt;
 use opentelemetry::KeyValue;
 use opentelemetry::propagation::TextMapCompositePropagator;
 use opentelemetry::trace::TracerProvider as _;
-use opentelemetry_otlp::WithExportConfig;
+use opentelemetry_http::{HttpClient, HttpError};
+use opentelemetry_otlp::{WithExportConfig, WithHttpConfig, WithTonicConfig};
 use opentelemetry_sdk::Resource;
-use opentelemetry_sdk::propagation::{BaggagePropagator, TraceContextPropagator};
 use opentelemetry_sdk::trace::{Sampler as SdkSampler, SdkTracerProvider};
 use tracing_subscriber::EnvFilter;
 use tracing_subscriber::layer::SubscriberExt;
 use tracing_subscriber::util::SubscriberInitExt;
 
-use crate::config::{Config, LogFormat, ParentRoot, Sampler};
+use crate::config::{Config, LogFormat, OtelConfig, OtlpProtocol, ParentRoot, Sampler};
 use crate::logging::JsonLines;
 
 /// Instrumentation scope name of the spans this crate creates.
@@ -45,6 +50,12 @@ pub enum TelemetryError {
         #[source]
         source: opentelemetry_otlp::ExporterBuildError,
     },
+    /// The CA certificates for an `https://` collector could not be loaded.
+    #[error("loading the CA certificates for the OTLP collector: {0}")]
+    Certificates(String),
+    /// The exporter needs a Tokio runtime and none is running.
+    #[error("telemetry must be set up inside a Tokio runtime")]
+    NoRuntime,
 }
 
 /// Owns the tracer provider (when spans are exported); [`Telemetry::shutdown`] flushes
@@ -77,10 +88,9 @@ impl Telemetry {
     /// kept and only the provider is returned: log lines then go wherever that subscriber sends
     /// them.
     pub fn init(config: &Config) -> Result<Self, TelemetryError> {
-        opentelemetry::global::set_text_map_propagator(TextMapCompositePropagator::new(vec![
-            Box::new(TraceContextPropagator::new()),
-            Box::new(BaggagePropagator::new()),
-        ]));
+        opentelemetry::global::set_text_map_propagator(TextMapCompositePropagator::new(
+            config.otel.propagators.iter().map(|p| p.build()).collect(),
+        ));
         // Without an exporter there is no OpenTelemetry SDK work at all: the trace layer still
         // continues the caller's trace id (or starts one) for logs and handlers, at a fraction
         // of the cost of building spans nobody receives.
@@ -116,15 +126,7 @@ impl Telemetry {
         let mut builder =
             SdkTracerProvider::builder().with_sampler(sampler(config.otel.sampler)).with_resource(resource);
         if let Some(endpoint) = &config.otel.endpoint {
-            let exporter = opentelemetry_otlp::SpanExporter::builder()
-                .with_tonic()
-                .with_endpoint(endpoint.clone())
-                // Bounds each export, and so the flush at shutdown, well inside the pod's grace
-                // period (drain delay + shutdown timeout + this < 30 s with the defaults).
-                .with_timeout(EXPORT_TIMEOUT)
-                .build()
-                .map_err(|source| TelemetryError::Exporter { endpoint: endpoint.clone(), source })?;
-            builder = builder.with_batch_exporter(exporter);
+            builder = builder.with_batch_exporter(exporter(&config.otel, endpoint)?);
         }
         Ok(builder.build())
     }
@@ -160,4 +162,126 @@ fn default_service_name() -> String {
         .next()
         .and_then(|a| std::path::Path::new(&a).file_name().map(|f| f.to_string_lossy().into_owned()))
         .unwrap_or_else(|| "grpc-service".into())
+}
+
+/// The OTLP span exporter for `endpoint`. Each export is bounded by [`EXPORT_TIMEOUT`], and so is
+/// the flush at shutdown, well inside the pod's grace period.
+fn exporter(otel: &OtelConfig, endpoint: &str) -> Result<opentelemetry_otlp::SpanExporter, TelemetryError> {
+    let https = endpoint.starts_with("https://");
+    let built = match otel.protocol {
+        OtlpProtocol::Grpc => {
+            let mut metadata = tonic::metadata::MetadataMap::new();
+            for (key, value) in &otel.headers.0 {
+                // Both were validated by Config (header name and value syntax).
+                if let (Ok(key), Ok(value)) = (
+                    tonic::metadata::MetadataKey::from_bytes(key.as_bytes()),
+                    tonic::metadata::MetadataValue::try_from(value.as_str()),
+                ) {
+                    metadata.insert(key, value);
+                }
+            }
+            let mut builder = opentelemetry_otlp::SpanExporter::builder()
+                .with_tonic()
+                .with_endpoint(endpoint.to_string())
+                .with_timeout(EXPORT_TIMEOUT)
+                .with_metadata(metadata);
+            if https {
+                let mut tls = tonic::transport::ClientTlsConfig::new().with_native_roots();
+                if let Some(path) = &otel.certificate {
+                    let pem = std::fs::read(path)
+                        .map_err(|e| TelemetryError::Certificates(format!("{}: {e}", path.display())))?;
+                    tls = tls.ca_certificate(tonic::transport::Certificate::from_pem(pem));
+                }
+                builder = builder.with_tls_config(tls);
+            }
+            builder.build()
+        }
+        OtlpProtocol::HttpProtobuf => {
+            // The specification: OTEL_EXPORTER_OTLP_ENDPOINT is a base URL, traces go to
+            // /v1/traces under it.
+            let url = format!("{}/v1/traces", endpoint.trim_end_matches('/'));
+            let client = OtlpHttpClient::new(otel.certificate.as_deref())?;
+            opentelemetry_otlp::SpanExporter::builder()
+                .with_http()
+                .with_endpoint(url)
+                .with_timeout(EXPORT_TIMEOUT)
+                .with_headers(otel.headers.0.iter().cloned().collect())
+                .with_http_client(client)
+                .build()
+        }
+    };
+    built.map_err(|source| TelemetryError::Exporter { endpoint: endpoint.to_string(), source })
+}
+
+/// The HTTP client of the OTLP/HTTP exporter: hyper with rustls and the ring provider (the
+/// exporter's bundled clients are reqwest, whose rustls brings a second crypto provider). The
+/// exporter calls it from its own thread, so requests are spawned on the server's runtime.
+struct OtlpHttpClient {
+    client: hyper_util::client::legacy::Client<
+        hyper_rustls::HttpsConnector<hyper_util::client::legacy::connect::HttpConnector>,
+        http_body_util::Full<Bytes>,
+    >,
+    runtime: tokio::runtime::Handle,
+}
+
+impl std::fmt::Debug for OtlpHttpClient {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("OtlpHttpClient")
+    }
+}
+
+/// Largest OTLP response body read (the collector's answer is a few bytes).
+const MAX_RESPONSE_BYTES: usize = 1 << 20;
+
+impl OtlpHttpClient {
+    fn new(extra_ca: Option<&std::path::Path>) -> Result<Self, TelemetryError> {
+        let runtime = tokio::runtime::Handle::try_current().map_err(|_| TelemetryError::NoRuntime)?;
+        let mut roots = rustls::RootCertStore::empty();
+        // Unreadable system certificates are skipped; a collector they were needed for fails
+        // its handshake, which the exporter logs.
+        for cert in rustls_native_certs::load_native_certs().certs {
+            let _ = roots.add(cert);
+        }
+        if let Some(path) = extra_ca {
+            use rustls_pki_types::pem::PemObject;
+            let certs = rustls_pki_types::CertificateDer::pem_file_iter(path)
+                .and_then(|certs| certs.collect::<Result<Vec<_>, _>>())
+                .map_err(|e| TelemetryError::Certificates(format!("{}: {e}", path.display())))?;
+            for cert in certs {
+                roots
+                    .add(cert)
+                    .map_err(|e| TelemetryError::Certificates(format!("{}: {e}", path.display())))?;
+            }
+        }
+        let tls =
+            rustls::ClientConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+                .with_safe_default_protocol_versions()
+                .map_err(|e| TelemetryError::Certificates(e.to_string()))?
+                .with_root_certificates(roots)
+                .with_no_client_auth();
+        let connector = hyper_rustls::HttpsConnectorBuilder::new()
+            .with_tls_config(tls)
+            .https_or_http()
+            .enable_http1()
+            .enable_http2()
+            .build();
+        let client = hyper_util::client::legacy::Client::builder(hyper_util::rt::TokioExecutor::new())
+            .build(connector);
+        Ok(OtlpHttpClient { client, runtime })
+    }
+}
+
+#[async_trait::async_trait]
+impl HttpClient for OtlpHttpClient {
+    async fn send_bytes(&self, request: http::Request<Bytes>) -> Result<http::Response<Bytes>, HttpError> {
+        let client = self.client.clone();
+        let task = self.runtime.spawn(async move {
+            let send = client.request(request.map(http_body_util::Full::new));
+            let response = tokio::time::timeout(EXPORT_TIMEOUT, send).await??;
+            let (parts, body) = response.into_parts();
+            let body = http_body_util::Limited::new(body, MAX_RESPONSE_BYTES).collect().await?.to_bytes();
+            Ok::<_, HttpError>(http::Response::from_parts(parts, body))
+        });
+        task.await?
+    }
 }

@@ -190,7 +190,9 @@ where
                 None if this.buffer.is_empty() => return Poll::Ready(None),
                 None => {
                     *this.failed = true;
-                    return Poll::Ready(Some(Err(tonic::Status::internal("request body ended inside a message"))));
+                    return Poll::Ready(Some(Err(tonic::Status::internal(
+                        "request body ended inside a message",
+                    ))));
                 }
             };
             let data = match frame.into_data() {
@@ -207,11 +209,14 @@ where
                 let mut inflated = Vec::new();
                 // Read one byte past the limit to tell "at the limit" from "over it".
                 let limit = u64::try_from(*this.max).unwrap_or(u64::MAX).saturating_add(1);
-                let read = flate2::read::GzDecoder::new(payload.as_ref()).take(limit).read_to_end(&mut inflated);
+                let read =
+                    flate2::read::GzDecoder::new(payload.as_ref()).take(limit).read_to_end(&mut inflated);
                 match read {
                     Err(_) => {
                         *this.failed = true;
-                        return Poll::Ready(Some(Err(tonic::Status::internal("a request message is not valid gzip"))));
+                        return Poll::Ready(Some(Err(tonic::Status::internal(
+                            "a request message is not valid gzip",
+                        ))));
                     }
                     Ok(_) if inflated.len() > *this.max => {
                         *this.failed = true;
@@ -255,7 +260,8 @@ impl<B> Default for GzipBody<B> {
 }
 
 fn gzip(payload: &[u8]) -> Option<Vec<u8>> {
-    let mut encoder = flate2::write::GzEncoder::new(Vec::with_capacity(payload.len() / 2), flate2::Compression::fast());
+    let mut encoder =
+        flate2::write::GzEncoder::new(Vec::with_capacity(payload.len() / 2), flate2::Compression::fast());
     std::io::Write::write_all(&mut encoder, payload).ok()?;
     encoder.finish().ok()
 }
@@ -287,7 +293,9 @@ impl<B: Body<Data = Bytes>> Body for GzipBody<B> {
             while let Some((flag, payload)) = next_message(this.buffer) {
                 match (flag, payload.len() >= MIN_COMPRESSED_SIZE) {
                     (0, true) => match gzip(&payload) {
-                        Some(compressed) if compressed.len() < payload.len() => put_message(&mut out, 1, &compressed),
+                        Some(compressed) if compressed.len() < payload.len() => {
+                            put_message(&mut out, 1, &compressed)
+                        }
                         _ => put_message(&mut out, 0, &payload),
                     },
                     _ => put_message(&mut out, flag, &payload),

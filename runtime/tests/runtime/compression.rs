@@ -98,7 +98,12 @@ async fn grpcio_with_gzip_calls_every_method() {
         cmd
     };
     let (get, out) = peer_json(&mut command(&["--call", "get", "--user-id", "1"])).await;
-    assert_eq!((get["ok"].as_bool(), get["user"]["name"].as_str()), (Some(true), Some("alice")), "{}", describe(&out));
+    assert_eq!(
+        (get["ok"].as_bool(), get["user"]["name"].as_str()),
+        (Some(true), Some("alice")),
+        "{}",
+        describe(&out)
+    );
     let long = "n".repeat(4000);
     let (created, out) = peer_json(&mut command(&["--call", "create", "--name", &long])).await;
     assert_eq!(created["user"]["name"].as_str(), Some(long.as_str()), "{}", describe(&out));
@@ -118,9 +123,13 @@ async fn responses_are_compressed_only_when_the_client_accepts_gzip_and_requests
     let server = TestServer::start(misbehaving_server()).await;
     // CreateUser("big") answers an 8 KiB name: worth compressing.
     let big = frame(0, &create_request("big"));
-    let (headers, messages, status) =
-        raw_call(server.grpc, "/user.v1.UserService/CreateUser", big.clone(), &[("grpc-accept-encoding", "gzip")])
-            .await;
+    let (headers, messages, status) = raw_call(
+        server.grpc,
+        "/user.v1.UserService/CreateUser",
+        big.clone(),
+        &[("grpc-accept-encoding", "gzip")],
+    )
+    .await;
     assert_eq!(status, Some(0));
     assert_eq!(headers.get("grpc-encoding").map(|v| v.as_bytes()), Some(&b"gzip"[..]));
     assert_eq!(headers.get("grpc-accept-encoding").map(|v| v.as_bytes()), Some(&b"gzip,identity"[..]));
@@ -141,7 +150,8 @@ async fn responses_are_compressed_only_when_the_client_accepts_gzip_and_requests
     // A compressed request.
     let compressed = frame(1, &gzip(&create_request("zipped")));
     let (_, messages, status) =
-        raw_call(server.grpc, "/user.v1.UserService/CreateUser", compressed, &[("grpc-encoding", "gzip")]).await;
+        raw_call(server.grpc, "/user.v1.UserService/CreateUser", compressed, &[("grpc-encoding", "gzip")])
+            .await;
     assert_eq!(status, Some(0));
     let user: crate::service::pb::User = prost::Message::decode(messages[0].1.as_slice()).expect("a User");
     assert_eq!(user.name, "zipped");
