@@ -111,8 +111,12 @@ if ! command -v go >/dev/null; then
   exit 1
 fi
 "$root/scripts/build-test-infra.sh" >/dev/null
+# grpc-go peers (a client and the Go baseline server of the benchmark), from
+# the Go module proxy, cached by source hash and linked into .tools/bin.
+"$root/scripts/build-go-peers.sh" >/dev/null
 
 grpcurl -version 2>/dev/null
 envoy --version >/dev/null
 buf --version >/dev/null
 python-peers -c 'import grpc, grpc_tools'
+go-peer-client --help >/dev/null 2>&1 || [ $? -eq 2 ]

@@ -175,3 +175,31 @@ async fn responses_are_compressed_only_when_the_client_accepts_gzip_and_requests
     assert!(headers.get("grpc-message").is_some_and(|m| m.to_str().unwrap_or("").contains("gzip")));
     server.stop().await;
 }
+
+#[tokio::test]
+async fn grpc_go_with_gzip_sends_compressed_requests_and_gets_compressed_responses() {
+    let Some(go) = require_tool("go-peer-client") else { return };
+    let server = TestServer::start(user_server()).await;
+    let command = |args: &[&str]| {
+        let mut cmd = tokio::process::Command::new(&go);
+        cmd.args(["--target", &server.grpc.to_string(), "--insecure"]).args(args);
+        cmd
+    };
+    let (get, out) = peer_json(&mut command(&["--call", "get", "--user-id", "1", "--gzip"])).await;
+    assert_eq!(get["ok"], true, "{}", describe(&out));
+    assert_eq!(get["user"]["name"], "alice", "{}", describe(&out));
+    assert_eq!(get["response_compressed"], true, "grpc-encoding: gzip answered: {}", describe(&out));
+    let long = "g".repeat(4000);
+    let (created, out) = peer_json(&mut command(&["--call", "create", "--name", &long, "--gzip"])).await;
+    assert_eq!(created["user"]["name"].as_str(), Some(long.as_str()), "{}", describe(&out));
+    let (list, out) = peer_json(&mut command(&["--call", "list", "--gzip"])).await;
+    assert!(list["users"].as_array().is_some_and(|u| u.len() >= 3), "{}", describe(&out));
+    assert_eq!(list["response_compressed"], true, "{}", describe(&out));
+    // Without --gzip the request goes plain; grpc-go (with gzip registered) still lists gzip in
+    // grpc-accept-encoding, so the answer may be compressed, and is decoded either way.
+    let (plain, out) = peer_json(&mut command(&["--call", "get", "--user-id", "2"])).await;
+    assert_eq!(plain["user"]["name"], "bob", "{}", describe(&out));
+    let (health, out) = peer_json(&mut command(&["--call", "health"])).await;
+    assert_eq!(health["status"], "SERVING", "{}", describe(&out));
+    server.stop().await;
+}

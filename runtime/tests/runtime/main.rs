@@ -12,11 +12,15 @@ mod harness;
 #[allow(dead_code)]
 mod service;
 
+#[path = "../../examples/jwt-service/authenticator.rs"]
+mod jwt_authenticator;
+
 mod chain;
 mod compression;
 mod grpc_web;
 mod grpcurl;
 mod hardening;
+mod jwt;
 mod limits;
 mod metrics_scrape;
 mod mtls;

@@ -771,3 +771,38 @@ async fn a_flood_of_silent_tls_sockets_from_one_address_does_not_stop_a_real_cli
     flood.abort();
     server.stop().await;
 }
+
+#[tokio::test]
+async fn grpc_go_over_mutual_tls_is_allowed_or_denied_by_its_spiffe_id() {
+    let Some(go) = require_tool("go-peer-client") else { return };
+    let tls = MutualTls::new();
+    let (cert, key) = tls.creds.cert_and_key.clone().expect("client credentials");
+    let run_go = |target: SocketAddr| {
+        let mut cmd = tokio::process::Command::new(&go);
+        cmd.args(["--target", &target.to_string(), "--server-name", "localhost", "--call", "get"])
+            .arg("--ca")
+            .arg(&tls.creds.ca)
+            .arg("--cert")
+            .arg(&cert)
+            .arg("--key")
+            .arg(&key);
+        cmd
+    };
+    for (patterns, expected) in [
+        ("spiffe://cluster.local/ns/default/sa/*", "ok"),
+        ("spiffe://cluster.local/ns/shop/sa/*", "PermissionDenied"),
+    ] {
+        let peers = grpc_runtime::AllowedPeers::parse(patterns).expect("patterns");
+        let server = TestServer::start(
+            tls_server(TlsMode::Mutual, &tls.dir(), None).configure(move |c| c.allowed_peers = Some(peers)),
+        )
+        .await;
+        let out = run(&mut run_go(server.grpc)).await;
+        let result = grpcio_json(&out);
+        match expected {
+            "ok" => assert_alice(&result, &out),
+            code => assert_eq!(result["code"], code, "{}", describe(&out)),
+        }
+        server.stop().await;
+    }
+}
