@@ -1,11 +1,12 @@
 #!/usr/bin/env bash
 # Builds the grpc-go test peers of runtime/tests/peers/go (go-peer-client and
-# go-user-server) into a cache outside the checkout, keyed by their source:
+# go-user-server), and h2spec (the HTTP/2 conformance suite, a tool pinned in
+# that go.mod), into a cache outside the checkout, keyed by their source:
 #
-#   ${XDG_CACHE_HOME:-~/.cache}/grpc-operator/go-peers/<hash>/{go-peer-client,go-user-server}
+#   ${XDG_CACHE_HOME:-~/.cache}/grpc-operator/go-peers/<hash>/{go-peer-client,go-user-server,h2spec}
 #
 # where <hash> covers go.mod, go.sum, every .go file and this script (its build
-# flags), and links them as .tools/bin/go-peer-client and .tools/bin/go-user-server.
+# flags), and links them into .tools/bin.
 # A build happens only when that directory lacks a binary, so an unchanged
 # checkout starts in milliseconds. Dependencies come from the committed
 # go.mod/go.sum (-mod=readonly): a build never edits them. Prints the bin
@@ -15,7 +16,7 @@ shopt -s inherit_errexit   # a failing command inside $(...) fails the script to
 root=$(cd "$(dirname "$0")/.." && pwd)
 self="$root/scripts/$(basename "$0")"
 src="$root/runtime/tests/peers/go"
-bins=(go-peer-client go-user-server)
+bins=(go-peer-client go-user-server h2spec)
 export GOTOOLCHAIN=local    # fail fast instead of fetching another Go
 export CGO_ENABLED=0
 export GOFLAGS="${GOFLAGS:-} -mod=readonly -buildvcs=false"
@@ -44,7 +45,8 @@ if ! complete; then
   tmp="$out.tmp.$$" start=$SECONDS
   rm -rf "$tmp"
   mkdir -p "$tmp"
-  (cd "$src" && go build -trimpath -ldflags "-s -w" -o "$tmp/" ./cmd/go-peer-client ./cmd/go-user-server)
+  (cd "$src" && go build -trimpath -ldflags "-s -w" -o "$tmp/" ./cmd/go-peer-client ./cmd/go-user-server \
+    github.com/summerwind/h2spec/cmd/h2spec)
   for b in "${bins[@]}"; do [ -x "$tmp/$b" ] || { log "error: the build did not produce $b"; exit 1; }; done
   rm -rf "$out"
   mv "$tmp" "$out"

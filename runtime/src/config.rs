@@ -284,6 +284,15 @@ pub struct Limits {
     /// loopback addresses 127.0.0.1 and ::1 are exempt: a sidecar proxy connects from there.
     /// Default 16.
     pub max_handshakes_per_source: usize,
+    /// Keepalive enforcement, as grpc-go's `keepalive.EnforcementPolicy.MinTime`: a client PING
+    /// sooner than this after its previous one is a strike (strikes reset when the server sends
+    /// headers or data), and the third strike ends the connection with GOAWAY
+    /// `ENHANCE_YOUR_CALM` / `too_many_pings`. Default 5 min, grpc-go's; `None` turns the
+    /// HTTP/2 frame policy off (the control-frame budget too).
+    pub min_ping_interval: Option<Duration>,
+    /// SETTINGS and PRIORITY frames a client may send per 10 s before GOAWAY
+    /// `ENHANCE_YOUR_CALM`. Default 100.
+    pub max_control_frames: u32,
     /// Largest request message accepted; larger ones fail with `RESOURCE_EXHAUSTED` (as in
     /// grpc-go). Default 4 MiB, the gRPC default.
     pub max_decoding_message_size: usize,
@@ -330,6 +339,8 @@ impl Default for Limits {
             max_connection_idle: Duration::from_secs(5 * 60),
             preface_timeout: Duration::from_secs(10),
             max_handshakes_per_source: 16,
+            min_ping_interval: Some(Duration::from_secs(5 * 60)),
+            max_control_frames: 100,
             max_decoding_message_size: 4 << 20,
             max_encoding_message_size: 4 << 20,
             max_header_list_size: 16 << 10,

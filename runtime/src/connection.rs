@@ -107,6 +107,8 @@ pub(crate) async fn serve_connections<M, S, B>(
         let accept = AcceptLimits {
             handshake_timeout: config.limits.tls_handshake_timeout,
             max_handshakes_per_source: config.limits.max_handshakes_per_source,
+            min_ping_interval: config.limits.min_ping_interval,
+            max_control_frames: config.limits.max_control_frames,
         };
         let incoming = crate::tls::incoming(listener, tls, accept);
         let mut incoming = pin!(incoming);

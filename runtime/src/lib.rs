@@ -133,6 +133,7 @@ pub mod codes;
 pub mod config;
 mod connection;
 mod dispatch;
+mod h2_policy;
 pub mod frames;
 pub mod health;
 pub mod layers;

@@ -48,6 +48,22 @@ pub struct AcceptLimits {
     pub handshake_timeout: Duration,
     /// TLS handshakes in progress from one source address (127.0.0.1 and ::1 exempt).
     pub max_handshakes_per_source: usize,
+    /// A client PING sooner than this after the previous one is a strike; the third ends the
+    /// connection (grpc-go's keepalive enforcement). `None` disables the HTTP/2 frame policy.
+    pub min_ping_interval: Option<Duration>,
+    /// SETTINGS and PRIORITY frames a client may send per 10 s.
+    pub max_control_frames: u32,
+}
+
+impl AcceptLimits {
+    fn policy(&self) -> Option<crate::h2_policy::FramePolicy> {
+        self.min_ping_interval.map(|min_ping_interval| {
+            crate::h2_policy::FramePolicy::new(crate::h2_policy::PolicyLimits {
+                min_ping_interval,
+                max_control_frames: self.max_control_frames,
+            })
+        })
+    }
 }
 
 /// Whether a connection has sent its preface yet; shared between [`Conn`] and the server's
@@ -117,6 +133,12 @@ pub struct Conn {
     io: ConnIo,
     info: PeerInfo,
     preface: Arc<Preface>,
+    /// HTTP/2 frame policing (keepalive enforcement, control-frame budget).
+    policy: Option<crate::h2_policy::FramePolicy>,
+    /// A GOAWAY being written because of a policy violation.
+    goaway: Option<PendingGoaway>,
+    /// Set once the GOAWAY is out: reads see end of stream, writes fail.
+    closed: bool,
 }
 
 enum ConnIo {
@@ -132,6 +154,10 @@ impl fmt::Debug for Conn {
 }
 
 impl Conn {
+    fn new(io: ConnIo, info: PeerInfo, limits: &AcceptLimits) -> Self {
+        Conn { io, info, preface: Arc::default(), policy: limits.policy(), goaway: None, closed: false }
+    }
+
     /// What is known about the peer; the same value tonic puts in request extensions.
     pub fn peer_info(&self) -> &PeerInfo {
         &self.info
@@ -159,25 +185,115 @@ impl tonic::transport::server::Connected for Conn {
     }
 }
 
+impl ConnIo {
+    fn poll_read(&mut self, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
+        match self {
+            ConnIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ConnIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+
+    fn poll_write(&mut self, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
+        match self {
+            ConnIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ConnIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(&mut self, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+        match self {
+            ConnIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            ConnIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn poll_flush(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            ConnIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            ConnIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self {
+            ConnIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ConnIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
+}
+
+/// A GOAWAY the policy decided to send, and how much of it is written.
+struct PendingGoaway {
+    frame: Vec<u8>,
+    written: usize,
+}
+
+impl Conn {
+    /// Writes the pending GOAWAY, if any and if the server's output is between frames. Ready
+    /// once it is written (or cannot be: the connection is then just closed).
+    fn poll_goaway(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        let at_boundary = self.policy.as_ref().is_none_or(|p| p.at_write_boundary());
+        let Some(goaway) = self.goaway.as_mut() else { return Poll::Ready(()) };
+        if !at_boundary {
+            // hyper is in the middle of a frame; its next writes complete it first.
+            return Poll::Ready(());
+        }
+        while goaway.written < goaway.frame.len() {
+            match self.io.poll_write(cx, &goaway.frame[goaway.written..]) {
+                Poll::Ready(Ok(n)) if n > 0 => goaway.written += n,
+                Poll::Ready(_) => {
+                    self.closed = true;
+                    return Poll::Ready(());
+                }
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        let _ = self.io.poll_flush(cx);
+        self.closed = true;
+        Poll::Ready(())
+    }
+}
+
 impl AsyncRead for Conn {
     fn poll_read(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &mut ReadBuf<'_>) -> Poll<io::Result<()>> {
         let this = self.get_mut();
+        if this.goaway.is_some() || this.closed {
+            // The connection is being ended: hyper reads end of stream.
+            let _ = this.poll_goaway(cx);
+            return Poll::Ready(Ok(()));
+        }
         let before = buf.filled().len();
-        let polled = match &mut this.io {
-            ConnIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
-            ConnIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
-        };
-        this.preface.count(buf.filled().len() - before);
+        let polled = this.io.poll_read(cx, buf);
+        let read = &buf.filled()[before..];
+        this.preface.count(read.len());
+        if let Some(policy) = this.policy.as_mut()
+            && !read.is_empty()
+            && let Some(violation) = policy.on_read(read)
+        {
+            tracing::info!(remote = ?this.info.remote_addr, ?violation, "HTTP/2 policy violation; sending GOAWAY");
+            this.goaway = Some(PendingGoaway { frame: policy.goaway(violation), written: 0 });
+            buf.set_filled(before);
+            let _ = this.poll_goaway(cx);
+            return Poll::Ready(Ok(()));
+        }
         polled
     }
 }
 
 impl AsyncWrite for Conn {
     fn poll_write(self: Pin<&mut Self>, cx: &mut Context<'_>, buf: &[u8]) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().io {
-            ConnIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
-            ConnIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        let this = self.get_mut();
+        if this.goaway.is_some() {
+            std::task::ready!(this.poll_goaway(cx));
         }
+        if this.closed {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        let polled = this.io.poll_write(cx, buf);
+        if let (Poll::Ready(Ok(n)), Some(policy)) = (&polled, this.policy.as_mut()) {
+            policy.on_write(&buf[..*n]);
+        }
+        polled
     }
 
     fn poll_write_vectored(
@@ -185,10 +301,26 @@ impl AsyncWrite for Conn {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        match &mut self.get_mut().io {
-            ConnIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
-            ConnIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        let this = self.get_mut();
+        if this.goaway.is_some() {
+            std::task::ready!(this.poll_goaway(cx));
         }
+        if this.closed {
+            return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
+        }
+        let polled = this.io.poll_write_vectored(cx, bufs);
+        if let (Poll::Ready(Ok(n)), Some(policy)) = (&polled, this.policy.as_mut()) {
+            let mut left = *n;
+            for slice in bufs {
+                if left == 0 {
+                    break;
+                }
+                let take = left.min(slice.len());
+                policy.on_write(&slice[..take]);
+                left -= take;
+            }
+        }
+        polled
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -199,17 +331,19 @@ impl AsyncWrite for Conn {
     }
 
     fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().io {
-            ConnIo::Plain(s) => Pin::new(s).poll_flush(cx),
-            ConnIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        let this = self.get_mut();
+        if this.goaway.is_some() {
+            std::task::ready!(this.poll_goaway(cx));
         }
+        this.io.poll_flush(cx)
     }
 
     fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        match &mut self.get_mut().io {
-            ConnIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
-            ConnIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        let this = self.get_mut();
+        if this.goaway.is_some() {
+            std::task::ready!(this.poll_goaway(cx));
         }
+        this.io.poll_shutdown(cx)
     }
 }
 
@@ -298,7 +432,7 @@ impl Incoming {
                         tls: false,
                     };
                     let Some(reloader) = &self.tls else {
-                        return Some(Conn { io: ConnIo::Plain(stream), info, preface: Arc::default() });
+                        return Some(Conn::new(ConnIo::Plain(stream), info, &self.limits));
                     };
                     let ip = remote_addr.ip();
                     let slot = if is_sidecar_source(ip) {
@@ -340,9 +474,9 @@ impl Incoming {
         match tokio::runtime::Handle::try_current() {
             Ok(runtime) => {
                 let config = reloader.current();
-                let timeout = self.limits.handshake_timeout;
+                let limits = self.limits;
                 let task = async move {
-                    let conn = handshake(config, reloader, stream, info, timeout).await;
+                    let conn = handshake(config, reloader, stream, info, limits).await;
                     drop(slot);
                     conn
                 };
@@ -365,8 +499,9 @@ async fn handshake(
     reloader: TlsReloader,
     stream: TcpStream,
     mut info: PeerInfo,
-    timeout: Duration,
+    limits: AcceptLimits,
 ) -> Option<Conn> {
+    let timeout = limits.handshake_timeout;
     let metrics = reloader.metrics();
     let remote = info.remote_addr;
     let tls = match tokio::time::timeout(timeout, TlsAcceptor::from(config).accept(stream)).await {
@@ -401,5 +536,5 @@ async fn handshake(
         }
     }
     info.tls = true;
-    Some(Conn { io: ConnIo::Tls(Box::new(tls)), info, preface: Arc::default() })
+    Some(Conn::new(ConnIo::Tls(Box::new(tls)), info, &limits))
 }

@@ -120,7 +120,12 @@ impl Server {
             let mut stream = std::pin::pin!(incoming(
                 listener,
                 tls,
-                AcceptLimits { handshake_timeout, max_handshakes_per_source: 16 }
+                AcceptLimits {
+            handshake_timeout,
+            max_handshakes_per_source: 16,
+            min_ping_interval: None,
+            max_control_frames: 100,
+        }
             ));
             while let Some(conn) = stream.next().await {
                 if tx.send(conn.unwrap()).is_err() {
@@ -300,7 +305,12 @@ async fn tonic_serves_the_incoming_stream_and_stops_on_shutdown() {
         incoming(
             listener,
             Some(reloader),
-            AcceptLimits { handshake_timeout: Duration::from_secs(1), max_handshakes_per_source: 16 },
+            AcceptLimits {
+                handshake_timeout: Duration::from_secs(1),
+                max_handshakes_per_source: 16,
+                min_ping_interval: None,
+                max_control_frames: 100,
+            },
         ),
         std::future::ready(()),
     );

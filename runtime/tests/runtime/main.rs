@@ -12,6 +12,8 @@ mod harness;
 #[allow(dead_code)]
 mod service;
 
+#[path = "../../examples/h2-abuse/attacks.rs"]
+mod h2_attacks;
 #[path = "../../examples/jwt-service/authenticator.rs"]
 mod jwt_authenticator;
 
@@ -19,6 +21,7 @@ mod chain;
 mod compression;
 mod grpc_web;
 mod grpcurl;
+mod h2_abuse;
 mod hardening;
 mod jwt;
 mod limits;

@@ -1,0 +1,285 @@
+//! HTTP/2 abuse under load: for each attack of [`attacks`], the `user-service` example (a
+//! separate process, pinned to CPU 0 when `taskset` exists) is attacked by several connections
+//! that reconnect as soon as they are cut off, while legitimate callers keep calling
+//! `GetUser`. It reports, per attack, how the offenders were treated, the server's peak RSS
+//! against its baseline, and the legitimate callers' p99 against theirs.
+//!
+//! ```text
+//! cargo build --release -p grpc-runtime --examples
+//! taskset -c 1 ./target/release/examples/h2-abuse [--seconds 5] [--attackers 4] [--callers 4]
+//! ```
+
+#[allow(dead_code)] // the integration tests read every field
+mod attacks;
+#[path = "../user-service/service.rs"]
+#[allow(dead_code)]
+mod service;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::time::{Duration, Instant};
+
+use attacks::{Attack, Verdict};
+use clap::Parser;
+use service::pb::GetUserRequest;
+use service::pb::user_service_client::UserServiceClient;
+
+#[derive(Parser, Debug)]
+#[command(about = "HTTP/2 abuse against the user-service example, with legitimate load")]
+struct Args {
+    /// The server binary (the release user-service example).
+    #[arg(long, default_value = "target/release/examples/user-service")]
+    binary: PathBuf,
+    /// Seconds per phase (the baseline and each attack).
+    #[arg(long, default_value_t = 5)]
+    seconds: u64,
+    /// Attacking connections at a time; each reconnects when cut off.
+    #[arg(long, default_value_t = 4)]
+    attackers: usize,
+    /// Legitimate callers, each making one call at a time.
+    #[arg(long, default_value_t = 4)]
+    callers: usize,
+}
+
+fn free_port() -> u16 {
+    std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map(|a| a.port()).unwrap_or(0)
+}
+
+/// The server's resident set, from /proc.
+fn rss_bytes(pid: u32) -> u64 {
+    std::fs::read_to_string(format!("/proc/{pid}/status"))
+        .ok()
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix("VmRSS:"))
+                .and_then(|v| v.trim().trim_end_matches(" kB").trim().parse::<u64>().ok())
+        })
+        .map(|kb| kb * 1024)
+        .unwrap_or(0)
+}
+
+/// What the legitimate callers saw in one phase.
+struct Load {
+    ok: u64,
+    failed: u64,
+    histogram: hdrhistogram::Histogram<u64>,
+}
+
+async fn legitimate_load(addr: SocketAddr, callers: usize, stop: Arc<AtomicBool>) -> Load {
+    let mut tasks = Vec::new();
+    for _ in 0..callers {
+        let stop = stop.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut histogram = hdrhistogram::Histogram::<u64>::new(3).unwrap_or_else(|_| unreachable_histogram());
+            let (mut ok, mut failed) = (0u64, 0u64);
+            let mut client: Option<UserServiceClient<tonic::transport::Channel>> = None;
+            while !stop.load(Ordering::Relaxed) {
+                if client.is_none() {
+                    let endpoint = tonic::transport::Endpoint::from_shared(format!("http://{addr}"));
+                    client = match endpoint {
+                        Ok(e) => e.connect().await.ok().map(UserServiceClient::new),
+                        Err(_) => None,
+                    };
+                }
+                let Some(c) = client.as_mut() else {
+                    failed += 1;
+                    tokio::time::sleep(Duration::from_millis(10)).await;
+                    continue;
+                };
+                let started = Instant::now();
+                match c.get_user(GetUserRequest { user_id: 1 }).await {
+                    Ok(_) => {
+                        ok += 1;
+                        let _ = histogram.record(started.elapsed().as_micros() as u64);
+                    }
+                    Err(_) => {
+                        failed += 1;
+                        client = None;
+                    }
+                }
+            }
+            (ok, failed, histogram)
+        }));
+    }
+    let mut load = Load { ok: 0, failed: 0, histogram: hdrhistogram::Histogram::new(3).unwrap_or_else(|_| unreachable_histogram()) };
+    for task in tasks {
+        if let Ok((ok, failed, histogram)) = task.await {
+            load.ok += ok;
+            load.failed += failed;
+            let _ = load.histogram.add(histogram);
+        }
+    }
+    load
+}
+
+fn unreachable_histogram() -> hdrhistogram::Histogram<u64> {
+    // 3 significant figures is always valid; this only satisfies the types.
+    hdrhistogram::Histogram::new(1).unwrap_or_else(|_| std::process::exit(2))
+}
+
+/// Offenders' outcomes in one phase.
+#[derive(Default)]
+struct Offence {
+    connections: u64,
+    goaway: u64,
+    closed: u64,
+    open: u64,
+    frames: u64,
+    first: Option<Verdict>,
+}
+
+async fn attack_phase(attack: Attack, addr: SocketAddr, attackers: usize, until: Instant) -> Offence {
+    let mut tasks = Vec::new();
+    for _ in 0..attackers {
+        tasks.push(tokio::spawn(async move {
+            let mut offence = Offence::default();
+            while Instant::now() < until {
+                let Ok(report) = attacks::run(attack, addr, until.saturating_duration_since(Instant::now())).await else {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                    continue;
+                };
+                offence.connections += 1;
+                offence.frames += report.sent;
+                match &report.verdict {
+                    Verdict::GoAway(_) => offence.goaway += 1,
+                    Verdict::Closed => offence.closed += 1,
+                    Verdict::Open => offence.open += 1,
+                }
+                offence.first.get_or_insert(report.verdict);
+            }
+            offence
+        }));
+    }
+    let mut total = Offence::default();
+    for task in tasks {
+        if let Ok(o) = task.await {
+            total.connections += o.connections;
+            total.goaway += o.goaway;
+            total.closed += o.closed;
+            total.open += o.open;
+            total.frames += o.frames;
+            if total.first.is_none() {
+                total.first = o.first;
+            }
+        }
+    }
+    total
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    if !args.binary.exists() {
+        eprintln!("{} not found: cargo build --release -p grpc-runtime --examples", args.binary.display());
+        return std::process::ExitCode::FAILURE;
+    }
+    let (grpc, admin) = (free_port(), free_port());
+    let taskset = std::path::Path::new("/usr/bin/taskset").exists();
+    let mut command = if taskset {
+        let mut c = tokio::process::Command::new("/usr/bin/taskset");
+        c.args(["-c", "0"]).arg(&args.binary);
+        c
+    } else {
+        tokio::process::Command::new(&args.binary)
+    };
+    let mut child = match command
+        .env("GRPC_PORT", grpc.to_string())
+        .env("ADMIN_PORT", admin.to_string())
+        .env("LOG_FORMAT", "json")
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+    {
+        Ok(child) => child,
+        Err(e) => {
+            eprintln!("starting the server: {e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let Some(pid) = child.id() else { return std::process::ExitCode::FAILURE };
+    let addr: SocketAddr = ([127, 0, 0, 1], grpc).into();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while tokio::net::TcpStream::connect(addr).await.is_err() {
+        if Instant::now() > deadline {
+            eprintln!("the server did not start");
+            return std::process::ExitCode::FAILURE;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let phase = Duration::from_secs(args.seconds);
+    println!(
+        "server pinned to CPU 0: {taskset}; {} s per phase, {} attacking connections, {} legitimate callers\n",
+        args.seconds, args.attackers, args.callers
+    );
+
+    // Warm up, then the baseline.
+    let stop = Arc::new(AtomicBool::new(false));
+    let warm = tokio::spawn(legitimate_load(addr, args.callers, stop.clone()));
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::Relaxed);
+    let _ = warm.await;
+
+    let peak = Arc::new(AtomicU64::new(0));
+    let sampler = {
+        let peak = peak.clone();
+        tokio::spawn(async move {
+            loop {
+                peak.fetch_max(rss_bytes(pid), Ordering::Relaxed);
+                tokio::time::sleep(Duration::from_millis(50)).await;
+            }
+        })
+    };
+    let stop = Arc::new(AtomicBool::new(false));
+    let load = tokio::spawn(legitimate_load(addr, args.callers, stop.clone()));
+    tokio::time::sleep(phase).await;
+    stop.store(true, Ordering::Relaxed);
+    let baseline = load.await.unwrap_or(Load { ok: 0, failed: 0, histogram: unreachable_histogram() });
+    let baseline_rss = peak.swap(0, Ordering::Relaxed);
+    let baseline_p99 = baseline.histogram.value_at_quantile(0.99).max(1);
+    println!("| phase | offenders | attack connections (GOAWAY / closed / open) | peak RSS | RSS − baseline (goal ≤ 64 MiB) | legitimate p99 | × baseline (goal ≤ 2×) | legitimate calls ok / failed |");
+    println!("|---|---|---|---|---|---|---|---|");
+    println!(
+        "| baseline | — | — | {:.1} MiB | — | {:.2} ms | 1.00 | {} / {} |",
+        baseline_rss as f64 / 1048576.0,
+        baseline_p99 as f64 / 1000.0,
+        baseline.ok,
+        baseline.failed
+    );
+    let mut all_met = true;
+    for attack in Attack::ALL {
+        let stop = Arc::new(AtomicBool::new(false));
+        let load = tokio::spawn(legitimate_load(addr, args.callers, stop.clone()));
+        let offence = attack_phase(attack, addr, args.attackers, Instant::now() + phase).await;
+        stop.store(true, Ordering::Relaxed);
+        let load = load.await.unwrap_or(Load { ok: 0, failed: 0, histogram: unreachable_histogram() });
+        let rss = peak.swap(0, Ordering::Relaxed);
+        let p99 = load.histogram.value_at_quantile(0.99);
+        let delta = rss.saturating_sub(baseline_rss) as f64 / 1048576.0;
+        let ratio = p99 as f64 / baseline_p99 as f64;
+        let cut = offence.open == 0 && offence.goaway > 0;
+        all_met &= cut && delta <= 64.0 && ratio <= 2.0 && load.failed == 0;
+        println!(
+            "| {} | {} | {} ({} / {} / {}) | {:.1} MiB | {:+.1} MiB | {:.2} ms | {:.2} | {} / {} |",
+            attack.name(),
+            offence.first.map(|v| v.to_string()).unwrap_or_else(|| "—".into()),
+            offence.connections,
+            offence.goaway,
+            offence.closed,
+            offence.open,
+            rss as f64 / 1048576.0,
+            delta,
+            p99 as f64 / 1000.0,
+            ratio,
+            load.ok,
+            load.failed
+        );
+    }
+    sampler.abort();
+    let _ = child.start_kill();
+    let _ = child.wait().await;
+    println!("\nall goals met: {all_met}");
+    std::process::ExitCode::SUCCESS
+}
