@@ -293,6 +293,11 @@ pub struct Limits {
     /// SETTINGS and PRIORITY frames a client may send per 10 s before GOAWAY
     /// `ENHANCE_YOUR_CALM`. Default 100.
     pub max_control_frames: u32,
+    /// Hold off a source address whose connection ended in GOAWAY `ENHANCE_YOUR_CALM` (1 s,
+    /// doubling per repeat, at most 60 s; its new connections are held open unread), so an
+    /// attacker that reconnects at once cannot make the server redo handshakes. 127.0.0.1 and
+    /// ::1 (a sidecar) are exempt. Default true.
+    pub penalize_abuse: bool,
     /// Largest request message accepted; larger ones fail with `RESOURCE_EXHAUSTED` (as in
     /// grpc-go). Default 4 MiB, the gRPC default.
     pub max_decoding_message_size: usize,
@@ -341,6 +346,7 @@ impl Default for Limits {
             max_handshakes_per_source: 16,
             min_ping_interval: Some(Duration::from_secs(5 * 60)),
             max_control_frames: 100,
+            penalize_abuse: true,
             max_decoding_message_size: 4 << 20,
             max_encoding_message_size: 4 << 20,
             max_header_list_size: 16 << 10,

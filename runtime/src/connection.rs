@@ -109,6 +109,7 @@ pub(crate) async fn serve_connections<M, S, B>(
             max_handshakes_per_source: config.limits.max_handshakes_per_source,
             min_ping_interval: config.limits.min_ping_interval,
             max_control_frames: config.limits.max_control_frames,
+            penalize_abuse: config.limits.penalize_abuse,
         };
         let incoming = crate::tls::incoming(listener, tls, accept);
         let mut incoming = pin!(incoming);

@@ -169,10 +169,34 @@ where
                     version = ?req.version(),
                     "refused a request that is not gRPC"
                 );
-                DispatchFuture::Refused { response: Some((status, message)) }
+                // The refusal goes out once the request has ended (its body read and dropped,
+                // at most REFUSAL_DRAIN_BYTES or REFUSAL_DRAIN_TIME), as a server that reads
+                // requests does: answering a stream the client is still sending on would make
+                // its next frames arrive on a closed stream.
+                let body = req.into_body();
+                DispatchFuture::Refused { drain: Box::pin(drain(body)), response: Some((status, message)) }
             }
         }
     }
+}
+
+/// Most of a refused request's body read before answering.
+const REFUSAL_DRAIN_BYTES: usize = 64 << 10;
+/// Longest wait for a refused request to end before answering.
+const REFUSAL_DRAIN_TIME: Duration = Duration::from_secs(1);
+
+async fn drain(mut body: hyper::body::Incoming) {
+    use http_body_util::BodyExt;
+    let read = async {
+        let mut total = 0usize;
+        while let Some(Ok(frame)) = body.frame().await {
+            total += frame.data_ref().map_or(0, Bytes::len);
+            if total > REFUSAL_DRAIN_BYTES {
+                break;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(REFUSAL_DRAIN_TIME, read).await;
 }
 
 pin_project! {
@@ -180,7 +204,10 @@ pin_project! {
     pub(crate) enum DispatchFuture<G, W> {
         Grpc { #[pin] future: G },
         Web { #[pin] future: W },
-        Refused { response: Option<(StatusCode, &'static str)> },
+        Refused {
+            drain: Pin<Box<dyn Future<Output = ()> + Send>>,
+            response: Option<(StatusCode, &'static str)>,
+        },
     }
 }
 
@@ -197,11 +224,20 @@ where
             DispatchProj::Web { future } => {
                 future.poll(cx).map_ok(|r| r.map(|b| Either::Right(Either::Left(b))))
             }
-            DispatchProj::Refused { response } => match response.take() {
-                Some((status, message)) => Poll::Ready(Ok(refusal::<WB>(status, message).map(Either::Right))),
-                // Polled after completion: a caller bug; stay pending rather than panic.
-                None => Poll::Pending,
-            },
+            DispatchProj::Refused { drain, response } => {
+                // Polled after completion (a caller bug): stay pending rather than resume the
+                // finished drain, which would panic.
+                if response.is_none() {
+                    return Poll::Pending;
+                }
+                std::task::ready!(drain.as_mut().poll(cx));
+                match response.take() {
+                    Some((status, message)) => {
+                        Poll::Ready(Ok(refusal::<WB>(status, message).map(Either::Right)))
+                    }
+                    None => Poll::Pending,
+                }
+            }
         }
     }
 }

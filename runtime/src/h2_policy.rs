@@ -30,7 +30,10 @@ const HEADERS: u8 = 0x1;
 const PRIORITY: u8 = 0x2;
 const SETTINGS: u8 = 0x4;
 const PING: u8 = 0x6;
+const GOAWAY: u8 = 0x7;
 const ACK: u8 = 0x1;
+/// The HTTP/2 error code of abuse.
+const ENHANCE_YOUR_CALM: u32 = 0xb;
 
 /// The policy's settings.
 #[derive(Debug, Clone, Copy)]
@@ -62,6 +65,11 @@ struct FrameCursor {
     have: usize,
     /// Payload bytes of the current frame still to skip.
     skip: usize,
+    /// The first 8 payload bytes of the current frame, kept for GOAWAY frames only (last
+    /// stream id and error code).
+    goaway: Option<([u8; 8], usize)>,
+    /// The error code of the last complete GOAWAY payload seen.
+    goaway_code: Option<u32>,
 }
 
 impl FrameCursor {
@@ -70,6 +78,16 @@ impl FrameCursor {
         while !bytes.is_empty() {
             if self.skip > 0 {
                 let n = self.skip.min(bytes.len());
+                if let Some((prefix, have)) = self.goaway.as_mut() {
+                    let take = (8 - *have).min(n);
+                    prefix[*have..*have + take].copy_from_slice(&bytes[..take]);
+                    *have += take;
+                    if *have == 8 {
+                        self.goaway_code =
+                            Some(u32::from_be_bytes([prefix[4], prefix[5], prefix[6], prefix[7]]));
+                        self.goaway = None;
+                    }
+                }
                 self.skip -= n;
                 bytes = &bytes[n..];
                 continue;
@@ -82,6 +100,7 @@ impl FrameCursor {
                 let h = self.header;
                 self.skip = (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
                 self.have = 0;
+                self.goaway = (h[3] == GOAWAY && self.skip >= 8).then_some(([0; 8], 0));
                 on_frame(h[3], h[4], u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff);
             }
         }
@@ -166,7 +185,9 @@ impl FramePolicy {
             }
             PING if flags & ACK == 0 => {
                 let now = *now.get_or_insert_with(Instant::now);
-                let early = self.last_ping.is_some_and(|last| now.duration_since(last) < self.limits.min_ping_interval);
+                let early = self
+                    .last_ping
+                    .is_some_and(|last| now.duration_since(last) < self.limits.min_ping_interval);
                 self.last_ping = Some(now);
                 if early {
                     self.strikes += 1;
@@ -180,22 +201,26 @@ impl FramePolicy {
                     self.control_frames = 0;
                 }
                 self.control_frames += 1;
-                (self.control_frames > self.limits.max_control_frames).then_some(Violation::TooManyControlFrames)
+                (self.control_frames > self.limits.max_control_frames)
+                    .then_some(Violation::TooManyControlFrames)
             }
             _ => None,
         }
     }
 
-    /// Feeds bytes the server wrote.
-    pub(crate) fn on_write(&mut self, bytes: &[u8]) {
+    /// Feeds bytes the server wrote. Returns true when they complete a GOAWAY
+    /// `ENHANCE_YOUR_CALM`: h2 itself caught the peer abusing the connection (rapid resets,
+    /// CONTINUATION floods, oversized headers).
+    pub(crate) fn on_write(&mut self, bytes: &[u8]) -> bool {
         if !self.http2 {
-            return;
+            return false;
         }
         let mut reset = false;
         self.outgoing.feed(bytes, |kind, _, _| reset |= kind == HEADERS || kind == DATA);
         if reset {
             self.strikes = 0;
         }
+        self.outgoing.goaway_code.take() == Some(ENHANCE_YOUR_CALM)
     }
 
     /// Whether the server's output is between two frames (where a GOAWAY may go).
@@ -209,7 +234,7 @@ impl FramePolicy {
         let len = 8 + debug.len();
         let mut frame = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, 0x7, 0, 0, 0, 0, 0];
         frame.extend_from_slice(&self.last_stream.to_be_bytes());
-        frame.extend_from_slice(&0xbu32.to_be_bytes()); // ENHANCE_YOUR_CALM
+        frame.extend_from_slice(&ENHANCE_YOUR_CALM.to_be_bytes());
         frame.extend_from_slice(debug);
         frame
     }
@@ -228,7 +253,10 @@ mod tests {
     }
 
     fn policy() -> FramePolicy {
-        let mut p = FramePolicy::new(PolicyLimits { min_ping_interval: Duration::from_secs(60), max_control_frames: 5 });
+        let mut p = FramePolicy::new(PolicyLimits {
+            min_ping_interval: Duration::from_secs(60),
+            max_control_frames: 5,
+        });
         assert_eq!(p.on_read(&PREFACE[..10]), None);
         assert_eq!(p.on_read(&PREFACE[10..]), None);
         p
@@ -265,7 +293,10 @@ mod tests {
         }
         assert_eq!(p.on_read(&settings), Some(Violation::TooManyControlFrames));
 
-        let mut h1 = FramePolicy::new(PolicyLimits { min_ping_interval: Duration::from_secs(60), max_control_frames: 0 });
+        let mut h1 = FramePolicy::new(PolicyLimits {
+            min_ping_interval: Duration::from_secs(60),
+            max_control_frames: 0,
+        });
         assert_eq!(h1.on_read(b"POST /a.B/C HTTP/1.1\r\n"), None);
         for _ in 0..100 {
             assert_eq!(h1.on_read(&settings), None);
@@ -273,12 +304,20 @@ mod tests {
     }
 
     #[test]
-    fn the_write_boundary_follows_the_servers_frames() {
+    fn the_write_boundary_follows_the_servers_frames_and_its_calm_down_goaway_is_seen() {
         let mut p = policy();
         let data = frame(DATA, 0, 1, b"0123456789");
-        p.on_write(&data[..12]);
+        assert!(!p.on_write(&data[..12]));
         assert!(!p.at_write_boundary());
-        p.on_write(&data[12..]);
+        assert!(!p.on_write(&data[12..]));
         assert!(p.at_write_boundary());
+        let mut payload = 7u32.to_be_bytes().to_vec();
+        payload.extend_from_slice(&ENHANCE_YOUR_CALM.to_be_bytes());
+        let goaway = frame(GOAWAY, 0, 0, &payload);
+        assert!(!p.on_write(&goaway[..13]));
+        assert!(p.on_write(&goaway[13..]));
+        let mut payload = 7u32.to_be_bytes().to_vec();
+        payload.extend_from_slice(&0u32.to_be_bytes());
+        assert!(!p.on_write(&frame(GOAWAY, 0, 0, &payload)), "a graceful GOAWAY is not an offence");
     }
 }

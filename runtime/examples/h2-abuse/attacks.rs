@@ -43,8 +43,13 @@ pub enum Attack {
 
 impl Attack {
     /// Every attack.
-    pub const ALL: [Attack; 5] =
-        [Attack::RapidReset, Attack::ContinuationFlood, Attack::SettingsFlood, Attack::PingFlood, Attack::OversizedHeaders];
+    pub const ALL: [Attack; 5] = [
+        Attack::RapidReset,
+        Attack::ContinuationFlood,
+        Attack::SettingsFlood,
+        Attack::PingFlood,
+        Attack::OversizedHeaders,
+    ];
 
     /// A short name.
     pub fn name(self) -> &'static str {
@@ -155,9 +160,24 @@ fn request_block(extra: Option<(&[u8], &[u8])>) -> Vec<u8> {
     block
 }
 
-/// Runs `attack` against `addr` for at most `duration`.
-pub async fn run(attack: Attack, addr: SocketAddr, duration: Duration) -> std::io::Result<Report> {
-    let stream = TcpStream::connect(addr).await?;
+/// Connects to `addr` from `source` (an address of this host, e.g. 127.0.0.2), or from the
+/// default address.
+pub async fn connect_from(addr: SocketAddr, source: Option<std::net::IpAddr>) -> std::io::Result<TcpStream> {
+    let Some(source) = source else { return TcpStream::connect(addr).await };
+    let socket =
+        if source.is_ipv4() { tokio::net::TcpSocket::new_v4()? } else { tokio::net::TcpSocket::new_v6()? };
+    socket.bind(SocketAddr::new(source, 0))?;
+    socket.connect(addr).await
+}
+
+/// Runs `attack` against `addr` for at most `duration`, from `source` (see [`connect_from`]).
+pub async fn run(
+    attack: Attack,
+    addr: SocketAddr,
+    source: Option<std::net::IpAddr>,
+    duration: Duration,
+) -> std::io::Result<Report> {
+    let stream = connect_from(addr, source).await?;
     stream.set_nodelay(true)?;
     let (mut reader, mut writer) = stream.into_split();
     let start = Instant::now();
@@ -173,7 +193,8 @@ pub async fn run(attack: Attack, addr: SocketAddr, duration: Duration) -> std::i
             // Parse complete frames; keep the rest.
             let mut at = 0;
             while buf.len() >= at + 9 {
-                let len = (usize::from(buf[at]) << 16) | (usize::from(buf[at + 1]) << 8) | usize::from(buf[at + 2]);
+                let len =
+                    (usize::from(buf[at]) << 16) | (usize::from(buf[at + 1]) << 8) | usize::from(buf[at + 2]);
                 if buf.len() < at + 9 + len {
                     break;
                 }
@@ -266,7 +287,11 @@ pub async fn run(attack: Attack, addr: SocketAddr, duration: Duration) -> std::i
     .await;
     // A write error means the server closed the connection; let the reader report how.
     let verdict = if result.is_err() || watcher.is_finished() {
-        tokio::time::timeout(Duration::from_secs(2), watcher).await.ok().and_then(Result::ok).unwrap_or(Verdict::Closed)
+        tokio::time::timeout(Duration::from_secs(2), watcher)
+            .await
+            .ok()
+            .and_then(Result::ok)
+            .unwrap_or(Verdict::Closed)
     } else {
         watcher.abort();
         Verdict::Open

@@ -53,9 +53,13 @@ pub struct AcceptLimits {
     pub min_ping_interval: Option<Duration>,
     /// SETTINGS and PRIORITY frames a client may send per 10 s.
     pub max_control_frames: u32,
+    /// Whether a source address whose connection ended in GOAWAY `ENHANCE_YOUR_CALM` is held
+    /// off for a while (the penalty box).
+    pub penalize_abuse: bool,
 }
 
 impl AcceptLimits {
+    /// Polices HTTP/2 (when `min_ping_interval` is set) and penalizes abuse.
     fn policy(&self) -> Option<crate::h2_policy::FramePolicy> {
         self.min_ping_interval.map(|min_ping_interval| {
             crate::h2_policy::FramePolicy::new(crate::h2_policy::PolicyLimits {
@@ -121,7 +125,7 @@ impl Drop for SourceSlot {
 }
 
 /// The addresses a sidecar proxy connects from, exempt from the per-source cap.
-fn is_sidecar_source(ip: IpAddr) -> bool {
+pub(super) fn is_sidecar_source(ip: IpAddr) -> bool {
     ip == IpAddr::V4(std::net::Ipv4Addr::LOCALHOST) || ip == IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
 }
 
@@ -139,6 +143,8 @@ pub struct Conn {
     goaway: Option<PendingGoaway>,
     /// Set once the GOAWAY is out: reads see end of stream, writes fail.
     closed: bool,
+    /// Where an offence is reported; taken on the first.
+    penalties: Option<Arc<super::penalty::PenaltyBox>>,
 }
 
 enum ConnIo {
@@ -154,8 +160,28 @@ impl fmt::Debug for Conn {
 }
 
 impl Conn {
-    fn new(io: ConnIo, info: PeerInfo, limits: &AcceptLimits) -> Self {
-        Conn { io, info, preface: Arc::default(), policy: limits.policy(), goaway: None, closed: false }
+    fn new(
+        io: ConnIo,
+        info: PeerInfo,
+        limits: &AcceptLimits,
+        penalties: Option<Arc<super::penalty::PenaltyBox>>,
+    ) -> Self {
+        Conn {
+            io,
+            info,
+            preface: Arc::default(),
+            policy: limits.policy(),
+            goaway: None,
+            closed: false,
+            penalties,
+        }
+    }
+
+    /// Reports this connection's peer to the penalty box (once).
+    fn offence(&mut self) {
+        if let (Some(penalties), Some(remote)) = (self.penalties.take(), self.info.remote_addr) {
+            penalties.punish(remote.ip());
+        }
     }
 
     /// What is known about the peer; the same value tonic puts in request extensions.
@@ -200,7 +226,11 @@ impl ConnIo {
         }
     }
 
-    fn poll_write_vectored(&mut self, cx: &mut Context<'_>, bufs: &[io::IoSlice<'_>]) -> Poll<io::Result<usize>> {
+    fn poll_write_vectored(
+        &mut self,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
         match self {
             ConnIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
             ConnIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
@@ -272,6 +302,7 @@ impl AsyncRead for Conn {
         {
             tracing::info!(remote = ?this.info.remote_addr, ?violation, "HTTP/2 policy violation; sending GOAWAY");
             this.goaway = Some(PendingGoaway { frame: policy.goaway(violation), written: 0 });
+            this.offence();
             buf.set_filled(before);
             let _ = this.poll_goaway(cx);
             return Poll::Ready(Ok(()));
@@ -290,8 +321,10 @@ impl AsyncWrite for Conn {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
         let polled = this.io.poll_write(cx, buf);
-        if let (Poll::Ready(Ok(n)), Some(policy)) = (&polled, this.policy.as_mut()) {
-            policy.on_write(&buf[..*n]);
+        if let (Poll::Ready(Ok(n)), Some(policy)) = (&polled, this.policy.as_mut())
+            && policy.on_write(&buf[..*n])
+        {
+            this.offence();
         }
         polled
     }
@@ -311,13 +344,17 @@ impl AsyncWrite for Conn {
         let polled = this.io.poll_write_vectored(cx, bufs);
         if let (Poll::Ready(Ok(n)), Some(policy)) = (&polled, this.policy.as_mut()) {
             let mut left = *n;
+            let mut calm_down = false;
             for slice in bufs {
                 if left == 0 {
                     break;
                 }
                 let take = left.min(slice.len());
-                policy.on_write(&slice[..take]);
+                calm_down |= policy.on_write(&slice[..take]);
                 left -= take;
+            }
+            if calm_down {
+                this.offence();
             }
         }
         polled
@@ -367,13 +404,22 @@ pub fn incoming(
     tls: Option<TlsReloader>,
     limits: AcceptLimits,
 ) -> impl futures::Stream<Item = Result<Conn, io::Error>> + Send + 'static {
-    Incoming { listener, tls, limits, per_source: Arc::default(), handshakes: JoinSet::new(), backoff: None }
+    Incoming {
+        listener,
+        tls,
+        limits,
+        penalties: limits.penalize_abuse.then(Arc::default),
+        per_source: Arc::default(),
+        handshakes: JoinSet::new(),
+        backoff: None,
+    }
 }
 
 struct Incoming {
     listener: TcpListener,
     tls: Option<TlsReloader>,
     limits: AcceptLimits,
+    penalties: Option<Arc<super::penalty::PenaltyBox>>,
     per_source: Arc<PerSource>,
     /// Handshakes in progress; `None` results are failures that were already logged and counted.
     handshakes: JoinSet<Option<Conn>>,
@@ -431,10 +477,34 @@ impl Incoming {
                         identity: None,
                         tls: false,
                     };
-                    let Some(reloader) = &self.tls else {
-                        return Some(Conn::new(ConnIo::Plain(stream), info, &self.limits));
-                    };
                     let ip = remote_addr.ip();
+                    if let Some(penalties) = &self.penalties {
+                        match penalties.admit(ip) {
+                            super::penalty::Admission::Admit => {}
+                            super::penalty::Admission::Refuse => {
+                                debug!(%remote_addr, "closing a connection from a penalized address");
+                                continue;
+                            }
+                            super::penalty::Admission::Hold(duration, slot) => {
+                                debug!(%remote_addr, "holding a connection from a penalized address");
+                                if let Ok(runtime) = tokio::runtime::Handle::try_current() {
+                                    runtime.spawn(async move {
+                                        tokio::time::sleep(duration).await;
+                                        drop((stream, slot));
+                                    });
+                                }
+                                continue;
+                            }
+                        }
+                    }
+                    let Some(reloader) = &self.tls else {
+                        return Some(Conn::new(
+                            ConnIo::Plain(stream),
+                            info,
+                            &self.limits,
+                            self.penalties.clone(),
+                        ));
+                    };
                     let slot = if is_sidecar_source(ip) {
                         None
                     } else {
@@ -447,7 +517,7 @@ impl Incoming {
                             }
                         }
                     };
-                    self.spawn_handshake(reloader.clone(), stream, info, slot);
+                    self.spawn_handshake(reloader.clone(), stream, info, slot, self.penalties.clone());
                 }
                 // The failing connection is already gone; the next one may be fine.
                 Poll::Ready(Err(error)) if is_connection_error(&error) => {
@@ -469,6 +539,7 @@ impl Incoming {
         stream: TcpStream,
         info: PeerInfo,
         slot: Option<SourceSlot>,
+        penalties: Option<Arc<super::penalty::PenaltyBox>>,
     ) {
         // try_current instead of JoinSet::spawn, which would panic outside a runtime.
         match tokio::runtime::Handle::try_current() {
@@ -476,7 +547,7 @@ impl Incoming {
                 let config = reloader.current();
                 let limits = self.limits;
                 let task = async move {
-                    let conn = handshake(config, reloader, stream, info, limits).await;
+                    let conn = handshake(config, reloader, stream, info, limits, penalties).await;
                     drop(slot);
                     conn
                 };
@@ -500,6 +571,7 @@ async fn handshake(
     stream: TcpStream,
     mut info: PeerInfo,
     limits: AcceptLimits,
+    penalties: Option<Arc<super::penalty::PenaltyBox>>,
 ) -> Option<Conn> {
     let timeout = limits.handshake_timeout;
     let metrics = reloader.metrics();
@@ -536,5 +608,5 @@ async fn handshake(
         }
     }
     info.tls = true;
-    Some(Conn::new(ConnIo::Tls(Box::new(tls)), info, &limits))
+    Some(Conn::new(ConnIo::Tls(Box::new(tls)), info, &limits, penalties))
 }

@@ -12,6 +12,7 @@
 
 mod accept;
 pub(crate) mod identity;
+pub(crate) mod penalty;
 mod reload;
 #[cfg(test)]
 mod tests;

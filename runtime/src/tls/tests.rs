@@ -121,11 +121,12 @@ impl Server {
                 listener,
                 tls,
                 AcceptLimits {
-            handshake_timeout,
-            max_handshakes_per_source: 16,
-            min_ping_interval: None,
-            max_control_frames: 100,
-        }
+                    handshake_timeout,
+                    max_handshakes_per_source: 16,
+                    min_ping_interval: None,
+                    max_control_frames: 100,
+                    penalize_abuse: false,
+                }
             ));
             while let Some(conn) = stream.next().await {
                 if tx.send(conn.unwrap()).is_err() {
@@ -310,6 +311,7 @@ async fn tonic_serves_the_incoming_stream_and_stops_on_shutdown() {
                 max_handshakes_per_source: 16,
                 min_ping_interval: None,
                 max_control_frames: 100,
+                penalize_abuse: false,
             },
         ),
         std::future::ready(()),
