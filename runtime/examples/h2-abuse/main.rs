@@ -187,23 +187,23 @@ async fn attack_phase(attack: Attack, addr: SocketAddr, attackers: usize, until:
     total
 }
 
-#[tokio::main]
-async fn main() -> std::process::ExitCode {
-    let args = Args::parse();
-    if !args.binary.exists() {
-        eprintln!("{} not found: cargo build --release -p grpc-runtime --examples", args.binary.display());
-        return std::process::ExitCode::FAILURE;
-    }
+/// A running server: the process, its pid and its gRPC address.
+struct Running {
+    child: tokio::process::Child,
+    pid: u32,
+    addr: SocketAddr,
+}
+
+async fn start_server(binary: &std::path::Path, taskset: bool) -> Result<Running, String> {
     let (grpc, admin) = (free_port(), free_port());
-    let taskset = std::path::Path::new("/usr/bin/taskset").exists();
     let mut command = if taskset {
         let mut c = tokio::process::Command::new("/usr/bin/taskset");
-        c.args(["-c", "0"]).arg(&args.binary);
+        c.args(["-c", "0"]).arg(binary);
         c
     } else {
-        tokio::process::Command::new(&args.binary)
+        tokio::process::Command::new(binary)
     };
-    let mut child = match command
+    let child = command
         .env("GRPC_PORT", grpc.to_string())
         .env("ADMIN_PORT", admin.to_string())
         .env("LOG_FORMAT", "json")
@@ -211,38 +211,29 @@ async fn main() -> std::process::ExitCode {
         .stderr(std::process::Stdio::null())
         .kill_on_drop(true)
         .spawn()
-    {
-        Ok(child) => child,
-        Err(e) => {
-            eprintln!("starting the server: {e}");
-            return std::process::ExitCode::FAILURE;
-        }
-    };
-    let Some(pid) = child.id() else { return std::process::ExitCode::FAILURE };
+        .map_err(|e| format!("starting the server: {e}"))?;
+    let pid = child.id().ok_or("the server has no pid")?;
     let addr: SocketAddr = ([127, 0, 0, 1], grpc).into();
     let deadline = Instant::now() + Duration::from_secs(20);
     while tokio::net::TcpStream::connect(addr).await.is_err() {
         if Instant::now() > deadline {
-            eprintln!("the server did not start");
-            return std::process::ExitCode::FAILURE;
+            return Err("the server did not start".into());
         }
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
-    let phase = Duration::from_secs(args.seconds);
-    println!(
-        "server pinned to CPU 0: {taskset}; {} s per phase, {} attacking connections, {} legitimate callers\n",
-        args.seconds, args.attackers, args.callers
-    );
-
-    // Warm up, then the baseline.
+    // Warm up: connections, allocator, caches.
     let stop = Arc::new(AtomicBool::new(false));
-    let warm = tokio::spawn(legitimate_load(addr, args.callers, stop.clone()));
+    let warm = tokio::spawn(legitimate_load(addr, 4, stop.clone()));
     tokio::time::sleep(Duration::from_secs(1)).await;
     stop.store(true, Ordering::Relaxed);
     let _ = warm.await;
+    Ok(Running { child, pid, addr })
+}
 
+/// Samples a process's RSS until aborted, keeping the peak.
+fn sample_rss(pid: u32) -> (Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
     let peak = Arc::new(AtomicU64::new(0));
-    let sampler = {
+    let task = {
         let peak = peak.clone();
         tokio::spawn(async move {
             loop {
@@ -251,16 +242,43 @@ async fn main() -> std::process::ExitCode {
             }
         })
     };
+    (peak, task)
+}
+
+#[tokio::main]
+async fn main() -> std::process::ExitCode {
+    let args = Args::parse();
+    if !args.binary.exists() {
+        eprintln!("{} not found: cargo build --release -p grpc-runtime --examples", args.binary.display());
+        return std::process::ExitCode::FAILURE;
+    }
+    let taskset = std::path::Path::new("/usr/bin/taskset").exists();
+    let phase = Duration::from_secs(args.seconds);
+    println!(
+        "server pinned to CPU 0: {taskset}; a fresh server per phase; {} s per phase, {} attacking connections from {ATTACKER}, {} legitimate callers from 127.0.0.1\n",
+        args.seconds, args.attackers, args.callers
+    );
+
+    // The baseline: legitimate load alone.
+    let mut server = match start_server(&args.binary, taskset).await {
+        Ok(s) => s,
+        Err(e) => {
+            eprintln!("{e}");
+            return std::process::ExitCode::FAILURE;
+        }
+    };
+    let (peak, sampler) = sample_rss(server.pid);
     let stop = Arc::new(AtomicBool::new(false));
-    let load = tokio::spawn(legitimate_load(addr, args.callers, stop.clone()));
+    let load = tokio::spawn(legitimate_load(server.addr, args.callers, stop.clone()));
     tokio::time::sleep(phase).await;
     stop.store(true, Ordering::Relaxed);
     let baseline = load.await.unwrap_or(Load { ok: 0, failed: 0, histogram: unreachable_histogram() });
-    let baseline_rss = peak.swap(0, Ordering::Relaxed);
+    sampler.abort();
+    let baseline_rss = peak.load(Ordering::Relaxed);
+    let _ = server.child.start_kill();
+    let _ = server.child.wait().await;
     let baseline_p99 = baseline.histogram.value_at_quantile(0.99).max(1);
-    println!(
-        "| phase | offenders | attack connections: GOAWAY / closed / left open / held off | peak RSS | RSS − baseline (goal ≤ 64 MiB) | legitimate p99 | × baseline (goal ≤ 2×) | legitimate calls ok / failed |"
-    );
+    println!("| phase | first offender got | attack connections: GOAWAY / closed / left open / held off | peak RSS | RSS − baseline (goal ≤ 64 MiB) | legitimate p99 | × baseline (goal ≤ 2×) | legitimate calls ok / failed |");
     println!("|---|---|---|---|---|---|---|---|");
     println!(
         "| baseline | — | — | {:.1} MiB | — | {:.2} ms | 1.00 | {} / {} |",
@@ -271,17 +289,28 @@ async fn main() -> std::process::ExitCode {
     );
     let mut all_met = true;
     for attack in Attack::ALL {
+        let mut server = match start_server(&args.binary, taskset).await {
+            Ok(s) => s,
+            Err(e) => {
+                eprintln!("{e}");
+                return std::process::ExitCode::FAILURE;
+            }
+        };
+        let (peak, sampler) = sample_rss(server.pid);
         let stop = Arc::new(AtomicBool::new(false));
-        let load = tokio::spawn(legitimate_load(addr, args.callers, stop.clone()));
-        let offence = attack_phase(attack, addr, args.attackers, Instant::now() + phase).await;
+        let load = tokio::spawn(legitimate_load(server.addr, args.callers, stop.clone()));
+        let offence = attack_phase(attack, server.addr, args.attackers, Instant::now() + phase).await;
         stop.store(true, Ordering::Relaxed);
         let load = load.await.unwrap_or(Load { ok: 0, failed: 0, histogram: unreachable_histogram() });
-        let rss = peak.swap(0, Ordering::Relaxed);
+        sampler.abort();
+        let rss = peak.load(Ordering::Relaxed);
+        let _ = server.child.start_kill();
+        let _ = server.child.wait().await;
         let p99 = load.histogram.value_at_quantile(0.99);
         let delta = rss.saturating_sub(baseline_rss) as f64 / 1048576.0;
         let ratio = p99 as f64 / baseline_p99 as f64;
-        let cut = offence.goaway > 0 && offence.open <= args.attackers as u64;
-        all_met &= cut && delta <= 64.0 && ratio <= 2.0 && load.failed == 0;
+        let goaway = matches!(offence.first, Some(Verdict::GoAway(_)));
+        all_met &= goaway && delta <= 64.0 && ratio <= 2.0 && load.failed == 0;
         println!(
             "| {} | {} | {} / {} / {} / {} | {:.1} MiB | {:+.1} MiB | {:.2} ms | {:.2} | {} / {} |",
             attack.name(),
@@ -298,9 +327,6 @@ async fn main() -> std::process::ExitCode {
             load.failed
         );
     }
-    sampler.abort();
-    let _ = child.start_kill();
-    let _ = child.wait().await;
     println!("\nall goals met: {all_met}");
     std::process::ExitCode::SUCCESS
 }
