@@ -145,6 +145,9 @@ pub struct Conn {
     closed: bool,
     /// Where an offence is reported; taken on the first.
     penalties: Option<Arc<super::penalty::PenaltyBox>>,
+    /// Set when a read brought data: the next write first yields once (see
+    /// [`Conn::coalesce`]).
+    may_yield: bool,
 }
 
 enum ConnIo {
@@ -174,7 +177,25 @@ impl Conn {
             goaway: None,
             closed: false,
             penalties,
+            may_yield: false,
         }
+    }
+
+    /// Write coalescing across streams. Requests read together are handled by tasks of their
+    /// own; the first to answer wakes the connection, which the scheduler then runs at once, so
+    /// each answer became its own write and TCP segment. Before the first write after a read,
+    /// the connection yields once (`tokio::task::yield_now`: it runs again after the tasks
+    /// that are ready), so the answers that are ready by then leave in one write. h2 keeps its
+    /// frames buffered meanwhile; nothing is copied.
+    fn coalesce(&mut self, cx: &mut Context<'_>) -> Poll<()> {
+        if !std::mem::take(&mut self.may_yield) {
+            return Poll::Ready(());
+        }
+        let mut yielded = std::pin::pin!(tokio::task::yield_now());
+        // Pending on a Tokio runtime (the wake is deferred); elsewhere the waker was woken at
+        // once. Either way the connection is polled again.
+        let _ = yielded.as_mut().poll(cx);
+        Poll::Pending
     }
 
     /// Reports this connection's peer to the penalty box (once).
@@ -296,6 +317,7 @@ impl AsyncRead for Conn {
         let polled = this.io.poll_read(cx, buf);
         let read = &buf.filled()[before..];
         this.preface.count(read.len());
+        this.may_yield |= !read.is_empty();
         if let Some(policy) = this.policy.as_mut()
             && !read.is_empty()
             && let Some(violation) = policy.on_read(read)
@@ -320,6 +342,7 @@ impl AsyncWrite for Conn {
         if this.closed {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
+        std::task::ready!(this.coalesce(cx));
         let polled = this.io.poll_write(cx, buf);
         if let (Poll::Ready(Ok(n)), Some(policy)) = (&polled, this.policy.as_mut())
             && policy.on_write(&buf[..*n])
@@ -341,6 +364,7 @@ impl AsyncWrite for Conn {
         if this.closed {
             return Poll::Ready(Err(io::ErrorKind::BrokenPipe.into()));
         }
+        std::task::ready!(this.coalesce(cx));
         let polled = this.io.poll_write_vectored(cx, bufs);
         if let (Poll::Ready(Ok(n)), Some(policy)) = (&polled, this.policy.as_mut()) {
             let mut left = *n;
