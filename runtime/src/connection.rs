@@ -12,7 +12,6 @@ use bytes::Bytes;
 use futures::StreamExt;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
-use hyper_util::service::TowerToHyperService;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 use tokio::time::Instant;
@@ -88,12 +87,11 @@ pub(crate) async fn serve_connections<M, S, B>(
     stop: CancellationToken,
 ) where
     M: Fn(PeerInfo) -> (S, Arc<ConnectionState>),
-    S: tower_service::Service<
+    S: hyper::service::Service<
             http::Request<hyper::body::Incoming>,
             Response = http::Response<B>,
             Error = Infallible,
-        > + Clone
-        + Send
+        > + Send
         + 'static,
     S::Future: Send + 'static,
     B: http_body::Body<Data = Bytes> + Send + 'static,
@@ -159,103 +157,137 @@ pub(crate) async fn serve_connections<M, S, B>(
     }
 }
 
-/// Why a connection is being closed gracefully.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Closing {
-    /// Not closing.
-    No,
-    /// Max age or idle: GOAWAY, then a hard close after the grace period.
-    Aged,
-    /// Server shutdown: GOAWAY; the supervisor's shutdown timeout bounds the rest.
-    Draining,
+/// What the watchdog asks of the connection task (0: nothing yet).
+
+const GOAWAY: u8 = 1;
+const CLOSE: u8 = 2;
+
+/// The channel from a connection's watchdog to its task: an order and the task's waker.
+#[derive(Default)]
+struct Control {
+    order: std::sync::atomic::AtomicU8,
+    waker: futures::task::AtomicWaker,
 }
 
+impl Control {
+    fn order(&self, order: u8) {
+        self.order.fetch_max(order, std::sync::atomic::Ordering::AcqRel);
+        self.waker.wake();
+    }
+}
+
+/// Serves one connection. Its timers (preface, idle, maximum age, grace) and the shutdown drain
+/// live in a watchdog task of their own, which orders a GOAWAY or a close through [`Control`]:
+/// the connection task, woken several times per call, then polls only the connection and one
+/// atomic, not timers and a watch channel each time.
 async fn serve_connection<S, B>(
     builder: Arc<auto::Builder<TokioExecutor>>,
     conn: Conn,
     service: S,
     state: Arc<ConnectionState>,
-    mut drain: tokio::sync::watch::Receiver<bool>,
+    drain: tokio::sync::watch::Receiver<bool>,
     limits: Arc<Limits>,
 ) where
-    S: tower_service::Service<
+    S: hyper::service::Service<
             http::Request<hyper::body::Incoming>,
             Response = http::Response<B>,
             Error = Infallible,
-        > + Clone
-        + Send
+        > + Send
         + 'static,
     S::Future: Send + 'static,
     B: http_body::Body<Data = Bytes> + Send + 'static,
     B::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
 {
-    let preface = conn.preface();
     let remote = conn.peer_info().remote_addr;
-    let connection = builder.serve_connection(TokioIo::new(conn), TowerToHyperService::new(service));
+    let control = Arc::new(Control::default());
+    let watchdog = tokio::spawn(watchdog(control.clone(), conn.preface(), state, drain, limits, remote));
+    let connection = builder.serve_connection(TokioIo::new(conn), service);
     let mut connection = pin!(connection);
+    let mut goaway_sent = false;
+    let result = std::future::poll_fn(|cx| {
+        control.waker.register(cx.waker());
+        match control.order.load(std::sync::atomic::Ordering::Acquire) {
+            CLOSE => return std::task::Poll::Ready(None),
+            GOAWAY if !goaway_sent => {
+                goaway_sent = true;
+                connection.as_mut().graceful_shutdown();
+            }
+            _ => {}
+        }
+        connection.as_mut().poll(cx).map(Some)
+    })
+    .await;
+    watchdog.abort();
+    if let Some(Err(err)) = result {
+        tracing::debug!(?remote, error = %err, "connection ended with an error");
+    }
+}
+
+/// A connection's timers: no preface within `preface_timeout` closes it; `max_connection_age`,
+/// or `max_connection_idle` without a call in flight, sends GOAWAY and closes after
+/// `max_connection_age_grace`; shutdown sends GOAWAY (the supervisor's shutdown timeout bounds
+/// the rest).
+async fn watchdog(
+    control: Arc<Control>,
+    preface: Arc<crate::tls::Preface>,
+    state: Arc<ConnectionState>,
+    mut drain: tokio::sync::watch::Receiver<bool>,
+    limits: Arc<Limits>,
+    remote: Option<SocketAddr>,
+) {
     let start = Instant::now();
-    // One timer serves the preface deadline, the idle checks and the max age.
     let preface_deadline = start + limits.preface_timeout;
     let age_deadline = start + limits.max_connection_age;
-    let mut hard_deadline: Option<Instant> = None;
     let mut next_idle_check = start + limits.max_connection_idle;
-    let next_wake = |closing: Closing, preface_seen: bool, idle: Instant, hard: Option<Instant>| match closing
-    {
-        Closing::No if !preface_seen => preface_deadline.min(idle).min(age_deadline),
-        Closing::No => idle.min(age_deadline),
-        Closing::Aged => hard.unwrap_or(age_deadline),
-        // Drain: the supervisor bounds it; sleep far away (a week is plenty for Instant math).
-        Closing::Draining => Instant::now() + Duration::from_secs(7 * 24 * 3600),
-    };
-    let mut closing = Closing::No;
-    let timer = tokio::time::sleep_until(next_wake(closing, false, next_idle_check, None));
-    let mut timer = pin!(timer);
+    let mut preface_checked = false;
+    let mut hard_deadline: Option<Instant> = None;
     loop {
+        let next = match hard_deadline {
+            Some(hard) => hard,
+            None if !preface_checked => preface_deadline.min(next_idle_check).min(age_deadline),
+            None => next_idle_check.min(age_deadline),
+        };
         tokio::select! {
-            result = connection.as_mut() => {
-                if let Err(err) = result {
-                    tracing::debug!(?remote, error = %err, "connection ended with an error");
+            () = tokio::time::sleep_until(next) => {}
+            changed = drain.changed() => {
+                if changed.is_err() || *drain.borrow() {
+                    control.order(GOAWAY);
+                    return;
                 }
+                continue;
+            }
+        }
+        let now = Instant::now();
+        if let Some(hard) = hard_deadline {
+            if now >= hard {
+                tracing::debug!(?remote, "connection outlived its grace period; closing");
+                control.order(CLOSE);
                 return;
             }
-            () = timer.as_mut() => {
-                let now = Instant::now();
-                match closing {
-                    Closing::Aged if hard_deadline.is_some_and(|d| now >= d) => {
-                        tracing::debug!(?remote, "connection outlived its grace period; closing");
-                        return;
-                    }
-                    Closing::No if !preface.seen() && now >= preface_deadline => {
-                        tracing::debug!(?remote, "no preface within the timeout; closing");
-                        return;
-                    }
-                    Closing::No if now >= age_deadline => {
-                        closing = Closing::Aged;
-                        hard_deadline = Some(now + limits.max_connection_age_grace);
-                        connection.as_mut().graceful_shutdown();
-                    }
-                    Closing::No if now >= next_idle_check => match state.idle_for() {
-                        Some(idle) if idle >= limits.max_connection_idle => {
-                            tracing::debug!(?remote, "connection idle; closing");
-                            closing = Closing::Aged;
-                            hard_deadline = Some(now + limits.max_connection_age_grace);
-                            connection.as_mut().graceful_shutdown();
-                        }
-                        Some(idle) => next_idle_check = now + (limits.max_connection_idle - idle),
-                        None => next_idle_check = now + limits.max_connection_idle,
-                    },
-                    _ => {}
-                }
-                timer.as_mut().reset(next_wake(closing, preface.seen(), next_idle_check, hard_deadline));
+            continue;
+        }
+        if !preface_checked && now >= preface_deadline {
+            preface_checked = true;
+            if !preface.seen() {
+                tracing::debug!(?remote, "no preface within the timeout; closing");
+                control.order(CLOSE);
+                return;
             }
-            changed = drain.changed(), if closing != Closing::Draining => {
-                if changed.is_err() || *drain.borrow() {
-                    if closing == Closing::No {
-                        connection.as_mut().graceful_shutdown();
-                    }
-                    closing = Closing::Draining;
-                    timer.as_mut().reset(next_wake(closing, true, next_idle_check, hard_deadline));
+        }
+        if now >= age_deadline {
+            control.order(GOAWAY);
+            hard_deadline = Some(now + limits.max_connection_age_grace);
+            continue;
+        }
+        if now >= next_idle_check {
+            match state.idle_for() {
+                Some(idle) if idle >= limits.max_connection_idle => {
+                    tracing::debug!(?remote, "connection idle; closing");
+                    control.order(GOAWAY);
+                    hard_deadline = Some(now + limits.max_connection_age_grace);
                 }
+                Some(idle) => next_idle_check = now + (limits.max_connection_idle - idle),
+                None => next_idle_check = now + limits.max_connection_idle,
             }
         }
     }

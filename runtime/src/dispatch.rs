@@ -133,35 +133,34 @@ fn refusal<B>(status: StatusCode, message: &'static str) -> http::Response<Eithe
     response
 }
 
-impl<G, W, GB, WB> tower_service::Service<http::Request<hyper::body::Incoming>> for Dispatch<G, W>
+// hyper's `Service` (`call(&self)`) rather than tower's through `TowerToHyperService`, which
+// clones the whole service for every request: here only the stack the request goes to is
+// cloned, and `oneshot` still calls `poll_ready` first (your layers may rely on it).
+impl<G, W, GB, WB> hyper::service::Service<http::Request<hyper::body::Incoming>> for Dispatch<G, W>
 where
     G: tower_service::Service<
             http::Request<hyper::body::Incoming>,
             Response = http::Response<GB>,
             Error = Infallible,
-        >,
+        > + Clone,
     W: tower_service::Service<
             http::Request<hyper::body::Incoming>,
             Response = http::Response<WB>,
             Error = Infallible,
-        >,
+        > + Clone,
 {
     type Response = http::Response<Either<GB, Either<WB, Refusal>>>;
     type Error = Infallible;
-    type Future = DispatchFuture<G::Future, W::Future>;
+    type Future = DispatchFuture<
+        tower::util::Oneshot<G, http::Request<hyper::body::Incoming>>,
+        tower::util::Oneshot<W, http::Request<hyper::body::Incoming>>,
+    >;
 
-    fn poll_ready(&mut self, cx: &mut Context<'_>) -> Poll<Result<(), Infallible>> {
-        // Both sides are always ready (no layer applies backpressure through poll_ready).
-        match (self.grpc.poll_ready(cx), self.web.poll_ready(cx)) {
-            (Poll::Ready(Ok(())), Poll::Ready(Ok(()))) => Poll::Ready(Ok(())),
-            _ => Poll::Pending,
-        }
-    }
-
-    fn call(&mut self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
+    fn call(&self, req: http::Request<hyper::body::Incoming>) -> Self::Future {
+        use tower::ServiceExt;
         match route(&req, &self.origins) {
-            Route::Grpc => DispatchFuture::Grpc { future: self.grpc.call(req) },
-            Route::Web => DispatchFuture::Web { future: self.web.call(req) },
+            Route::Grpc => DispatchFuture::Grpc { future: self.grpc.clone().oneshot(req) },
+            Route::Web => DispatchFuture::Web { future: self.web.clone().oneshot(req) },
             Route::Refuse(status, message) => {
                 tracing::debug!(
                     status = status.as_u16(),

@@ -25,6 +25,35 @@ pub(crate) struct LogContext {
     pub(crate) request_id: http::HeaderValue,
 }
 
+thread_local! {
+    /// The RPC whose code runs on this thread right now, when the observe layer runs without a
+    /// `tracing` span (JSON logs and no span export): set around every poll of the call's
+    /// future and response body, so log lines of the handler carry the call's ids.
+    static CURRENT: RefCell<Option<crate::layers::context::RequestContext>> = const { RefCell::new(None) };
+}
+
+/// Restores the previous current RPC when dropped.
+pub(crate) struct CurrentRpc(Option<crate::layers::context::RequestContext>);
+
+impl CurrentRpc {
+    /// Makes `rpc` the current RPC of this thread until the guard drops.
+    pub(crate) fn enter(rpc: &crate::layers::context::RequestContext) -> CurrentRpc {
+        let previous = CURRENT.with(|c| c.try_borrow_mut().ok().and_then(|mut c| c.replace(rpc.clone())));
+        CurrentRpc(previous)
+    }
+}
+
+impl Drop for CurrentRpc {
+    fn drop(&mut self) {
+        let previous = self.0.take();
+        CURRENT.with(|c| {
+            if let Ok(mut c) = c.try_borrow_mut() {
+                *c = previous;
+            }
+        });
+    }
+}
+
 /// Attaches `log` to the span's extensions, when the subscriber is a tracing-subscriber
 /// `Registry` (it is whenever [`crate::Telemetry::init`] installed it).
 pub(crate) fn attach(span: &tracing::Span, log: LogContext) {
@@ -77,21 +106,43 @@ where
             let mut visitor = FieldsVisitor { buf, scratch: String::new() };
             event.record(&mut visitor);
             let buf = visitor.buf;
+            let push_ids = |buf: &mut String, trace_id: &[u8], span_id: &[u8], request_id: &str| {
+                buf.push_str(",\"trace_id\":\"");
+                push_hex(buf, trace_id);
+                buf.push_str("\",\"span_id\":\"");
+                push_hex(buf, span_id);
+                buf.push_str("\",\"request_id\":");
+                push_json_str(buf, request_id);
+            };
+            let mut found = false;
             if let Some(scope) = ctx.event_scope(event) {
                 for span in scope {
                     if let Some(log) = span.extensions().get::<LogContext>() {
-                        buf.push_str(",\"trace_id\":\"");
-                        push_hex(buf, &log.trace_id.to_bytes());
-                        buf.push_str("\",\"span_id\":\"");
-                        push_hex(buf, &log.span_id.to_bytes());
-                        buf.push('"');
-                        if let Ok(id) = log.request_id.to_str() {
-                            buf.push_str(",\"request_id\":");
-                            push_json_str(buf, id);
-                        }
+                        push_ids(
+                            buf,
+                            &log.trace_id.to_bytes(),
+                            &log.span_id.to_bytes(),
+                            log.request_id.to_str().unwrap_or(""),
+                        );
+                        found = true;
                         break;
                     }
                 }
+            }
+            if !found {
+                CURRENT.with(|c| {
+                    if let Ok(current) = c.try_borrow()
+                        && let Some(rpc) = current.as_ref()
+                        && let Some(ids) = rpc.trace()
+                    {
+                        push_ids(
+                            buf,
+                            &ids.trace_id.to_bytes(),
+                            &ids.span_id.to_bytes(),
+                            rpc.request_id().as_str(),
+                        );
+                    }
+                });
             }
             buf.push_str("}\n");
             let _ = self.make_writer.make_writer_for(meta).write_all(buf.as_bytes());

@@ -311,7 +311,14 @@ impl Server {
                 limits.streaming_rpcs_per_connection(),
                 shutdown.clone(),
             ))
-            .layer(ObserveLayer::new(config.log_format == crate::config::LogFormat::Text, methods.unknown()))
+            .layer(ObserveLayer::new(
+                config.log_format == crate::config::LogFormat::Text,
+                // Spans only where something consumes them: see ObserveLayer::new.
+                !self.init_telemetry
+                    || config.log_format == crate::config::LogFormat::Text
+                    || config.otel.endpoint.is_some(),
+                methods.unknown(),
+            ))
             .layer(RecoveryLayer::new(server_metrics.panics.clone()))
             .layer(AuthLayer::new(config.allowed_peers.clone(), self.authenticator, self.auth_exempt))
             .layer(DeadlineLayer::new(limits.default_deadline))

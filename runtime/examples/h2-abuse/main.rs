@@ -278,7 +278,9 @@ async fn main() -> std::process::ExitCode {
     let _ = server.child.start_kill();
     let _ = server.child.wait().await;
     let baseline_p99 = baseline.histogram.value_at_quantile(0.99).max(1);
-    println!("| phase | first offender got | attack connections: GOAWAY / closed / left open / held off | peak RSS | RSS − baseline (goal ≤ 64 MiB) | legitimate p99 | × baseline (goal ≤ 2×) | legitimate calls ok / failed |");
+    println!(
+        "| phase | first offender got | attack connections: GOAWAY / closed / left open / held off | peak RSS | RSS − baseline (goal ≤ 64 MiB) | legitimate p99 | × baseline (goal ≤ 2×) | legitimate calls ok / failed |"
+    );
     println!("|---|---|---|---|---|---|---|---|");
     println!(
         "| baseline | — | — | {:.1} MiB | — | {:.2} ms | 1.00 | {} / {} |",

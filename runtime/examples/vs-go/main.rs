@@ -70,7 +70,8 @@ enum Kind {
 }
 
 impl Kind {
-    const ALL: [Kind; 5] = [Kind::GoPrometheus, Kind::GoFull, Kind::Bare, Kind::Runtime, Kind::RuntimeNoAccessLog];
+    const ALL: [Kind; 5] =
+        [Kind::GoPrometheus, Kind::GoFull, Kind::Bare, Kind::Runtime, Kind::RuntimeNoAccessLog];
 
     fn name(self) -> &'static str {
         match self {
@@ -172,7 +173,11 @@ fn cpu_ticks(pid: u32) -> u64 {
 fn proc_value(path: &str, key: &str) -> u64 {
     std::fs::read_to_string(path)
         .ok()
-        .and_then(|s| s.lines().find_map(|l| l.strip_prefix(key)).and_then(|v| v.split_whitespace().next()?.parse().ok()))
+        .and_then(|s| {
+            s.lines()
+                .find_map(|l| l.strip_prefix(key))
+                .and_then(|v| v.split_whitespace().next()?.parse().ok())
+        })
         .unwrap_or(0)
 }
 
@@ -192,15 +197,20 @@ fn out_segments() -> u64 {
 async fn ok_calls(admin: Option<u16>) -> Option<u64> {
     let admin = admin?;
     let mut stream = tokio::net::TcpStream::connect(("127.0.0.1", admin)).await.ok()?;
-    tokio::io::AsyncWriteExt::write_all(&mut stream, b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
-        .await
-        .ok()?;
+    tokio::io::AsyncWriteExt::write_all(
+        &mut stream,
+        b"GET /metrics HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+    )
+    .await
+    .ok()?;
     let mut text = String::new();
     stream.read_to_string(&mut text).await.ok()?;
     let sum: f64 = text
         .lines()
         .filter(|l| {
-            l.starts_with("grpc_server_handled_total{") && l.contains("grpc_code=\"OK\"") && l.contains("grpc_method=\"GetUser\"")
+            l.starts_with("grpc_server_handled_total{")
+                && l.contains("grpc_code=\"OK\"")
+                && l.contains("grpc_method=\"GetUser\"")
         })
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
@@ -286,7 +296,10 @@ async fn measure(kind: Kind, args: &Args, half_rate: Option<f64>) -> Result<Samp
         let (peak, pid) = (rss_peak.clone(), server.pid);
         tokio::spawn(async move {
             loop {
-                peak.fetch_max(proc_value(&format!("/proc/{pid}/status"), "VmRSS:"), std::sync::atomic::Ordering::Relaxed);
+                peak.fetch_max(
+                    proc_value(&format!("/proc/{pid}/status"), "VmRSS:"),
+                    std::sync::atomic::Ordering::Relaxed,
+                );
                 tokio::time::sleep(Duration::from_millis(100)).await;
             }
         })
@@ -369,7 +382,13 @@ async fn main() -> std::process::ExitCode {
         }
     }
     let med = |kind: Kind, f: fn(&Sample) -> f64| {
-        median(samples.iter().find(|(k, _)| *k == kind).map(|(_, v)| v.iter().map(f).collect()).unwrap_or_default())
+        median(
+            samples
+                .iter()
+                .find(|(k, _)| *k == kind)
+                .map(|(_, v)| v.iter().map(f).collect())
+                .unwrap_or_default(),
+        )
     };
     let (go_cps, go_cpu, go_p99, go_rss) = (
         med(Kind::GoFull, |s| s.calls_per_s),
@@ -377,7 +396,9 @@ async fn main() -> std::process::ExitCode {
         med(Kind::GoFull, |s| s.p99_ms),
         med(Kind::GoFull, |s| s.rss_mib),
     );
-    println!("| server | calls/s | × Go full | CPU µs/call | × Go full | p99 at half capacity (ms) | × Go full | RSS under load (MiB) | × Go full | writes/call | TCP segments/call (both ways) |");
+    println!(
+        "| server | calls/s | × Go full | CPU µs/call | × Go full | p99 at half capacity (ms) | × Go full | RSS under load (MiB) | × Go full | writes/call | TCP segments/call (both ways) |"
+    );
     println!("|---|---|---|---|---|---|---|---|---|---|---|");
     for kind in Kind::ALL {
         let (cps, cpu, p99, rss, w, seg) = (
@@ -399,8 +420,11 @@ async fn main() -> std::process::ExitCode {
     }
     let go_prom = med(Kind::GoPrometheus, |s| s.calls_per_s);
     let rt = med(Kind::Runtime, |s| s.calls_per_s);
-    println!("\ngrpc-runtime default chain vs grpc-go + prometheus only: {:.2}× the calls/s, {:.2}× the CPU per call",
-        rt / go_prom, med(Kind::Runtime, |s| s.cpu_us_per_call) / med(Kind::GoPrometheus, |s| s.cpu_us_per_call));
+    println!(
+        "\ngrpc-runtime default chain vs grpc-go + prometheus only: {:.2}× the calls/s, {:.2}× the CPU per call",
+        rt / go_prom,
+        med(Kind::Runtime, |s| s.cpu_us_per_call) / med(Kind::GoPrometheus, |s| s.cpu_us_per_call)
+    );
     // Every call h2load counted as done must be an OK in the server's own metrics.
     for (kind, list) in &samples {
         for s in list {

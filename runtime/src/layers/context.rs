@@ -82,6 +82,11 @@ struct ContextInner {
     peer_address: Option<Arc<str>>,
     method: Arc<RpcMethod>,
     connection: Arc<ConnectionState>,
+    /// The call's trace context, set once by the observe layer.
+    trace: std::sync::OnceLock<super::trace::TraceContext>,
+    /// When the call arrived: the one clock read at the start of a call, which the observe
+    /// layer times it from and the deadline layer counts the default deadline from.
+    start: std::time::Instant,
 }
 
 /// Fires when the server begins to close its connections at shutdown (after the drain delay),
@@ -136,7 +141,7 @@ impl ConnectionState {
     /// Counts a call as in flight until the guard drops.
     pub(crate) fn begin_call(self: &Arc<Self>) -> CallGuard {
         self.active.fetch_add(1, Ordering::Relaxed);
-        CallGuard(self.clone())
+        CallGuard(self.clone(), None)
     }
 
     /// How long the connection has had no call in flight (`None` while one is).
@@ -151,12 +156,21 @@ impl ConnectionState {
 
 /// A call in flight on a connection; see [`ConnectionState::begin_call`].
 #[derive(Debug)]
-pub(crate) struct CallGuard(Arc<ConnectionState>);
+pub(crate) struct CallGuard(Arc<ConnectionState>, Option<std::time::Instant>);
+
+impl CallGuard {
+    /// Records when the call ended (the caller read the clock anyway), sparing the drop a read.
+    pub(crate) fn ended_at(&mut self, at: std::time::Instant) {
+        self.1 = Some(at);
+    }
+}
 
 impl Drop for CallGuard {
     fn drop(&mut self) {
         let state = &self.0;
-        let now = u64::try_from(state.epoch.elapsed().as_millis()).unwrap_or(u64::MAX);
+        let since =
+            self.1.map_or_else(|| state.epoch.elapsed(), |at| at.saturating_duration_since(state.epoch));
+        let now = u64::try_from(since.as_millis()).unwrap_or(u64::MAX);
         state.last_end_ms.fetch_max(now, Ordering::AcqRel);
         state.active.fetch_sub(1, Ordering::AcqRel);
     }
@@ -192,6 +206,21 @@ impl RequestContext {
         &self.0.connection
     }
 
+    /// The call's trace context (also in the request extensions as
+    /// [`TraceContext`](super::trace::TraceContext)).
+    pub fn trace(&self) -> Option<&super::trace::TraceContext> {
+        self.0.trace.get()
+    }
+
+    /// When the call arrived.
+    pub fn start(&self) -> std::time::Instant {
+        self.0.start
+    }
+
+    pub(crate) fn set_trace(&self, trace: super::trace::TraceContext) {
+        let _ = self.0.trace.set(trace);
+    }
+
     /// Fires when shutdown begins closing connections: a long-lived stream should end then.
     pub fn shutdown(&self) -> &ShutdownSignal {
         &self.0.connection.shutdown
@@ -207,6 +236,8 @@ impl RequestContext {
             peer_address: None,
             method: unknown,
             connection: Arc::new(ConnectionState::new(0, ShutdownSignal::default())),
+            trace: std::sync::OnceLock::new(),
+            start: std::time::Instant::now(),
         }))
     }
 }
@@ -327,6 +358,8 @@ where
             peer_address,
             method,
             connection: self.connection.clone(),
+            trace: std::sync::OnceLock::new(),
+            start: std::time::Instant::now(),
         })));
         EchoRequestId { inner: self.inner.call(req), echo }
     }

@@ -100,10 +100,12 @@ where
             }
             parsed
         });
-        let streams =
-            req.extensions().get::<RequestContext>().is_some_and(|c| c.method().kind.server_streams());
+        let context = req.extensions().get::<RequestContext>();
+        let streams = context.is_some_and(|c| c.method().kind.server_streams());
         let timeout = client.or(if streams { None } else { self.default });
-        let deadline = timeout.map(|t| Instant::now() + t);
+        // Counted from the call's arrival, which the context layer read the clock for.
+        let start = context.map_or_else(Instant::now, |c| Instant::from_std(c.start()));
+        let deadline = timeout.map(|t| start + t);
         if let Some(deadline) = deadline {
             req.extensions_mut().insert(Deadline(deadline));
         }

@@ -34,12 +34,14 @@ use super::metrics::CountingBody;
 use super::trace::trace_ids;
 use crate::codes::{code_label, code_of_error, status_code_in};
 use crate::frames::FrameScanner;
+use crate::logging::CurrentRpc;
 use crate::method::RpcMethod;
 
 /// Layer for [`Observe`].
 #[derive(Debug, Clone)]
 pub struct ObserveLayer {
     record_trace_id: bool,
+    spans: bool,
     unknown: Arc<RpcMethod>,
 }
 
@@ -47,15 +49,26 @@ impl ObserveLayer {
     /// `record_trace_id` adds the trace id as a `trace_id` span field, for log formats that
     /// print span fields (text); the JSON format reads it from the log context instead, which
     /// is cheaper than recording a field.
-    pub(crate) fn new(record_trace_id: bool, unknown: Arc<RpcMethod>) -> Self {
-        ObserveLayer { record_trace_id, unknown }
+    ///
+    /// `spans` creates a `tracing` span per call. It is needed when spans are exported
+    /// (OpenTelemetry), printed (the text format shows span fields) or may be consumed by a
+    /// subscriber the application installed. Without them (JSON logs, no exporter: the
+    /// production default) the call's ids reach log lines through [`crate::logging::CurrentRpc`],
+    /// a thread-local set around each poll, at a fraction of a span's cost.
+    pub(crate) fn new(record_trace_id: bool, spans: bool, unknown: Arc<RpcMethod>) -> Self {
+        ObserveLayer { record_trace_id, spans, unknown }
     }
 }
 
 impl<S> tower_layer::Layer<S> for ObserveLayer {
     type Service = Observe<S>;
     fn layer(&self, inner: S) -> Self::Service {
-        Observe { inner, record_trace_id: self.record_trace_id, unknown: self.unknown.clone() }
+        Observe {
+            inner,
+            record_trace_id: self.record_trace_id,
+            spans: self.spans,
+            unknown: self.unknown.clone(),
+        }
     }
 }
 
@@ -64,6 +77,7 @@ impl<S> tower_layer::Layer<S> for ObserveLayer {
 pub struct Observe<S> {
     inner: S,
     record_trace_id: bool,
+    spans: bool,
     unknown: Arc<RpcMethod>,
 }
 
@@ -77,8 +91,10 @@ struct CallEnd {
 }
 
 impl CallEnd {
-    fn finish(self, code: Code, messages_sent: u64) {
-        let elapsed = self.start.elapsed();
+    fn finish(mut self, code: Code, messages_sent: u64) {
+        let now = Instant::now();
+        let elapsed = now.saturating_duration_since(self.start);
+        self._active.ended_at(now);
         let method = self.context.method();
         let m = &method.metrics;
         m.handled(code).inc();
@@ -95,6 +111,7 @@ impl CallEnd {
             }
         }
         let _entered = self.span.enter();
+        let _current = CurrentRpc::enter(&self.context);
         // Whole microseconds: integers format far faster than floats, on every call.
         let duration_us = u64::try_from(elapsed.as_micros()).unwrap_or(u64::MAX);
         let ctx = &self.context;
@@ -136,25 +153,29 @@ where
     }
 
     fn call(&mut self, mut req: http::Request<ReqBody>) -> Self::Future {
-        let start = Instant::now();
         // The context layer always runs first; a missing context is a wiring bug, reported as
         // the `unknown` method rather than a panic.
         let context = match req.extensions().get::<RequestContext>() {
             Some(c) => c.clone(),
             None => RequestContext::detached(self.unknown.clone()),
         };
+        let start = context.start();
         let method = context.method().clone();
         method.metrics.started.inc();
-        let span = tracing::info_span!(
-            "grpc.server",
-            otel.name = method.full_name.as_str(),
-            otel.kind = "server",
-            rpc.system = "grpc",
-            rpc.service = method.service.as_str(),
-            rpc.method = method.method.as_str(),
-            request_id = context.request_id().as_str(),
-            trace_id = tracing::field::Empty,
-        );
+        let span = if self.spans {
+            tracing::info_span!(
+                "grpc.server",
+                otel.name = method.full_name.as_str(),
+                otel.kind = "server",
+                rpc.system = "grpc",
+                rpc.service = method.service.as_str(),
+                rpc.method = method.method.as_str(),
+                request_id = context.request_id().as_str(),
+                trace_id = tracing::field::Empty,
+            )
+        } else {
+            tracing::Span::none()
+        };
         // The trace context is computed even when no subscriber records the span: handlers
         // rely on it to propagate the trace.
         let (ids, baggage) = trace_ids(&span, req.headers());
@@ -174,11 +195,13 @@ where
                 },
             );
         }
+        context.set_trace(ids);
         req.extensions_mut().insert(ids);
         let received = method.metrics.msg_received.clone();
         let req = req.map(|inner| CountingBody::new(inner, received));
         let inner = {
             let _entered = span.enter();
+            let _current = CurrentRpc::enter(&context);
             self.inner.call(req)
         };
         let _active = context.connection().begin_call();
@@ -216,6 +239,7 @@ where
         let polled = match this.end.as_ref() {
             Some(end) => {
                 let _entered = end.span.enter();
+                let _current = CurrentRpc::enter(&end.context);
                 this.inner.poll(cx)
             }
             // Polled after completion: a caller bug; stay pending rather than panic.
@@ -292,6 +316,7 @@ where
         let Some(end) = this.end.as_ref() else { return this.inner.poll_frame(cx) };
         let polled = {
             let _entered = end.span.enter();
+            let _current = CurrentRpc::enter(&end.context);
             this.inner.poll_frame(cx)
         };
         let code = match &polled {

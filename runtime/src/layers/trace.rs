@@ -31,9 +31,27 @@ impl Baggage {
 
 struct HeaderExtractor<'a>(&'a http::HeaderMap);
 
+/// The propagation headers the configured propagators ask for, as constants: looking a header
+/// up by `&str` parses the name on every call, and extraction asks for several per call.
+static KNOWN: [http::HeaderName; 9] = [
+    http::HeaderName::from_static("traceparent"),
+    http::HeaderName::from_static("tracestate"),
+    http::HeaderName::from_static("baggage"),
+    http::HeaderName::from_static("b3"),
+    http::HeaderName::from_static("x-b3-traceid"),
+    http::HeaderName::from_static("x-b3-spanid"),
+    http::HeaderName::from_static("x-b3-sampled"),
+    http::HeaderName::from_static("x-b3-flags"),
+    http::HeaderName::from_static("uber-trace-id"),
+];
+
 impl Extractor for HeaderExtractor<'_> {
     fn get(&self, key: &str) -> Option<&str> {
-        self.0.get(key).and_then(|v| v.to_str().ok())
+        let value = match KNOWN.iter().find(|name| name.as_str() == key) {
+            Some(name) => self.0.get(name),
+            None => self.0.get(key),
+        };
+        value.and_then(|v| v.to_str().ok())
     }
 
     fn keys(&self) -> Vec<&str> {
