@@ -157,8 +157,7 @@ pub(crate) async fn serve_connections<M, S, B>(
     }
 }
 
-/// What the watchdog asks of the connection task (0: nothing yet).
-
+/// The watchdog's orders to the connection task (0: none yet): send GOAWAY, or close now.
 const GOAWAY: u8 = 1;
 const CLOSE: u8 = 2;
 
