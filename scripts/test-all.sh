@@ -15,6 +15,9 @@ echo "==> format and lints"
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
 
+echo "==> the runtime's guide and API docs build without broken links"
+RUSTDOCFLAGS="-D warnings" cargo doc --no-deps --locked -q -p grpc-runtime -p grpc-contract
+
 echo "==> one TLS crypto provider (ring) in the dependency tree"
 if grep -Eq '^name = "aws-lc-(rs|sys)"' Cargo.lock; then
   echo "aws-lc-rs is in Cargo.lock: rustls must use only the ring provider" >&2

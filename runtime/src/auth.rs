@@ -7,7 +7,7 @@
 //! must be one of a configured set). The principal reaches handlers in the request extensions.
 //!
 //! Independently of the authenticator, `GRPC_ALLOWED_PEERS` restricts which mutual-TLS peers may
-//! call at all (see [`crate::layers::auth`]).
+//! call at all (see [`crate::layers`], layer 4).
 //!
 //! Refusals follow the gRPC status semantics: no or invalid credentials are `UNAUTHENTICATED`,
 //! valid credentials without the right are `PERMISSION_DENIED`.
@@ -30,6 +30,7 @@ pub struct Principal {
 
 /// How a [`Principal`] was established.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum AuthMethod {
     /// A verified client certificate.
     Mtls,

@@ -84,6 +84,7 @@ impl ConfigError {
 
 /// Log line format.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum LogFormat {
     /// Human-readable lines (the default outside Kubernetes).
     #[default]
@@ -94,6 +95,7 @@ pub enum LogFormat {
 
 /// Trace sampling, from `OTEL_TRACES_SAMPLER` / `OTEL_TRACES_SAMPLER_ARG`.
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub enum Sampler {
     /// Sample everything.
     AlwaysOn,
@@ -107,6 +109,7 @@ pub enum Sampler {
 
 /// The root-span sampler of [`Sampler::ParentBased`].
 #[derive(Debug, Clone, Copy, PartialEq)]
+#[non_exhaustive]
 pub enum ParentRoot {
     /// Sample every root span.
     AlwaysOn,
@@ -118,6 +121,7 @@ pub enum ParentRoot {
 
 /// The OTLP transport.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum OtlpProtocol {
     /// OTLP/gRPC (the endpoint is the collector's gRPC address, usually port 4317).
     #[default]
@@ -140,6 +144,7 @@ impl std::fmt::Debug for OtlpHeaders {
 
 /// OpenTelemetry settings.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct OtelConfig {
     /// OTLP endpoint, e.g. `http://otel-collector:4317` (gRPC) or `https://collector:4318`
     /// (HTTP); `None` disables export (spans are still created, so trace ids reach logs and are
@@ -183,6 +188,7 @@ impl Default for OtelConfig {
 /// Which browser origins may call over gRPC-Web. gRPC-Web, and HTTP/1.1 with it, is served only
 /// when this is not [`WebOrigins::None`].
 #[derive(Debug, Clone, PartialEq, Eq, Default)]
+#[non_exhaustive]
 pub enum WebOrigins {
     /// No gRPC-Web at all: the server speaks HTTP/2 only.
     #[default]
@@ -245,8 +251,10 @@ impl AllowedPeers {
 }
 
 /// HTTP/2 and resource limits. Every value is explicit because the library defaults differ
-/// between gRPC implementations and some of tonic's are unset (unbounded).
+/// between gRPC implementations and some of tonic's are unset (unbounded). Change them through
+/// [`crate::Server::configure`]; new limits will be added, so the struct is `non_exhaustive`.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Limits {
     /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` per connection. Default 100, the value the
     /// HTTP/2 RFC recommends as a minimum and most proxies use.
@@ -379,8 +387,11 @@ impl Default for ShutdownConfig {
     }
 }
 
-/// Everything the server reads from the environment, after validation.
+/// Everything the server reads from the environment, after validation. Start from
+/// [`Config::default`] or [`Config::from_env`] and change fields; new settings will be added,
+/// so the struct is `non_exhaustive`.
 #[derive(Debug, Clone, PartialEq)]
+#[non_exhaustive]
 pub struct Config {
     /// Address of the gRPC listener. Default `[::]:GRPC_PORT`, dual-stack (IPv6 and IPv4),
     /// falling back to `0.0.0.0` where IPv6 is off.

@@ -124,16 +124,43 @@
 //! The operator sets the pod's `terminationGracePeriodSeconds` to cover all of it
 //! (`grpc_contract::shutdown::termination_grace_seconds`).
 
+//!
+//! ## Migrating from grpc-go
+//!
+//! | grpc-go (with go-grpc-middleware v2, go-grpc-prometheus, otelgrpc) | grpc-runtime |
+//! |---|---|
+//! | `recovery.UnaryServerInterceptor` | built in: a panic is `INTERNAL`, counted in `grpc_req_panics_recovered_total` |
+//! | `logging.UnaryServerInterceptor` with zap | built in: one JSON line per call, target `grpc_runtime::access`, level by code as `DefaultServerCodeToLevel` |
+//! | `prometheus.NewServerMetrics(WithServerHandlingTimeHistogram())`, `grpc_prometheus` | built in, same names, labels, code spellings and buckets ([`metrics`]) on `ADMIN_PORT/metrics` |
+//! | `otelgrpc.NewServerHandler()` | built in: the RPC span, exported when `OTEL_EXPORTER_OTLP_ENDPOINT` is set |
+//! | `auth.UnaryServerInterceptor(authFunc)` | [`Server::authenticator`]; an [`Authenticator`] may await I/O ([`AuthDecision`]) |
+//! | any other interceptor | [`Server::layer`]: a tower layer, after auth, deadline and limits |
+//! | `grpc.MaxConcurrentStreams(n)` | `limits.max_concurrent_streams` |
+//! | `grpc.MaxRecvMsgSize`, `grpc.MaxSendMsgSize` | `limits.max_decoding_message_size`, `max_encoding_message_size` |
+//! | `keepalive.ServerParameters{MaxConnectionIdle, MaxConnectionAge, MaxConnectionAgeGrace, Time, Timeout}` | `limits.max_connection_idle`, `max_connection_age`, `max_connection_age_grace`, `keepalive_interval`, `keepalive_timeout` |
+//! | `keepalive.EnforcementPolicy{MinTime}` | `limits.min_ping_interval` (GOAWAY `too_many_pings` on the third strike, as grpc-go); `PermitWithoutStream` is not distinguished |
+//! | `grpc.ConnectionTimeout` | `limits.tls_handshake_timeout`, `limits.preface_timeout` |
+//! | `import _ "google.golang.org/grpc/encoding/gzip"` | built in: gzip accepted and sent when the client asks |
+//! | `health.NewServer()` | built in; [`BoundServer::health`] sets statuses |
+//! | `reflection.Register(s)` | built in (`GRPC_REFLECTION=off` removes it) |
+//! | `credentials.NewTLS` with `RequireAndVerifyClientCert` | `TLS_MODE=mutual`, `TLS_DIR` (reloaded on rotation), `GRPC_ALLOWED_PEERS` |
+//! | `peer.FromContext(ctx)` | [`RequestContext::peer`] |
+//! | `metadata.FromIncomingContext(ctx)` | `request.metadata()` (tonic) |
+//! | `s.GracefulStop()` on SIGTERM | [`BoundServer::serve`]: NOT_SERVING, drain delay, GOAWAY, timeout, exit |
+//! | `GRPC_GO_LOG_SEVERITY_LEVEL` | `RUST_LOG` |
+//! | `OTEL_*` variables | the same names |
+//! | `grpc_server_started_total`, `grpc_server_handled_total`, `grpc_server_msg_received_total`, `grpc_server_msg_sent_total`, `grpc_server_handling_seconds` | the same series; dashboards and alerts keep working |
+
 // Every public item is documented: the crate is the contract's other side.
 #![deny(missing_docs)]
 
 pub(crate) mod admin;
 pub mod auth;
-pub mod codes;
+pub(crate) mod codes;
 pub mod config;
 mod connection;
 mod dispatch;
-pub mod frames;
+pub(crate) mod frames;
 mod h2_policy;
 pub mod health;
 pub mod layers;

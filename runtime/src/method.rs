@@ -42,7 +42,7 @@ impl RpcKind {
     }
 }
 
-/// Which concurrency budget a method's calls draw from (see [`crate::layers::limit`]).
+/// Which concurrency budget a method's calls draw from (see [`crate::layers`], layer 6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Budget {
     /// Unary and client-streaming calls.

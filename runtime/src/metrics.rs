@@ -30,7 +30,7 @@ pub const LABEL_SERVICE: &str = grpc_contract::metrics::LABEL_SERVICE;
 /// Label: method name, e.g. `GetUser`.
 pub const LABEL_METHOD: &str = grpc_contract::metrics::LABEL_METHOD;
 /// Label: status code, spelled as Go spells it (`OK`, `NotFound`, `DeadlineExceeded`, …); see
-/// [`crate::codes::code_label`].
+/// grpc-go's `codes.Code.String()`.
 pub const LABEL_CODE: &str = grpc_contract::metrics::LABEL_CODE;
 
 /// `grpc_server_handling_seconds` buckets: Prometheus client_golang's `DefBuckets`, which

@@ -1,4 +1,4 @@
-//! The access log's target and levels. The [`observe`](super::observe) layer writes one line per
+//! The access log's target and levels. The observe layer writes one line per
 //! call when it ends, at a level chosen by the code the way go-grpc-middleware's logging does
 //! (client mistakes at `info`, overload and precondition problems at `warn`, server faults at
 //! `error`), inside the RPC span so it carries the trace id.

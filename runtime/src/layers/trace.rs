@@ -1,5 +1,5 @@
 //! Trace context: the caller's propagated trace (W3C `traceparent` / `baggage`, or the other
-//! propagators configured), continued by the RPC span the [`observe`](super::observe) layer
+//! propagators configured), continued by the RPC span the observe layer
 //! creates, and handed to handlers as [`TraceContext`] and [`Baggage`].
 
 use opentelemetry::propagation::Extractor;

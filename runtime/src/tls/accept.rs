@@ -216,6 +216,7 @@ impl Conn {
     }
 
     /// The ALPN protocol negotiated by the TLS handshake (`None` for plain TCP or no agreement).
+    #[cfg(test)]
     pub fn alpn_protocol(&self) -> Option<&[u8]> {
         match &self.io {
             ConnIo::Plain(_) => None,

@@ -106,6 +106,7 @@ impl PeerIdentity {
 /// What tonic inserts into every request's extensions for connections we accept (our
 /// [`tonic::transport::server::Connected::ConnectInfo`]).
 #[derive(Debug, Clone)]
+#[non_exhaustive]
 pub struct PeerInfo {
     /// Address of the client, when the socket could report it.
     pub remote_addr: Option<SocketAddr>,

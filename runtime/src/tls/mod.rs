@@ -5,9 +5,9 @@
 //! - Only the `ring` crypto provider is used, always passed explicitly, so `aws-lc-rs` never enters the
 //!   dependency tree and no process-wide default provider has to be installed.
 //! - Certificates come from a directory holding `tls.crt`, `tls.key` and `ca.crt` (a mounted Kubernetes
-//!   Secret). [`TlsReloader`] re-reads them by content so rotation needs no restart; a connection keeps
+//!   Secret). The reloader re-reads them by content so rotation needs no restart; a connection keeps
 //!   the configuration it was accepted with, new connections use the newest valid one.
-//! - [`incoming`] never lets one client stall the server: handshakes run in their own tasks, bounded by a
+//! - The accept loop never lets one client stall the server: handshakes run in their own tasks, bounded by a
 //!   timeout, and failures are counted and logged instead of surfacing as stream errors.
 
 mod accept;
@@ -24,9 +24,9 @@ use std::str::FromStr;
 
 use prometheus::{IntCounter, IntCounterVec, IntGauge, Opts, Registry};
 
-pub use accept::{AcceptLimits, Conn, Preface, incoming};
+pub(crate) use accept::{AcceptLimits, Conn, Preface, incoming};
 pub use identity::{PeerIdentity, PeerInfo};
-pub use reload::{Protocols, TlsReloader};
+pub(crate) use reload::{Protocols, TlsReloader};
 
 /// Name of the counter of certificate reload attempts, labelled `result="success"|"failure"`.
 pub const TLS_RELOADS_TOTAL: &str = grpc_contract::metrics::TLS_RELOADS_TOTAL;
@@ -46,6 +46,7 @@ pub const CA_FILE: &str = grpc_contract::tls::CA_FILE;
 
 /// TLS_MODE values.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[non_exhaustive]
 pub enum TlsMode {
     /// Plain TCP (for example behind a mesh sidecar that terminates TLS).
     Disabled,
@@ -97,8 +98,9 @@ impl FromStr for TlsMode {
 /// Errors loading TLS material. Every variant names the file involved; no variant ever carries key
 /// material (PEM errors of the key file are reduced to a fixed description for that reason).
 #[derive(Debug, thiserror::Error)]
+#[non_exhaustive]
 pub enum TlsError {
-    /// [`TlsReloader::load`] was called with [`TlsMode::Disabled`].
+    /// TLS material was loaded with [`TlsMode::Disabled`].
     #[error("TLS_MODE=disabled has no TLS material to load")]
     Disabled,
     /// A required file does not exist (or is a dangling symlink).
@@ -209,7 +211,7 @@ pub enum TlsError {
 /// Label children are resolved once here so hot paths only touch atomics, and so every series exists
 /// (at 0) from startup, which keeps `increase()`-based alerts correct.
 #[derive(Clone, Debug)]
-pub struct TlsMetrics {
+pub(crate) struct TlsMetrics {
     reload_success: IntCounter,
     reload_failure: IntCounter,
     certificate_expiry: IntGauge,

@@ -64,11 +64,9 @@ pub fn example_binary() -> PathBuf {
 /// Test defaults: loopback, ephemeral ports, no drain delay, short shutdown timeout, and the
 /// global telemetry left to the test process.
 pub fn test_config() -> Config {
-    let mut config = Config {
-        grpc_addr: "127.0.0.1:0".parse().expect("addr"),
-        admin_addr: "127.0.0.1:0".parse().expect("addr"),
-        ..Config::default()
-    };
+    let mut config = Config::default();
+    config.grpc_addr = "127.0.0.1:0".parse().expect("addr");
+    config.admin_addr = "127.0.0.1:0".parse().expect("addr");
     config.shutdown.drain_delay = Duration::ZERO;
     config.shutdown.timeout = Duration::from_secs(5);
     config
