@@ -259,15 +259,18 @@ pub struct Limits {
     /// HTTP/2 `SETTINGS_MAX_CONCURRENT_STREAMS` per connection. Default 100, the value the
     /// HTTP/2 RFC recommends as a minimum and most proxies use.
     pub max_concurrent_streams: u32,
-    /// Unary and client-streaming RPCs in flight across all connections before new ones are
-    /// shed with `RESOURCE_EXHAUSTED`. Default 1024.
+    /// Unary RPCs in flight across all connections before new ones are shed with
+    /// `RESOURCE_EXHAUSTED`. Default 1024.
     pub max_concurrent_rpcs: usize,
-    /// Server- and bidi-streaming RPCs in flight across all connections, a budget apart from
-    /// unary calls so long-lived streams cannot starve them. Default 1024.
+    /// Streaming RPCs (client, server or bidi) in flight across all connections, a budget
+    /// apart from unary calls so long-lived streams cannot starve them. Default 1024.
     pub max_concurrent_streaming_rpcs: usize,
-    /// Calls to `grpc.health.v1.Health` in flight (which skip authentication, and whose
-    /// `Watch` streams last), a budget apart from the others. Default 256.
+    /// Unary calls to `grpc.health.v1.Health` (`Check`, which probes and load balancers call
+    /// without credentials) in flight, a budget apart from the others. Default 256.
     pub max_concurrent_health_rpcs: usize,
+    /// Health `Watch` streams open (they need no credentials and last), a budget apart from
+    /// `Check`'s, so open streams can never shut out a probe. Default 1024.
+    pub max_concurrent_health_watches: usize,
     /// Streaming calls (health `Watch` included) one connection may hold; less than
     /// `max_concurrent_streams`, so unary calls always find room on every connection.
     /// Default (`None`) half of `max_concurrent_streams`.
@@ -303,9 +306,14 @@ pub struct Limits {
     pub max_control_frames: u32,
     /// Hold off a source address whose connection ended in GOAWAY `ENHANCE_YOUR_CALM` (1 s,
     /// doubling per repeat, at most 60 s; its new connections are held open unread), so an
-    /// attacker that reconnects at once cannot make the server redo handshakes. 127.0.0.1 and
-    /// ::1 (a sidecar) are exempt. Default true.
+    /// attacker that reconnects at once cannot make the server redo handshakes. An IPv6 source
+    /// is its /64. Default true.
     pub penalize_abuse: bool,
+    /// Exempt the whole loopback range (127.0.0.0/8, ::1) from the per-source protections
+    /// (handshake cap, penalty box): a sidecar proxy connects from there on behalf of every
+    /// client (Istio's from 127.0.0.6). `false` exempts only 127.0.0.1 and ::1 (tests use
+    /// another loopback address as an outside client). Default true.
+    pub exempt_all_loopback: bool,
     /// Largest request message accepted; larger ones fail with `RESOURCE_EXHAUSTED` (as in
     /// grpc-go). Default 4 MiB, the gRPC default.
     pub max_decoding_message_size: usize,
@@ -344,6 +352,7 @@ impl Default for Limits {
             max_concurrent_rpcs: 1024,
             max_concurrent_streaming_rpcs: 1024,
             max_concurrent_health_rpcs: 256,
+            max_concurrent_health_watches: 1024,
             max_streaming_rpcs_per_connection: None,
             keepalive_interval: Duration::from_secs(60),
             keepalive_timeout: Duration::from_secs(20),
@@ -355,6 +364,7 @@ impl Default for Limits {
             min_ping_interval: Some(Duration::from_secs(5 * 60)),
             max_control_frames: 100,
             penalize_abuse: true,
+            exempt_all_loopback: true,
             max_decoding_message_size: 4 << 20,
             max_encoding_message_size: 4 << 20,
             max_header_list_size: 16 << 10,
@@ -581,6 +591,42 @@ impl Config {
                 format!("needs {ENV_TLS_MODE}=mutual: without client certificates no peer has a SPIFFE ID"),
             ));
         }
+        tracing_subscriber::EnvFilter::try_new(&self.log_filter).map_err(|e| {
+            ConfigError::new(ENV_RUST_LOG, &self.log_filter, format!("not a valid filter: {e}"))
+        })?;
+        for (key, value) in &self.otel.headers.0 {
+            let valid = http::HeaderName::from_bytes(key.as_bytes()).is_ok()
+                && !key.ends_with("-bin")
+                && http::HeaderValue::from_str(value).is_ok();
+            if !valid {
+                return Err(ConfigError::new(
+                    ENV_OTEL_EXPORTER_OTLP_HEADERS,
+                    "<redacted>",
+                    format!("header {key:?} is not a valid text header"),
+                ));
+            }
+        }
+        if let Some(endpoint) = &self.otel.endpoint {
+            let uri: Result<http::Uri, _> = endpoint.parse();
+            if !uri.is_ok_and(|u| matches!(u.scheme_str(), Some("http" | "https")) && u.host().is_some()) {
+                return Err(ConfigError::new(
+                    ENV_OTEL_ENDPOINT,
+                    endpoint,
+                    "must be an http:// or https:// URL with a host",
+                ));
+            }
+        }
+        let ratio = match self.otel.sampler {
+            Sampler::TraceIdRatio(r) | Sampler::ParentBased(ParentRoot::TraceIdRatio(r)) => Some(r),
+            _ => None,
+        };
+        if ratio.is_some_and(|r| !(0.0..=1.0).contains(&r)) {
+            return Err(ConfigError::new(
+                ENV_OTEL_TRACES_SAMPLER_ARG,
+                &format!("{ratio:?}"),
+                "must be between 0 and 1",
+            ));
+        }
         if let WebOrigins::List(list) = &self.web_origins {
             for origin in list {
                 grpc_contract::web::check_origin_pattern(origin)
@@ -588,15 +634,19 @@ impl Config {
             }
         }
         let l = &self.limits;
-        let positive: [(&'static str, usize); 8] = [
+        let positive: [(&'static str, usize); 12] = [
             ("limits.max_concurrent_streams", l.max_concurrent_streams as usize),
             ("limits.max_concurrent_rpcs", l.max_concurrent_rpcs),
             ("limits.max_concurrent_streaming_rpcs", l.max_concurrent_streaming_rpcs),
             ("limits.max_concurrent_health_rpcs", l.max_concurrent_health_rpcs),
+            ("limits.max_concurrent_health_watches", l.max_concurrent_health_watches),
             ("limits.max_streaming_rpcs_per_connection", l.streaming_rpcs_per_connection()),
             ("limits.max_decoding_message_size", l.max_decoding_message_size),
             ("limits.max_encoding_message_size", l.max_encoding_message_size),
             ("limits.max_handshakes_per_source", l.max_handshakes_per_source),
+            ("limits.max_control_frames", l.max_control_frames as usize),
+            ("limits.max_pending_accept_reset_streams", l.max_pending_accept_reset_streams),
+            ("limits.max_local_error_reset_streams", l.max_local_error_reset_streams),
         ];
         for (field, value) in positive {
             if value == 0 {
@@ -604,7 +654,7 @@ impl Config {
             }
         }
         // tokio's semaphores hold at most usize::MAX >> 3 permits.
-        for (field, value) in &positive[1..5] {
+        for (field, value) in &positive[1..6] {
             if *value > MAX_BUDGET {
                 return Err(ConfigError::new(
                     field,

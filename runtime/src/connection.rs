@@ -28,10 +28,17 @@ pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     if addr.ip() == Ipv6Addr::UNSPECIFIED {
         match bind_dual_stack(addr) {
             Ok(listener) => return Ok(listener),
-            Err(error) => {
+            // EAFNOSUPPORT, EADDRNOTAVAIL: the host has IPv6 off. Anything else (a port in use)
+            // is an error for IPv4 too.
+            Err(error)
+                if error.kind() == std::io::ErrorKind::AddrNotAvailable
+                    || error.kind() == std::io::ErrorKind::Unsupported
+                    || error.raw_os_error() == Some(97) =>
+            {
                 tracing::info!(%error, "IPv6 unavailable; listening on IPv4 only");
                 return bind_socket(SocketAddr::new(Ipv4Addr::UNSPECIFIED.into(), addr.port()), false);
             }
+            Err(error) => return Err(error),
         }
     }
     bind_socket(addr, false)
@@ -108,6 +115,7 @@ pub(crate) async fn serve_connections<M, S, B>(
             min_ping_interval: config.limits.min_ping_interval,
             max_control_frames: config.limits.max_control_frames,
             penalize_abuse: config.limits.penalize_abuse,
+            exempt_all_loopback: config.limits.exempt_all_loopback,
         };
         let incoming = crate::tls::incoming(listener, tls, accept);
         let mut incoming = pin!(incoming);

@@ -126,6 +126,7 @@ pub(crate) struct FramePolicy {
     strikes: u32,
     window_start: Instant,
     control_frames: u32,
+    /// The highest client stream id in bytes already handed to h2.
     last_stream: u32,
 }
 
@@ -168,12 +169,18 @@ impl FramePolicy {
         let mut violation = None;
         // The clock is read only when a policed frame arrives.
         let mut now = None;
+        // A violating read is withheld from h2 (the connection sees end of stream), so the
+        // GOAWAY's last stream id must not count streams it opens.
+        let handed_over = self.last_stream;
         let mut cursor = std::mem::take(&mut self.incoming);
         cursor.feed(bytes, |kind, flags, stream| {
             let violated = self.on_frame(kind, flags, stream, &mut now);
             violation = violation.or(violated);
         });
         self.incoming = cursor;
+        if violation.is_some() {
+            self.last_stream = handed_over;
+        }
         violation
     }
 

@@ -85,8 +85,9 @@
 //! 5. **deadline**: `grpc-timeout` or the server default → `DEADLINE_EXCEEDED`;
 //! 6. **limits**: concurrency budgets (unary, streaming and health apart, and streaming calls
 //!    per connection) → `RESOURCE_EXHAUSTED`; message sizes → `RESOURCE_EXHAUSTED`;
-//! 7. **your layers** ([`Server::layer`]): tower layers that see the principal and the deadline;
-//! 8. your service.
+//! 7. **compression**: gzip in both directions when the client uses or accepts it;
+//! 8. **your layers** ([`Server::layer`]): tower layers that see the principal and the deadline;
+//! 9. your service.
 //!
 //! gRPC-Web requests pass through CORS and the tonic-web translation first; native gRPC skips
 //! both.
@@ -108,8 +109,9 @@
 //! The trace id is the caller's (W3C `traceparent`) or a new one. With
 //! `OTEL_EXPORTER_OTLP_ENDPOINT` set, each RPC is an OpenTelemetry server span named
 //! `package.Service/Method` with `rpc.system`, `rpc.service`, `rpc.method` and
-//! `rpc.grpc.status_code`, exported over OTLP/gRPC and flushed at shutdown; without it, no
-//! spans are built (the ids still reach logs and [`TraceContext`]).
+//! `rpc.grpc.status_code`, exported over OTLP (gRPC or HTTP/protobuf, per
+//! `OTEL_EXPORTER_OTLP_PROTOCOL`) and flushed at shutdown; without it, no spans are built (the
+//! ids still reach logs and [`TraceContext`]).
 //!
 //! ## Shutdown
 //!

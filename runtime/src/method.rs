@@ -45,12 +45,14 @@ impl RpcKind {
 /// Which concurrency budget a method's calls draw from (see [`crate::layers`], layer 6).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Budget {
-    /// Unary and client-streaming calls.
+    /// Unary calls.
     Unary,
-    /// Server- and bidi-streaming calls.
+    /// Client-, server- and bidi-streaming calls.
     Streaming,
-    /// The health service's calls.
+    /// The health service's unary calls (`Check`).
     Health,
+    /// The health service's `Watch` streams.
+    HealthWatch,
 }
 
 /// One RPC method as the layers see it; shared by every call of that method.
@@ -109,12 +111,12 @@ impl MethodTable {
                             (true, true) => RpcKind::BidiStream,
                         };
                         let path = format!("/{service_name}/{}", method.name());
-                        let budget = if service_name == crate::server::HEALTH_SERVICE {
-                            Budget::Health
-                        } else if kind.server_streams() {
-                            Budget::Streaming
-                        } else {
-                            Budget::Unary
+                        let health = service_name == crate::server::HEALTH_SERVICE;
+                        let budget = match (health, kind) {
+                            (true, RpcKind::Unary) => Budget::Health,
+                            (true, _) => Budget::HealthWatch,
+                            (false, RpcKind::Unary) => Budget::Unary,
+                            (false, _) => Budget::Streaming,
                         };
                         by_path.entry(path).or_insert_with(|| {
                             Arc::new(RpcMethod {

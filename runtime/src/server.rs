@@ -426,10 +426,13 @@ impl BoundServer {
     /// during shutdown exits the process at once (status 128 + the signal number), as an
     /// impatient operator at a terminal expects.
     pub async fn serve(self) -> Result<(), ServeError> {
-        self.serve_until(async {
-            shutdown_signal().await;
-            tokio::spawn(async {
-                let signal = shutdown_signal().await;
+        // Registered once, before serving: a second signal that comes right after the first
+        // is not lost between two registrations.
+        let mut signals = Signals::new();
+        self.serve_until(async move {
+            signals.next().await;
+            tokio::spawn(async move {
+                let signal = signals.next().await;
                 tracing::warn!("second {signal:?} during shutdown: exiting now");
                 std::process::exit(128 + signal.number());
             });
@@ -532,15 +535,24 @@ impl BoundServer {
         stop_admin.cancel();
         let admin_result = admin_task.await;
         if let Some(telemetry) = telemetry {
-            // Off the async threads: the exporter's connection runs on this runtime, which may
-            // have only the thread running this future.
-            let flush = tokio::task::spawn_blocking(move || telemetry.shutdown());
-            match tokio::time::timeout(SHUTDOWN_HOOK_TIMEOUT, flush).await {
-                Ok(Ok(())) => {}
-                Ok(Err(err)) => tracing::warn!(error = %err, "flushing spans failed"),
-                Err(_) => {
-                    tracing::warn!("flushing spans did not finish within {SHUTDOWN_HOOK_TIMEOUT:?}; exiting")
+            // Off the async threads (the exporter's connection runs on this runtime, which may
+            // have only the thread running this future), and on a thread of its own rather
+            // than the blocking pool: the runtime waits for blocking tasks when it is dropped,
+            // which would unbound the flush.
+            let (done_tx, done_rx) = tokio::sync::oneshot::channel();
+            let spawned = std::thread::Builder::new().name("telemetry-flush".into()).spawn(move || {
+                telemetry.shutdown();
+                let _ = done_tx.send(());
+            });
+            match spawned {
+                Ok(_) => {
+                    if tokio::time::timeout(SHUTDOWN_HOOK_TIMEOUT, done_rx).await.is_err() {
+                        tracing::warn!(
+                            "flushing spans did not finish within {SHUTDOWN_HOOK_TIMEOUT:?}; exiting"
+                        );
+                    }
                 }
+                Err(err) => tracing::warn!(error = %err, "cannot start the span flush"),
             }
         }
         tracing::info!("shutdown complete");
@@ -567,6 +579,66 @@ impl Signal {
         match self {
             Signal::Terminate => 15,
             Signal::Interrupt => 2,
+        }
+    }
+}
+
+/// SIGTERM and SIGINT listeners, registered once.
+struct Signals {
+    #[cfg(unix)]
+    term: Option<tokio::signal::unix::Signal>,
+    #[cfg(unix)]
+    int: Option<tokio::signal::unix::Signal>,
+}
+
+impl Signals {
+    fn new() -> Self {
+        #[cfg(unix)]
+        {
+            use tokio::signal::unix::{SignalKind, signal};
+            let term = signal(SignalKind::terminate())
+                .map_err(|err| tracing::warn!(error = %err, "cannot listen for SIGTERM"))
+                .ok();
+            let int = signal(SignalKind::interrupt())
+                .map_err(|err| tracing::warn!(error = %err, "cannot listen for SIGINT"))
+                .ok();
+            Signals { term, int }
+        }
+        #[cfg(not(unix))]
+        Signals {}
+    }
+
+    /// The next SIGTERM or SIGINT.
+    async fn next(&mut self) -> Signal {
+        #[cfg(unix)]
+        {
+            let term = async {
+                match self.term.as_mut() {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            let int = async {
+                match self.int.as_mut() {
+                    Some(s) => s.recv().await,
+                    None => std::future::pending().await,
+                }
+            };
+            tokio::select! {
+                _ = term => {
+                    tracing::info!("received SIGTERM");
+                    Signal::Terminate
+                }
+                _ = int => {
+                    tracing::info!("received SIGINT");
+                    Signal::Interrupt
+                }
+            }
+        }
+        #[cfg(not(unix))]
+        {
+            let _ = tokio::signal::ctrl_c().await;
+            Signal::Interrupt
         }
     }
 }

@@ -78,6 +78,10 @@ fn check_peer(allowed: &AllowedPeers, context: Option<&RequestContext>) -> Resul
     }
 }
 
+/// Longest an asynchronous authenticator may take before the call is answered `UNAVAILABLE`
+/// (retryable: the authenticator's backend is slow or down).
+pub const AUTH_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(10);
+
 type Waiting<B, E> = Pin<Box<dyn Future<Output = Result<http::Response<MaybeBody<B>>, E>> + Send>>;
 
 pin_project_lite::pin_project! {
@@ -173,9 +177,25 @@ where
                 // rule for services that move into a future).
                 let clone = self.inner.clone();
                 let mut inner = std::mem::replace(&mut self.inner, clone);
+                // The verdict runs above the deadline layer, so it is bounded here: by the
+                // call's own deadline when it sent one, and never longer than AUTH_TIMEOUT.
+                let limit = req
+                    .headers()
+                    .get(&crate::codes::GRPC_TIMEOUT)
+                    .and_then(|v| super::deadline::parse_grpc_timeout(v.as_bytes()))
+                    .map_or(AUTH_TIMEOUT, |t| t.min(AUTH_TIMEOUT));
                 AuthFuture::Waiting {
                     future: Box::pin(async move {
-                        match verdict.await {
+                        let verdict = match tokio::time::timeout(limit, verdict).await {
+                            Ok(verdict) => verdict,
+                            Err(_) => {
+                                tracing::warn!(timeout = ?limit, "the authenticator did not decide in time");
+                                return Ok(crate::codes::error_response(tonic::Status::unavailable(
+                                    "authentication did not complete in time",
+                                )));
+                            }
+                        };
+                        match verdict {
                             Ok(principal) => {
                                 req.extensions_mut().insert::<Principal>(principal);
                                 inner.call(req).await.map(super::inner_body)

@@ -109,6 +109,10 @@ impl ShutdownSignal {
     pub(crate) fn fire(&self) {
         self.0.cancel();
     }
+
+    pub(crate) fn into_cancelled(self) -> tokio_util::sync::WaitForCancellationFutureOwned {
+        self.0.cancelled_owned()
+    }
 }
 
 /// What the chain knows about one connection, shared by its calls: the budget of long-lived

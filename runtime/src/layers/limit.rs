@@ -2,10 +2,12 @@
 //!
 //! - **Concurrency, in three budgets** that cannot starve each other, each held until the
 //!   response stream ends:
-//!   - unary and client-streaming calls: `max_concurrent_rpcs`;
-//!   - server- and bidi-streaming calls, which may last hours: `max_concurrent_streaming_rpcs`;
-//!   - the health service (probes, load balancers, `Watch` streams that anyone may open
-//!     without credentials): `max_concurrent_health_rpcs`.
+//!   - unary calls: `max_concurrent_rpcs`;
+//!   - streaming calls (client, server, bidi), which may last hours:
+//!     `max_concurrent_streaming_rpcs`;
+//!   - health `Check` (probes, load balancers, no credentials): `max_concurrent_health_rpcs`;
+//!   - health `Watch` streams (no credentials, and they last): `max_concurrent_health_watches`,
+//!     ended cleanly when shutdown begins, as the shutdown signal asks of long streams.
 //!
 //!   On top, one connection may hold at most `max_streaming_rpcs_per_connection` streaming
 //!   calls, fewer than its HTTP/2 stream limit, so unary calls always find room on it. Beyond a
@@ -17,6 +19,7 @@
 //!   `RESOURCE_EXHAUSTED` instead of being sent. The check reads the 5-byte message prefix, so
 //!   it applies to every service whatever its codec settings.
 
+use std::future::Future;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -28,7 +31,7 @@ use pin_project_lite::pin_project;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tonic::Code;
 
-use super::context::RequestContext;
+use super::context::{RequestContext, ShutdownSignal};
 use super::{InnerBody, MaybeBody};
 use crate::codes::status_trailers;
 use crate::config::Limits;
@@ -41,6 +44,7 @@ struct Budgets {
     unary: Arc<Semaphore>,
     streaming: Arc<Semaphore>,
     health: Arc<Semaphore>,
+    health_watch: Arc<Semaphore>,
 }
 
 /// Layer for [`Limit`].
@@ -58,6 +62,7 @@ impl LimitLayer {
                 unary: Arc::new(Semaphore::new(limits.max_concurrent_rpcs)),
                 streaming: Arc::new(Semaphore::new(limits.max_concurrent_streaming_rpcs)),
                 health: Arc::new(Semaphore::new(limits.max_concurrent_health_rpcs)),
+                health_watch: Arc::new(Semaphore::new(limits.max_concurrent_health_watches)),
             }),
             max_decoding: limits.max_decoding_message_size,
             max_encoding: limits.max_encoding_message_size,
@@ -108,12 +113,13 @@ where
     fn call(&mut self, req: http::Request<ReqBody>) -> Self::Future {
         let refuse = |status: tonic::Status| Either::Left(super::Reject::new(status));
         let context = req.extensions().get::<RequestContext>();
-        let (budget, streams) =
-            context.map_or((Budget::Unary, false), |c| (c.method().budget, c.method().kind.server_streams()));
+        let budget = context.map_or(Budget::Unary, |c| c.method().budget);
+        let streams = matches!(budget, Budget::Streaming | Budget::HealthWatch);
         let (server, what) = match budget {
             Budget::Unary => (&self.budgets.unary, "concurrent call"),
             Budget::Streaming => (&self.budgets.streaming, "concurrent streaming call"),
             Budget::Health => (&self.budgets.health, "concurrent health call"),
+            Budget::HealthWatch => (&self.budgets.health_watch, "health watch"),
         };
         let Ok(server) = server.clone().try_acquire_owned() else {
             return refuse(tonic::Status::resource_exhausted(format!("server is at its {what} limit")));
@@ -130,6 +136,11 @@ where
             None => None,
         };
         let permit = Permits { _server: server, _connection: connection };
+        // Health Watch streams never end on their own: they end when shutdown begins.
+        let cut = match (budget, context) {
+            (Budget::HealthWatch, Some(c)) => Some(c.shutdown().clone()),
+            _ => None,
+        };
         let max = self.max_decoding;
         let req =
             req.map(|inner| SizeLimitedBody { inner, scanner: FrameScanner::default(), max, failed: false });
@@ -137,6 +148,7 @@ where
             inner: InnerBody::new(self.inner.call(req)),
             permit: Some(permit),
             max_encoding: self.max_encoding,
+            cut,
         })
     }
 }
@@ -148,6 +160,7 @@ pin_project! {
         inner: InnerBody<F>,
         permit: Option<Permits>,
         max_encoding: usize,
+        cut: Option<ShutdownSignal>,
     }
 }
 
@@ -162,6 +175,7 @@ where
         let result = std::task::ready!(this.inner.poll(cx));
         let permit = this.permit.take();
         let max = *this.max_encoding;
+        let cut = this.cut.take();
         Poll::Ready(result.map(|response| {
             response.map(|inner| LimitBody {
                 inner,
@@ -169,6 +183,7 @@ where
                 scanner: FrameScanner::default(),
                 max,
                 finished: false,
+                cut: cut.map(|signal| Box::pin(signal.into_cancelled())),
             })
         }))
     }
@@ -184,6 +199,8 @@ pin_project! {
         scanner: FrameScanner,
         max: usize,
         finished: bool,
+        // Ends the stream with OK when shutdown begins (health Watch).
+        cut: Option<Pin<Box<tokio_util::sync::WaitForCancellationFutureOwned>>>,
     }
 }
 
@@ -195,6 +212,7 @@ impl<B> Default for LimitBody<B> {
             scanner: FrameScanner::default(),
             max: 0,
             finished: true,
+            cut: None,
         }
     }
 }
@@ -211,7 +229,23 @@ impl<B: Body<Data = Bytes>> Body for LimitBody<B> {
         if *this.finished {
             return Poll::Ready(None);
         }
-        let polled = std::task::ready!(this.inner.as_mut().poll_frame(cx));
+        let polled = match this.inner.as_mut().poll_frame(cx) {
+            Poll::Ready(polled) => polled,
+            Poll::Pending => {
+                if let Some(cut) = this.cut.as_mut()
+                    && cut.as_mut().poll(cx).is_ready()
+                {
+                    *this.finished = true;
+                    this.permit.take();
+                    this.inner.set(MaybeBody::Empty);
+                    return Poll::Ready(Some(Ok(Frame::trailers(status_trailers(
+                        Code::Ok,
+                        "server shutting down",
+                    )))));
+                }
+                return Poll::Pending;
+            }
+        };
         match &polled {
             Some(Ok(frame)) => {
                 if let Some(data) = frame.data_ref() {

@@ -56,6 +56,9 @@ pub struct AcceptLimits {
     /// Whether a source address whose connection ended in GOAWAY `ENHANCE_YOUR_CALM` is held
     /// off for a while (the penalty box).
     pub penalize_abuse: bool,
+    /// Whether the whole loopback range is exempt from the per-source protections, or only
+    /// 127.0.0.1 and ::1 (see [`is_sidecar_source`]).
+    pub exempt_all_loopback: bool,
 }
 
 impl AcceptLimits {
@@ -124,9 +127,30 @@ impl Drop for SourceSlot {
     }
 }
 
-/// The addresses a sidecar proxy connects from, exempt from the per-source cap.
-pub(super) fn is_sidecar_source(ip: IpAddr) -> bool {
-    ip == IpAddr::V4(std::net::Ipv4Addr::LOCALHOST) || ip == IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+/// Whether a source address is exempt from the per-source protections (handshake cap, penalty
+/// box): where a sidecar proxy connects from on behalf of every client. With `all_loopback`
+/// that is the whole loopback range (127.0.0.0/8 and ::1: Istio's sidecar uses 127.0.0.6);
+/// without, only 127.0.0.1 and ::1.
+pub(super) fn is_sidecar_source(ip: IpAddr, all_loopback: bool) -> bool {
+    let ip = ip.to_canonical();
+    if all_loopback {
+        ip.is_loopback()
+    } else {
+        ip == IpAddr::V4(std::net::Ipv4Addr::LOCALHOST) || ip == IpAddr::V6(std::net::Ipv6Addr::LOCALHOST)
+    }
+}
+
+/// The "source" the per-source protections count: an IPv4 address, or an IPv6 /64 (one
+/// subscriber's allocation; counting single IPv6 addresses would give an attacker millions).
+pub(super) fn source_key(ip: IpAddr) -> IpAddr {
+    match ip.to_canonical() {
+        IpAddr::V6(v6) => {
+            let mut segments = v6.segments();
+            segments[4..].fill(0);
+            IpAddr::V6(std::net::Ipv6Addr::from(segments))
+        }
+        v4 => v4,
+    }
 }
 
 /// One accepted connection: plain TCP or TLS over TCP.
@@ -287,17 +311,19 @@ impl Conn {
         let at_boundary = self.policy.as_ref().is_none_or(|p| p.at_write_boundary());
         let Some(goaway) = self.goaway.as_mut() else { return Poll::Ready(()) };
         if !at_boundary {
-            // hyper is in the middle of a frame; its next writes complete it first.
+            // hyper is in the middle of a frame; its next writes complete it first. If it never
+            // writes again, the connection still ends: reads see end of stream.
             return Poll::Ready(());
         }
         while goaway.written < goaway.frame.len() {
             match self.io.poll_write(cx, &goaway.frame[goaway.written..]) {
                 Poll::Ready(Ok(n)) if n > 0 => goaway.written += n,
-                Poll::Ready(_) => {
+                // A peer that does not read (its window full) is not waited for: an abusive
+                // one would hold the connection open. It is closed without the GOAWAY.
+                Poll::Ready(_) | Poll::Pending => {
                     self.closed = true;
                     return Poll::Ready(());
                 }
-                Poll::Pending => return Poll::Pending,
             }
         }
         let _ = self.io.poll_flush(cx);
@@ -421,9 +447,11 @@ impl AsyncWrite for Conn {
 ///   EMFILE), never ending the stream. The stream therefore never yields `Err` and never ends.
 /// - Accepting and spawning happen when the stream is polled, which must be inside a tokio runtime.
 ///   Dropping the stream closes the listener and aborts the handshakes in progress.
-/// - At most `max_handshakes_per_source` handshakes run per source address (127.0.0.1 and ::1,
-///   where a sidecar connects from, are exempt); more are closed at once and counted with
-///   `reason="per_source_limit"`, so one address cannot fill the in-flight limit.
+/// - At most `max_handshakes_per_source` handshakes run per source (an IPv4 address or an IPv6
+///   /64; loopback, where a sidecar connects from, is exempt); more are closed at once and
+///   counted with `reason="per_source_limit"`, so one source cannot fill the in-flight limit.
+///   Many sources at once still can, for up to the handshake timeout each: a distributed flood
+///   needs connection-rate limits in front of the pod (the load balancer), as for any server.
 pub fn incoming(
     listener: TcpListener,
     tls: Option<TlsReloader>,
@@ -433,7 +461,9 @@ pub fn incoming(
         listener,
         tls,
         limits,
-        penalties: limits.penalize_abuse.then(Arc::default),
+        penalties: limits
+            .penalize_abuse
+            .then(|| Arc::new(super::penalty::PenaltyBox::new(limits.exempt_all_loopback))),
         per_source: Arc::default(),
         handshakes: JoinSet::new(),
         backoff: None,
@@ -530,10 +560,10 @@ impl Incoming {
                             self.penalties.clone(),
                         ));
                     };
-                    let slot = if is_sidecar_source(ip) {
+                    let slot = if is_sidecar_source(ip, self.limits.exempt_all_loopback) {
                         None
                     } else {
-                        match self.per_source.acquire(ip, self.limits.max_handshakes_per_source) {
+                        match self.per_source.acquire(source_key(ip), self.limits.max_handshakes_per_source) {
                             Some(slot) => Some(slot),
                             None => {
                                 reloader.metrics().handshake_per_source_limit.inc();

@@ -8,7 +8,8 @@
 //! - Connections from a held-off address are tarpitted: kept open, unread, until the penalty
 //!   ends (at most [`MAX_HELD_PER_SOURCE`] per address; more are closed at once), so a client
 //!   that waits for the server stalls instead of looping.
-//! - 127.0.0.1 and ::1 are exempt: a sidecar proxy connects from there on behalf of everyone.
+//! - Loopback is exempt: a sidecar proxy connects from there on behalf of everyone.
+//! - An IPv6 source is its /64; at most [`MAX_HELD`] connections are held in all.
 
 use std::collections::HashMap;
 use std::net::IpAddr;
@@ -23,6 +24,8 @@ pub const MAX_PENALTY: Duration = Duration::from_secs(60);
 pub const FORGET_AFTER: Duration = Duration::from_secs(10 * 60);
 /// Connections held open per penalized address.
 pub const MAX_HELD_PER_SOURCE: usize = 64;
+/// Connections held open in all; more from penalized addresses are closed at once.
+pub const MAX_HELD: usize = 1024;
 /// Addresses remembered at most; the oldest offences are forgotten first.
 const MAX_ENTRIES: usize = 10_000;
 
@@ -38,6 +41,8 @@ struct Entry {
 #[derive(Debug, Default)]
 pub struct PenaltyBox {
     entries: Mutex<HashMap<IpAddr, Entry>>,
+    held: std::sync::atomic::AtomicUsize,
+    exempt_all_loopback: bool,
 }
 
 /// What to do with a new connection.
@@ -60,6 +65,7 @@ pub(crate) struct HeldSlot {
 
 impl Drop for HeldSlot {
     fn drop(&mut self) {
+        self.penalties.held.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
         let mut entries = self.penalties.entries.lock().unwrap_or_else(PoisonError::into_inner);
         if let Some(entry) = entries.get_mut(&self.ip) {
             entry.held = entry.held.saturating_sub(1);
@@ -67,16 +73,22 @@ impl Drop for HeldSlot {
     }
 }
 
-fn exempt(ip: IpAddr) -> bool {
-    super::accept::is_sidecar_source(ip.to_canonical())
-}
-
 impl PenaltyBox {
+    /// An empty box; `exempt_all_loopback` as in the accept limits.
+    pub(crate) fn new(exempt_all_loopback: bool) -> Self {
+        PenaltyBox { exempt_all_loopback, ..PenaltyBox::default() }
+    }
+
+    fn exempt(&self, ip: IpAddr) -> bool {
+        super::accept::is_sidecar_source(ip, self.exempt_all_loopback)
+    }
+
     /// Records an offence by `ip`.
     pub(crate) fn punish(&self, ip: IpAddr) {
-        if exempt(ip) {
+        if self.exempt(ip) {
             return;
         }
+        let ip = super::accept::source_key(ip);
         let now = Instant::now();
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         if entries.len() >= MAX_ENTRIES && !entries.contains_key(&ip) {
@@ -100,16 +112,22 @@ impl PenaltyBox {
 
     /// Decides about a new connection from `ip`.
     pub(crate) fn admit(self: &Arc<Self>, ip: IpAddr) -> Admission {
-        if exempt(ip) {
+        if self.exempt(ip) {
             return Admission::Admit;
         }
+        let ip = super::accept::source_key(ip);
         let now = Instant::now();
         let mut entries = self.entries.lock().unwrap_or_else(PoisonError::into_inner);
         let Some(entry) = entries.get_mut(&ip) else { return Admission::Admit };
         if entry.until <= now {
             return Admission::Admit;
         }
-        if entry.held >= MAX_HELD_PER_SOURCE {
+        if entry.held >= MAX_HELD_PER_SOURCE
+            || self.held.fetch_add(1, std::sync::atomic::Ordering::Relaxed) >= MAX_HELD
+        {
+            if entry.held < MAX_HELD_PER_SOURCE {
+                self.held.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+            }
             return Admission::Refuse;
         }
         entry.held += 1;
@@ -123,7 +141,7 @@ mod tests {
 
     #[test]
     fn offenders_are_held_off_longer_each_time_and_loopback_never() {
-        let penalties = Arc::new(PenaltyBox::default());
+        let penalties = Arc::new(PenaltyBox::new(false));
         let attacker: IpAddr = "10.0.0.7".parse().unwrap();
         assert!(matches!(penalties.admit(attacker), Admission::Admit));
         penalties.punish(attacker);
@@ -152,5 +170,15 @@ mod tests {
         let other_loopback: IpAddr = "127.0.0.2".parse().unwrap();
         penalties.punish(other_loopback);
         assert!(matches!(penalties.admit(other_loopback), Admission::Hold(..)));
+        // By default the whole loopback range is exempt (Istio's sidecar uses 127.0.0.6).
+        let default = Arc::new(PenaltyBox::new(true));
+        let istio: IpAddr = "127.0.0.6".parse().unwrap();
+        default.punish(istio);
+        assert!(matches!(default.admit(istio), Admission::Admit));
+        // An IPv6 source is its /64: another address in it is held off too.
+        let v6: IpAddr = "2001:db8:1:2::7".parse().unwrap();
+        default.punish(v6);
+        assert!(matches!(default.admit("2001:db8:1:2:ffff::1".parse().unwrap()), Admission::Hold(..)));
+        assert!(matches!(default.admit("2001:db8:1:3::7".parse().unwrap()), Admission::Admit));
     }
 }

@@ -126,6 +126,7 @@ impl Server {
                     min_ping_interval: None,
                     max_control_frames: 100,
                     penalize_abuse: false,
+                    exempt_all_loopback: true,
                 }
             ));
             while let Some(conn) = stream.next().await {
@@ -312,6 +313,7 @@ async fn tonic_serves_the_incoming_stream_and_stops_on_shutdown() {
                 min_ping_interval: None,
                 max_control_frames: 100,
                 penalize_abuse: false,
+                exempt_all_loopback: true,
             },
         ),
         std::future::ready(()),
@@ -744,4 +746,25 @@ async fn without_grpc_web_only_h2_is_offered_in_the_tls_handshake() {
     assert_eq!(reloader.current().alpn_protocols, vec![b"h2".to_vec()]);
     let both = TlsReloader::load(TlsMode::Server, dir.path(), metrics(), Protocols::Http2AndHttp1).unwrap();
     assert_eq!(both.current().alpn_protocols, vec![b"h2".to_vec(), b"http/1.1".to_vec()]);
+}
+
+#[cfg(unix)]
+#[test]
+fn files_are_read_through_the_data_link_so_a_rotation_cannot_mix_versions() {
+    use std::os::unix::fs::symlink;
+    // The top-level names hold an old, inconsistent set (the new certificate beside the old key,
+    // as a reader going file by file could see mid-rotation); `..data` points at one complete
+    // version. Reading through the link gets that version whole.
+    let dir = tempfile::tempdir().unwrap();
+    let ca = Ca::new("test CA");
+    let old = ca.issue(&server_params(1, 2090));
+    let new = ca.issue(&server_params(2, 2091));
+    std::fs::write(dir.path().join(CERT_FILE), &new.cert_pem).unwrap();
+    std::fs::write(dir.path().join(KEY_FILE), &old.key_pem).unwrap();
+    let version = dir.path().join("..2026_11_30_00_00_00.000000001");
+    std::fs::create_dir(&version).unwrap();
+    write_tls(&version, &new, None);
+    symlink("..2026_11_30_00_00_00.000000001", dir.path().join("..data")).unwrap();
+    let reloader = TlsReloader::load(TlsMode::Server, dir.path(), metrics(), Protocols::Http2).unwrap();
+    assert_eq!(reloader.not_after_unix(), unix(2091));
 }

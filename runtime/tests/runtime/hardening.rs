@@ -102,6 +102,11 @@ async fn two_thousand_health_watch_streams_do_not_starve_unary_calls() {
     assert_eq!(open.len() + refused, 2000);
     assert!(!open.is_empty() && refused > 0, "open {} refused {refused}", open.len());
 
+    // Health checks still succeed: Watch streams have a budget apart from Check's.
+    let check =
+        H2::connect(server.grpc).await.call("/grpc.health.v1.Health/Check", &[]).await.expect("check");
+    assert_eq!(trailers_only_status(&check), None, "Check is served while Watch streams are at their limit");
+
     // Unary calls still succeed: on a fresh connection, and on a connection full of streams.
     let mut client = server.client().await;
     for id in 1..=20 {
@@ -217,6 +222,8 @@ async fn invalid_builder_overrides_are_errors_naming_the_setting_not_panics() {
         (Box::new(|c| c.limits.max_decoding_message_size = 0), "limits.max_decoding_message_size"),
         (Box::new(|c| c.limits.max_connection_age = Duration::MAX), "limits.max_connection_age"),
         (Box::new(|c| c.limits.keepalive_interval = Duration::ZERO), "limits.keepalive_interval"),
+        (Box::new(|c| c.limits.max_control_frames = 0), "limits.max_control_frames"),
+        (Box::new(|c| c.log_filter = "info,[".into()), "RUST_LOG"),
         (
             Box::new(|c| c.limits.max_streaming_rpcs_per_connection = Some(100)),
             "limits.max_streaming_rpcs_per_connection",

@@ -739,7 +739,11 @@ async fn a_client_certificate_without_client_auth_or_with_two_uris_is_refused_at
 async fn a_flood_of_silent_tls_sockets_from_one_address_does_not_stop_a_real_client() {
     let Some(grpcio) = Grpcio::find() else { return };
     let tls = MutualTls::new();
-    let server = TestServer::start(tls_server(TlsMode::Mutual, &tls.dir(), None)).await;
+    // 127.0.0.2 plays an outside client: by default the whole loopback range is exempt.
+    let server = TestServer::start(
+        tls_server(TlsMode::Mutual, &tls.dir(), None).configure(|c| c.limits.exempt_all_loopback = false),
+    )
+    .await;
     // 1,500 connections that never send a ClientHello, from 127.0.0.2 (the loopback address
     // 127.0.0.1, where a sidecar connects from, is exempt from the per-source cap), held open
     // while the real client calls. Without the cap, the first 1,024 fill the handshakes in

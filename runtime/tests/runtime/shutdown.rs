@@ -13,6 +13,34 @@ fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
 }
 
+/// The example binary with a clean environment, the contract ports and `env`, ready (its
+/// `/readyz` answers 200); returns the child, the gRPC port and the admin address.
+async fn ready_example(
+    env: &[(&str, &str)],
+    stdout: std::process::Stdio,
+) -> (tokio::process::Child, u16, std::net::SocketAddr) {
+    let (grpc, admin) = (free_port(), free_port());
+    let mut command = tokio::process::Command::new(example_binary());
+    command
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("GRPC_PORT", grpc.to_string())
+        .env("ADMIN_PORT", admin.to_string());
+    for (k, v) in env {
+        command.env(k, v);
+    }
+    let child = command.stdout(stdout).kill_on_drop(true).spawn().expect("example starts");
+    let admin_addr: std::net::SocketAddr = ([127, 0, 0, 1], admin).into();
+    let ready = crate::harness::eventually(Duration::from_secs(20), || async {
+        let ok = tokio::net::TcpStream::connect(admin_addr).await.is_ok()
+            && admin_get(admin_addr, "/readyz").await.0 == 200;
+        ok.then_some(())
+    })
+    .await;
+    assert!(ready.is_some(), "the example became ready");
+    (child, grpc, admin_addr)
+}
+
 #[tokio::test]
 async fn in_flight_calls_complete_and_the_listener_closes() {
     let mut server = TestServer::start(misbehaving_server()).await;
@@ -92,27 +120,8 @@ async fn the_server_stops_at_the_shutdown_timeout_even_with_a_stream_held_open()
 
 #[tokio::test]
 async fn sigterm_makes_the_example_exit_zero_within_its_deadline_despite_a_hanging_call() {
-    let (grpc, admin) = (free_port(), free_port());
-    let mut child = tokio::process::Command::new(example_binary())
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("GRPC_PORT", grpc.to_string())
-        .env("ADMIN_PORT", admin.to_string())
-        .env("LOG_FORMAT", "json")
-        .env("SHUTDOWN_DRAIN_DELAY", "300ms")
-        .env("SHUTDOWN_TIMEOUT", "1s")
-        .stdout(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("example starts");
-    let admin_addr: std::net::SocketAddr = ([127, 0, 0, 1], admin).into();
-    let ready = crate::harness::eventually(Duration::from_secs(20), || async {
-        let ok = tokio::net::TcpStream::connect(admin_addr).await.is_ok()
-            && admin_get(admin_addr, "/readyz").await.0 == 200;
-        ok.then_some(())
-    })
-    .await;
-    assert!(ready.is_some(), "the example became ready");
+    let env = [("LOG_FORMAT", "json"), ("SHUTDOWN_DRAIN_DELAY", "300ms"), ("SHUTDOWN_TIMEOUT", "1s")];
+    let (mut child, grpc, _) = ready_example(&env, std::process::Stdio::piped()).await;
 
     // A call whose request body never ends: the handler waits for it until shutdown cuts it.
     let tcp = tokio::net::TcpStream::connect(("127.0.0.1", grpc)).await.expect("connect");
@@ -172,9 +181,17 @@ async fn calls_that_race_the_goaway_are_served_never_answered_unavailable() {
                 if body.send_data(vec![0u8, 0, 0, 0, 2, 0x08, 0x01].into(), true).is_err() {
                     return codes;
                 }
-                // A stream the server refused after its GOAWAY is a transport error (retried
-                // by clients), not a gRPC status.
-                let Ok(response) = response.await else { continue };
+                // A stream the server refused after its GOAWAY (REFUSED_STREAM) is a transport
+                // error clients retry; any other stream error is a failure.
+                let response = match response.await {
+                    Ok(response) => response,
+                    Err(err) if err.reason() == Some(h2::Reason::REFUSED_STREAM) => continue,
+                    Err(err) if err.is_go_away() => return codes,
+                    Err(err) => {
+                        codes.push(-(err.reason().map_or(1, u32::from) as i32));
+                        continue;
+                    }
+                };
                 let status = |h: &http::HeaderMap| {
                     h.get("grpc-status").and_then(|v| v.to_str().ok()).and_then(|s| s.parse::<i32>().ok())
                 };
@@ -250,25 +267,8 @@ async fn health_cannot_report_serving_again_once_shutdown_has_begun() {
 
 #[tokio::test]
 async fn a_second_sigterm_exits_at_once() {
-    let (grpc, admin) = (free_port(), free_port());
-    let mut child = tokio::process::Command::new(example_binary())
-        .env_clear()
-        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
-        .env("GRPC_PORT", grpc.to_string())
-        .env("ADMIN_PORT", admin.to_string())
-        .env("SHUTDOWN_DRAIN_DELAY", "30s")
-        .stdout(std::process::Stdio::null())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("example starts");
-    let admin_addr: std::net::SocketAddr = ([127, 0, 0, 1], admin).into();
-    let ready = crate::harness::eventually(Duration::from_secs(20), || async {
-        let ok = tokio::net::TcpStream::connect(admin_addr).await.is_ok()
-            && admin_get(admin_addr, "/readyz").await.0 == 200;
-        ok.then_some(())
-    })
-    .await;
-    assert!(ready.is_some(), "the example became ready");
+    let (mut child, _, admin_addr) =
+        ready_example(&[("SHUTDOWN_DRAIN_DELAY", "30s")], std::process::Stdio::null()).await;
     let pid = child.id().expect("pid").to_string();
     let term = || async {
         let kill = tokio::process::Command::new("kill").args(["-TERM", &pid]).status().await.expect("kill");
@@ -289,4 +289,38 @@ async fn a_second_sigterm_exits_at_once() {
         .expect("wait");
     assert_eq!(status.code(), Some(128 + 15), "{status:?}");
     assert!(started.elapsed() < Duration::from_secs(2), "{:?}", started.elapsed());
+}
+
+#[tokio::test]
+async fn health_watch_streams_end_when_shutdown_begins_instead_of_holding_the_drain() {
+    let server = misbehaving_server().configure(|c| c.shutdown.timeout = Duration::from_secs(10));
+    let mut server = TestServer::start(server).await;
+    let channel =
+        tonic::transport::Endpoint::from_shared(server.url()).expect("url").connect().await.expect("connect");
+    let mut health = tonic_health::pb::health_client::HealthClient::new(channel);
+    let mut watch = health
+        .watch(tonic_health::pb::HealthCheckRequest { service: String::new() })
+        .await
+        .expect("watch")
+        .into_inner();
+    watch.message().await.expect("first status").expect("some");
+    let started = Instant::now();
+    let serving = server.begin_shutdown();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        loop {
+            match watch.message().await {
+                Ok(Some(_)) => continue, // NOT_SERVING during the drain
+                other => return other,
+            }
+        }
+    })
+    .await
+    .expect("the Watch stream ends");
+    assert!(matches!(ended, Ok(None)), "ended with OK: {ended:?}");
+    serving.await.expect("join").expect("serve returns Ok");
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "well before the 10 s timeout: {:?}",
+        started.elapsed()
+    );
 }
