@@ -5,7 +5,7 @@
 CARGO ?= cargo
 CRD_FILE := crds/grpcservices.grpcoperator.io.yaml
 
-.PHONY: all build test lint fmt crds render-sample test-all test-infra test-cluster e2e bench bench-runtime run-example
+.PHONY: all build test lint fmt crds render-sample test-all test-infra test-cluster e2e bench bench-runtime bench-vs-go bench-h2-abuse run-example
 
 all: build
 
@@ -60,6 +60,17 @@ bench:
 bench-runtime:
 	$(CARGO) build --release -p grpc-runtime --examples
 	./target/release/examples/runtime-bench
+
+## grpc-runtime vs grpc-go with its middleware chain, under h2load on pinned cores.
+bench-vs-go:
+	$(CARGO) build --release -p grpc-runtime --examples
+	./scripts/build-go-peers.sh >/dev/null
+	./target/release/examples/vs-go
+
+## HTTP/2 abuse (rapid reset, CONTINUATION, SETTINGS, PING floods, oversized headers) under load.
+bench-h2-abuse:
+	$(CARGO) build --release -p grpc-runtime --examples
+	taskset -c 1 ./target/release/examples/h2-abuse
 
 ## The example service with the contract defaults (gRPC :50051, admin :9090).
 run-example:
