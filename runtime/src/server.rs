@@ -645,32 +645,5 @@ impl Signals {
 
 /// Completes on SIGTERM or SIGINT (Ctrl-C), with the signal received.
 pub async fn shutdown_signal() -> Signal {
-    #[cfg(unix)]
-    {
-        use tokio::signal::unix::{SignalKind, signal};
-        match signal(SignalKind::terminate()) {
-            Ok(mut term) => {
-                tokio::select! {
-                    _ = term.recv() => {
-                        tracing::info!("received SIGTERM");
-                        Signal::Terminate
-                    }
-                    _ = tokio::signal::ctrl_c() => {
-                        tracing::info!("received SIGINT");
-                        Signal::Interrupt
-                    }
-                }
-            }
-            Err(err) => {
-                tracing::warn!(error = %err, "cannot listen for SIGTERM; only SIGINT stops the server");
-                let _ = tokio::signal::ctrl_c().await;
-                Signal::Interrupt
-            }
-        }
-    }
-    #[cfg(not(unix))]
-    {
-        let _ = tokio::signal::ctrl_c().await;
-        Signal::Interrupt
-    }
+    Signals::new().next().await
 }

@@ -27,6 +27,5 @@ mod jwt;
 mod limits;
 mod metrics_scrape;
 mod mtls;
-mod observe;
 mod shutdown;
 mod tracing_otlp;

@@ -76,6 +76,9 @@ async fn a_panic_is_internal_in_the_metrics_the_access_log_and_the_span() {
         .with(events.clone());
     // The test runs on one thread (current-thread runtime): the server's tasks see this default.
     let _default = tracing::subscriber::set_default(subscriber);
+    // Callsite interest is cached process-wide: a callsite first hit by another test's thread,
+    // with no subscriber there, may be cached as "never". Re-evaluate with this subscriber.
+    tracing::callsite::rebuild_interest_cache();
 
     let server = TestServer::start(misbehaving_server()).await;
     let mut client = server.client().await;
