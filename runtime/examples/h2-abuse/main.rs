@@ -1,5 +1,7 @@
-//! HTTP/2 abuse under load: for each attack of [`attacks`], the `user-service` example (a
-//! separate process, pinned to CPU 0 when `taskset` exists) is attacked from 127.0.0.2 by
+//! HTTP/2 abuse under load: for each attack of [`attacks`], the user service on grpc-runtime (this
+//! program re-run with `--serve` as a separate process, pinned to CPU 0 when `taskset` exists,
+//! with the default configuration except that only 127.0.0.1 counts as a sidecar address, so
+//! 127.0.0.2 plays an outside client) is attacked from 127.0.0.2 by
 //! several connections that reconnect as soon as they are cut off (a connect timeout of 1 s, as
 //! a real client has), while legitimate callers on 127.0.0.1 keep calling `GetUser`. It reports, per attack, how the offenders were treated, the server's peak RSS
 //! against its baseline, and the legitimate callers' p99 against theirs.
@@ -16,7 +18,6 @@ mod attacks;
 mod service;
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
@@ -29,9 +30,10 @@ use service::pb::user_service_client::UserServiceClient;
 #[derive(Parser, Debug)]
 #[command(about = "HTTP/2 abuse against the user-service example, with legitimate load")]
 struct Args {
-    /// The server binary (the release user-service example).
-    #[arg(long, default_value = "target/release/examples/user-service")]
-    binary: PathBuf,
+    /// Internal: serve the user service on this gRPC port (and the next free admin port) until
+    /// killed; the benchmark starts itself this way for each phase.
+    #[arg(long, hide = true)]
+    serve: Option<u16>,
     /// Seconds per phase (the baseline and each attack).
     #[arg(long, default_value_t = 5)]
     seconds: u64,
@@ -194,18 +196,46 @@ struct Running {
     addr: SocketAddr,
 }
 
-async fn start_server(binary: &std::path::Path, taskset: bool) -> Result<Running, String> {
-    let (grpc, admin) = (free_port(), free_port());
+/// The server side: the user service with the default configuration from the environment,
+/// except the sidecar exemption (see the module documentation).
+async fn serve(port: u16) -> std::process::ExitCode {
+    let result = async {
+        grpc_runtime::Server::from_env()?
+            .configure(|c| {
+                c.grpc_addr.set_port(port);
+                c.admin_addr.set_port(free_port());
+                c.limits.exempt_all_loopback = false;
+            })
+            .add_service(service::pb::user_service_server::UserServiceServer::new(service::Users::with_seed()))
+            .file_descriptor_set(service::pb::FILE_DESCRIPTOR_SET)
+            .bind()
+            .await?
+            .serve()
+            .await
+    }
+    .await;
+    match result {
+        Ok(()) => std::process::ExitCode::SUCCESS,
+        Err(err) => {
+            let err: grpc_runtime::ServeError = err;
+            eprintln!("h2-abuse --serve: {err}");
+            std::process::ExitCode::FAILURE
+        }
+    }
+}
+
+async fn start_server(taskset: bool) -> Result<Running, String> {
+    let grpc = free_port();
+    let me = std::env::current_exe().map_err(|e| e.to_string())?;
     let mut command = if taskset {
         let mut c = tokio::process::Command::new("/usr/bin/taskset");
-        c.args(["-c", "0"]).arg(binary);
+        c.args(["-c", "0"]).arg(me);
         c
     } else {
-        tokio::process::Command::new(binary)
+        tokio::process::Command::new(me)
     };
     let child = command
-        .env("GRPC_PORT", grpc.to_string())
-        .env("ADMIN_PORT", admin.to_string())
+        .args(["--serve", &grpc.to_string()])
         .env("LOG_FORMAT", "json")
         .stdout(std::process::Stdio::null())
         .stderr(std::process::Stdio::null())
@@ -248,9 +278,8 @@ fn sample_rss(pid: u32) -> (Arc<AtomicU64>, tokio::task::JoinHandle<()>) {
 #[tokio::main]
 async fn main() -> std::process::ExitCode {
     let args = Args::parse();
-    if !args.binary.exists() {
-        eprintln!("{} not found: cargo build --release -p grpc-runtime --examples", args.binary.display());
-        return std::process::ExitCode::FAILURE;
+    if let Some(port) = args.serve {
+        return serve(port).await;
     }
     let taskset = std::path::Path::new("/usr/bin/taskset").exists();
     let phase = Duration::from_secs(args.seconds);
@@ -260,7 +289,7 @@ async fn main() -> std::process::ExitCode {
     );
 
     // The baseline: legitimate load alone.
-    let mut server = match start_server(&args.binary, taskset).await {
+    let mut server = match start_server(taskset).await {
         Ok(s) => s,
         Err(e) => {
             eprintln!("{e}");
@@ -291,7 +320,7 @@ async fn main() -> std::process::ExitCode {
     );
     let mut all_met = true;
     for attack in Attack::ALL {
-        let mut server = match start_server(&args.binary, taskset).await {
+        let mut server = match start_server(taskset).await {
             Ok(s) => s,
             Err(e) => {
                 eprintln!("{e}");
