@@ -206,7 +206,9 @@ async fn serve(port: u16) -> std::process::ExitCode {
                 c.admin_addr.set_port(free_port());
                 c.limits.exempt_all_loopback = false;
             })
-            .add_service(service::pb::user_service_server::UserServiceServer::new(service::Users::with_seed()))
+            .add_service(
+                service::pb::user_service_server::UserServiceServer::new(service::Users::with_seed()),
+            )
             .file_descriptor_set(service::pb::FILE_DESCRIPTOR_SET)
             .bind()
             .await?
