@@ -26,7 +26,7 @@ use crate::tls::{AcceptLimits, Conn, PeerInfo, TlsReloader};
 /// `0.0.0.0` on the same port.
 pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
     if addr.ip() == Ipv6Addr::UNSPECIFIED {
-        match bind_dual_stack(addr) {
+        match bind_socket(addr, true) {
             Ok(listener) => return Ok(listener),
             // EAFNOSUPPORT, EADDRNOTAVAIL: the host has IPv6 off. Anything else (a port in use)
             // is an error for IPv4 too.
@@ -42,10 +42,6 @@ pub(crate) fn bind(addr: SocketAddr) -> std::io::Result<TcpListener> {
         }
     }
     bind_socket(addr, false)
-}
-
-fn bind_dual_stack(addr: SocketAddr) -> std::io::Result<TcpListener> {
-    bind_socket(addr, true)
 }
 
 fn bind_socket(addr: SocketAddr, dual_stack: bool) -> std::io::Result<TcpListener> {
