@@ -14,6 +14,7 @@ pub mod children;
 pub mod crd;
 pub mod health;
 pub mod metrics;
+pub mod pki;
 pub mod reconcile;
 pub mod render;
 pub mod run;

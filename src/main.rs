@@ -5,7 +5,11 @@ use std::process::ExitCode;
 use std::time::Duration;
 
 use clap::{Parser, Subcommand, ValueEnum};
+use std::sync::Arc;
+
 use grpc_operator::admin;
+use grpc_operator::children::Registry;
+use grpc_operator::pki::trust::{PkiSettings, Trust};
 use grpc_operator::health::{Health, HealthConfig};
 use grpc_operator::metrics::Metrics;
 use grpc_operator::reconcile::{ReconcileConfig, error_chain};
@@ -33,6 +37,27 @@ enum Command {
     },
     /// Run the controller against the cluster of the kubeconfig (or in-cluster config).
     Run(RunArgs),
+    /// Operate the operator's certificate authority.
+    Ca {
+        #[command(subcommand)]
+        command: CaCommand,
+    },
+}
+
+#[derive(Subcommand)]
+enum CaCommand {
+    /// Ask the running operator to rotate its CA with overlapping trust (4 stages; see docs/tls.md).
+    Rotate(CaArgs),
+}
+
+#[derive(clap::Args)]
+struct CaArgs {
+    /// Namespace of the CA Secret (default: POD_NAMESPACE, otherwise the kubeconfig's namespace).
+    #[arg(long, env = "CA_SECRET_NAMESPACE")]
+    ca_secret_namespace: Option<String>,
+    /// Name of the CA Secret.
+    #[arg(long, default_value = "grpc-operator-ca")]
+    ca_secret_name: String,
 }
 
 #[derive(clap::Args)]
@@ -61,6 +86,20 @@ struct RunArgs {
     /// Milliseconds to wait after a trigger before reconciling, merging bursts of events.
     #[arg(long, default_value_t = 100)]
     debounce_ms: u64,
+    /// SPIFFE trust domain of the workload identities (spiffe://<trust-domain>/ns/<ns>/sa/<sa>).
+    #[arg(long, default_value = "cluster.local")]
+    trust_domain: String,
+    /// Cluster DNS domain, for the <name>.<ns>.svc.<cluster-domain> name of certificates.
+    #[arg(long, default_value = "cluster.local")]
+    cluster_domain: String,
+    #[command(flatten)]
+    ca: CaArgs,
+    /// Validity of a root CA the operator creates, in hours (default 10 years).
+    #[arg(long, default_value_t = 87_600)]
+    ca_validity_hours: u64,
+    /// During a CA rotation, seconds to wait after every leaf Secret is written, for kubelets to sync the volumes and workloads to reload them.
+    #[arg(long, default_value_t = 120)]
+    ca_propagation_delay_seconds: u64,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -87,6 +126,22 @@ fn main() -> ExitCode {
                     ExitCode::SUCCESS
                 }
                 Err(e) => fail(&e),
+            }
+        }
+        Command::Ca { command: CaCommand::Rotate(args) } => {
+            let runtime = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+                Ok(rt) => rt,
+                Err(e) => return fail(&e),
+            };
+            match runtime.block_on(rotate(args)) {
+                Ok(note) => {
+                    println!("{note}");
+                    ExitCode::SUCCESS
+                }
+                Err(e) => {
+                    eprintln!("error: {}", error_chain(e.as_ref()));
+                    ExitCode::FAILURE
+                }
             }
         }
         Command::Run(args) => {
@@ -122,10 +177,39 @@ fn init_logging(format: LogFormat) {
     }
 }
 
-async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error + Send + Sync>> {
-    let mut config = kube::Config::infer().await.map_err(|e| {
+type BoxError = Box<dyn std::error::Error + Send + Sync>;
+
+async fn kube_config() -> Result<kube::Config, BoxError> {
+    Ok(kube::Config::infer().await.map_err(|e| {
         format!("no Kubernetes configuration found (set KUBECONFIG, or run in a pod): {}", error_chain(&e))
-    })?;
+    })?)
+}
+
+/// The CA Secret's namespace: the flag, else the operator's own namespace,
+/// else the kubeconfig's.
+fn ca_namespace(args: &CaArgs, config: &kube::Config) -> String {
+    args.ca_secret_namespace
+        .clone()
+        .filter(|n| !n.is_empty())
+        .or_else(|| std::env::var("POD_NAMESPACE").ok().filter(|n| !n.is_empty()))
+        .unwrap_or_else(|| config.default_namespace.clone())
+}
+
+async fn rotate(args: CaArgs) -> Result<String, BoxError> {
+    let mut config = kube_config().await?;
+    run::tune_client_config(&mut config);
+    let namespace = ca_namespace(&args, &config);
+    let client = kube::Client::try_from(config)?;
+    grpc_operator::pki::ca_manager::request_rotation(client, &namespace, &args.ca_secret_name).await?;
+    Ok(format!(
+        "rotation of CA Secret {namespace}/{} requested; follow it with `kubectl get events -n {namespace} --field-selector reason=CARotation` or the grpc_operator_ca_rotation_stage metric",
+        args.ca_secret_name
+    ))
+}
+
+async fn run_operator(args: RunArgs) -> Result<(), BoxError> {
+    let mut config = kube_config().await?;
+    let ca_namespace = ca_namespace(&args.ca, &config);
     run::tune_client_config(&mut config);
     let cluster_url = config.cluster_url.to_string();
     let client = kube::Client::try_from(config)?;
@@ -153,7 +237,19 @@ async fn run_operator(args: RunArgs) -> Result<(), Box<dyn std::error::Error + S
         let _ = stop_tx.send(true);
     });
 
+    grpc_contract::spiffe::check_id(&format!("spiffe://{}", args.trust_domain))
+        .map_err(|e| format!("--trust-domain {:?}: {}", args.trust_domain, e.reason()))?;
+    let trust = Trust::new(PkiSettings {
+        trust_domain: args.trust_domain,
+        cluster_domain: args.cluster_domain,
+        ca_namespace,
+        ca_name: args.ca.ca_secret_name,
+        ca_validity: Duration::from_secs(args.ca_validity_hours.saturating_mul(3600)),
+        propagation_delay: Duration::from_secs(args.ca_propagation_delay_seconds),
+    });
     let opts = ControllerOptions {
+        registry: Registry::with_trust(Arc::clone(&trust)),
+        trust: Some(trust),
         namespaces,
         reconcile: ReconcileConfig {
             resync: Duration::from_secs(args.resync_seconds),

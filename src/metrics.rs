@@ -38,6 +38,21 @@ pub struct Metrics {
     pub last_success: IntGauge,
     /// Errors of the watches, by kind.
     pub watch_errors: IntCounterVec,
+    /// NotAfter of each workload certificate, by GrpcService namespace and
+    /// name (one series per object, as kube-state-metrics does).
+    pub certificate_expiration: IntGaugeVec,
+    /// Workload certificates issued, by reason (`issued`, `renewed`,
+    /// `sans_changed`, `repaired`, `ca_rotated`).
+    pub certificates_issued: IntCounterVec,
+    /// NotAfter of the signing CA.
+    pub ca_expiration: IntGauge,
+    /// 1 while the CA is usable.
+    pub ca_available: IntGauge,
+    /// The CA rotation stage: 0 none, 1 publishing, 2 propagating,
+    /// 3 reissuing, 4 retiring.
+    pub ca_rotation_stage: IntGauge,
+    /// Leaf Secrets the current rotation stage still waits for.
+    pub ca_rotation_pending: IntGauge,
 }
 
 #[derive(Default)]
@@ -106,6 +121,35 @@ impl Metrics {
             Opts::new("grpc_operator_watch_errors_total", "Errors of the operator's watches, by kind."),
             &["kind"],
         )?;
+        let certificate_expiration = IntGaugeVec::new(
+            Opts::new(
+                "grpc_operator_certificate_expiration_timestamp_seconds",
+                "NotAfter (Unix time) of the workload certificate of each GrpcService.",
+            ),
+            &["namespace", "name"],
+        )?;
+        let certificates_issued = IntCounterVec::new(
+            Opts::new("grpc_operator_certificates_issued_total", "Workload certificates issued, by reason."),
+            &["reason"],
+        )?;
+        let ca_expiration = IntGauge::new(
+            "grpc_operator_ca_expiration_timestamp_seconds",
+            "NotAfter (Unix time) of the CA that signs workload certificates.",
+        )?;
+        let ca_available = IntGauge::new("grpc_operator_ca_available", "1 while the operator's CA is usable.")?;
+        let ca_rotation_stage = IntGauge::new(
+            "grpc_operator_ca_rotation_stage",
+            "CA rotation stage: 0 none, 1 publishing, 2 propagating, 3 reissuing, 4 retiring.",
+        )?;
+        let ca_rotation_pending = IntGauge::new(
+            "grpc_operator_ca_rotation_pending_leaves",
+            "Leaf Secrets the current CA rotation stage still waits for.",
+        )?;
+        for m in [&ca_expiration, &ca_available, &ca_rotation_stage, &ca_rotation_pending] {
+            registry.register(Box::new(m.clone()))?;
+        }
+        registry.register(Box::new(certificate_expiration.clone()))?;
+        registry.register(Box::new(certificates_issued.clone()))?;
         registry.register(Box::new(last_success.clone()))?;
         registry.register(Box::new(watch_errors.clone()))?;
         registry.register(Box::new(reconciles.clone()))?;
@@ -118,6 +162,12 @@ impl Metrics {
             registry,
             views: Arc::default(),
             grpc_services,
+            certificate_expiration,
+            certificates_issued,
+            ca_expiration,
+            ca_available,
+            ca_rotation_stage,
+            ca_rotation_pending,
             running,
             queue_depth,
             reconciles,

@@ -12,7 +12,7 @@ use std::path::{Path, PathBuf};
 use serde_json::Value;
 
 use crate::api::GrpcService;
-use crate::children::{self, ObservedChildren, Registry};
+use crate::children::{self, Registry};
 use crate::reconcile::validate::{self, Origin};
 
 /// Where manifests are read from.
@@ -114,6 +114,7 @@ pub fn render(sources: &[Source]) -> Result<String, RenderError> {
 pub fn render_texts(inputs: &[(String, String)]) -> Result<String, RenderError> {
     let mut problems = Vec::new();
     let mut objects = Vec::new();
+    let mut parsed = Vec::new();
     for (file, text) in inputs {
         let docs: Vec<Value> = match serde_saphyr::from_multiple(text) {
             Ok(d) => d,
@@ -128,8 +129,25 @@ pub fn render_texts(inputs: &[(String, String)]) -> Result<String, RenderError> 
                 continue;
             }
         };
+        parsed.push((file, docs));
+    }
+    // Every GrpcService of the input, so that `allowedClients` entries naming
+    // one of them resolve as the controller would resolve them.
+    let all: Vec<std::sync::Arc<GrpcService>> = parsed
+        .iter()
+        .flat_map(|(_, docs)| docs.iter())
+        .filter(|d| is_grpc_service(d))
+        .filter_map(|d| parse_grpc_service(d.clone()).ok())
+        .map(|(mut obj, _)| {
+            if obj.metadata.namespace.as_deref().is_none_or(str::is_empty) {
+                obj.metadata.namespace = Some("default".to_owned());
+            }
+            std::sync::Arc::new(obj)
+        })
+        .collect();
+    for (file, docs) in parsed {
         for (i, doc) in docs.into_iter().enumerate() {
-            match render_document(doc) {
+            match render_document(doc, &all) {
                 Ok(children) => objects.extend(children),
                 Err(mut ps) => {
                     for p in &mut ps {
@@ -161,7 +179,7 @@ fn is_grpc_service(doc: &Value) -> bool {
 }
 
 /// Children of one YAML document; other kinds render to nothing.
-fn render_document(doc: Value) -> Result<Vec<Value>, Vec<RenderProblem>> {
+fn render_document(doc: Value, all: &[std::sync::Arc<GrpcService>]) -> Result<Vec<Value>, Vec<RenderProblem>> {
     if doc.is_null() || !is_grpc_service(&doc) {
         return Ok(Vec::new());
     }
@@ -181,8 +199,10 @@ fn render_document(doc: Value) -> Result<Vec<Value>, Vec<RenderProblem>> {
         Ok(valid) if problems.is_empty() => {
             // Every kind the operator manages, optional ones included: render
             // cannot know which CRDs the cluster serves.
-            return children::desired(&Registry::standard(), &valid, &ObservedChildren::default())
-                .map(|d| d.children.into_iter().map(|c| c.object).collect())
+            let registry = Registry::standard();
+            let observed = crate::children::tls_secret::render_observed(&valid, all);
+            return children::desired(&registry, &valid, &observed)
+                .map(|d| d.children.into_iter().filter_map(|c| c.object).collect())
                 .map_err(|e| vec![problem(None, format!("failed to build the children: {e}"))]);
         }
         Ok(_) => {}

@@ -24,6 +24,7 @@ use crate::children::Registry;
 use crate::children::labels::{MANAGED_BY_LABEL, MANAGER, SERVICE_LABEL};
 use crate::health::{self, Health};
 use crate::metrics::Metrics;
+use crate::pki::trust::Trust;
 use crate::reconcile::cache::KindCache;
 use crate::reconcile::memory::{Memory, Queued};
 use crate::reconcile::{self, Context, ReconcileConfig};
@@ -47,6 +48,9 @@ pub struct ControllerOptions {
     /// How often the APIs of optional kinds (CRDs that may be installed or
     /// removed at any time) are looked up.
     pub discovery_interval: Duration,
+    /// The CA the registry's TLS kind issues from; when set, the controller
+    /// runs its manager (creates, watches and rotates the CA Secret).
+    pub trust: Option<Arc<Trust>>,
 }
 
 impl Default for ControllerOptions {
@@ -59,6 +63,7 @@ impl Default for ControllerOptions {
             instance: None,
             debounce: DEFAULT_DEBOUNCE,
             discovery_interval: DEFAULT_DISCOVERY_INTERVAL,
+            trust: None,
         }
     }
 }
@@ -208,6 +213,10 @@ pub async fn run_controller(
 ) {
     let shutdown = shutdown.shared();
     let probe = tokio::spawn(health::probe_api(client.clone(), health.clone()));
+    let ca_manager = opts.trust.as_ref().map(|trust| {
+        let reporter = Reporter { controller: MANAGER.to_owned(), instance: opts.instance.clone() };
+        tokio::spawn(crate::pki::ca_manager::run(client.clone(), Arc::clone(trust), metrics.clone(), reporter))
+    });
     metrics.observe_health(health.clone());
     let scopes: Vec<Option<String>> = if opts.namespaces.is_empty() {
         vec![None]
@@ -229,6 +238,9 @@ pub async fn run_controller(
     }))
     .await;
     probe.abort();
+    if let Some(task) = ca_manager {
+        task.abort();
+    }
     health.set_synced(false);
     info!("controller stopped");
 }
@@ -272,6 +284,24 @@ async fn run_scope(
             _ => {}
         }
     };
+    // Child watches feed one trigger stream: a Controller cannot add an
+    // `owns` watch once it runs, and optional kinds come and go.
+    let (triggers, trigger_rx) = mpsc::channel::<ObjectRef<GrpcService>>(1024);
+    // A GrpcService named in others' `allowedClients` changed (or went
+    // away): they resolve it again.
+    let mut referrer_triggers = triggers.clone();
+    let referrers_of = {
+        let store = grpc_store.clone();
+        let queued = Arc::clone(&queued);
+        move |event: &Result<watcher::Event<GrpcService>, watcher::Error>| {
+            if let Ok(watcher::Event::Apply(obj) | watcher::Event::Delete(obj)) = event {
+                for r in referrers(&store, obj) {
+                    queued.push(r.clone());
+                    let _ = referrer_triggers.try_send(r);
+                }
+            }
+        }
+    };
     let watch_errors = metrics.watch_errors.with_label_values(&["GrpcService"]);
     let grpc_stream = watcher(grpc_api, watcher::Config::default())
         .default_backoff()
@@ -279,6 +309,7 @@ async fn run_scope(
         .reflect(grpc_writer)
         .inspect(sync.marker())
         .inspect(forget)
+        .inspect(referrers_of)
         // Counted here; the Controller logs it (as a queue error).
         .inspect(move |event| {
             if event.is_err() {
@@ -293,6 +324,7 @@ async fn run_scope(
             }
         });
 
+    let mut tasks = Vec::new();
     let reporter = Reporter { controller: MANAGER.to_owned(), instance: opts.instance.clone() };
     let ctx = Arc::new(Context {
         kinds: KindCache::for_registry(&opts.registry),
@@ -307,11 +339,27 @@ async fn run_scope(
         queued: Arc::clone(&queued),
     });
 
-    // Child watches feed one trigger stream: a Controller cannot add an
-    // `owns` watch once it runs, and optional kinds come and go.
-    let (triggers, trigger_rx) = mpsc::channel::<ObjectRef<GrpcService>>(1024);
     let (reconcile_all, reconcile_all_rx) = mpsc::channel::<()>(16);
-    let mut tasks = Vec::new();
+    if let Some(trust) = &opts.trust {
+        // Every CA change (loaded, unavailable, a rotation stage) reaches
+        // every GrpcService within the debounce.
+        let mut changes = trust.subscribe();
+        let mut all = reconcile_all.clone();
+        tasks.push(tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                let _ = all.send(()).await;
+            }
+        }));
+        if let Some(index) = ctx.kinds.iter().position(|k| k.kind.kind() == "Secret") {
+            let weak = Arc::downgrade(&ctx);
+            trust.add_leaf_source(Box::new(move || {
+                weak.upgrade()
+                    .and_then(|ctx| ctx.kinds[index].store())
+                    .map(|store| store.state())
+                    .unwrap_or_default()
+            }));
+        }
+    }
     for index in (0..ctx.kinds.len()).filter(|i| !ctx.kinds[*i].kind.optional()) {
         let api = scoped_api(&ctx.client, scope.as_deref(), &ctx.kinds[index].api);
         let mut marker = sync.marker::<DynamicObject>();
@@ -378,6 +426,26 @@ async fn run_scope(
     for task in tasks {
         task.abort();
     }
+}
+
+/// The GrpcServices of `store` whose `allowedClients` name `obj`.
+fn referrers(store: &reflector::Store<GrpcService>, obj: &GrpcService) -> Vec<ObjectRef<GrpcService>> {
+    let (Some(name), Some(ns)) = (obj.metadata.name.as_deref(), obj.metadata.namespace.as_deref()) else {
+        return Vec::new();
+    };
+    store
+        .state()
+        .iter()
+        .filter(|r| {
+            let own_ns = r.metadata.namespace.as_deref().unwrap_or_default();
+            r.spec.tls.as_ref().is_some_and(|t| {
+                t.allowed_clients.iter().any(|c| {
+                    c.name.as_deref() == Some(name) && c.namespace.as_deref().unwrap_or(own_ns) == ns
+                })
+            })
+        })
+        .map(|r| ObjectRef::from_obj(r.as_ref()))
+        .collect()
 }
 
 fn scoped_api(client: &Client, scope: Option<&str>, api: &ApiResource) -> Api<DynamicObject> {

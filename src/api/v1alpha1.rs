@@ -124,7 +124,18 @@ pub struct GrpcServiceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub resources: Option<ResourceRequirements>,
 
-    /// Service account the pods run as. Defaults to the namespace's `default`.
+    /// Mutual TLS: certificates from the operator's CA (or cert-manager),
+    /// mounted at `TLS_DIR` and hot-reloaded by the runtime. A missing
+    /// section means `mode: mutual`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub tls: Option<Tls>,
+
+    /// Service account the pods run as; their SPIFFE ID
+    /// (`spiffe://<trust-domain>/ns/<namespace>/sa/<serviceAccount>`) is
+    /// their identity for `tls.allowedClients`. When unset, the operator
+    /// creates a ServiceAccount named after the GrpcService (without an
+    /// automounted API token), so that every service has its own identity.
+    /// GrpcServices that name the same account share one identity.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 1, max = 253), pattern(DNS1123_SUBDOMAIN_PATTERN))]
     pub service_account_name: Option<String>,
@@ -141,6 +152,148 @@ pub struct GrpcServiceSpec {
     #[schemars(extend("maxProperties" = 64))]
     #[x_kube(validation = Rule::new("!('app.kubernetes.io/name' in self) && !('app.kubernetes.io/managed-by' in self) && !('grpcoperator.io/service' in self)").message("podLabels may not set the operator's selector labels app.kubernetes.io/name, app.kubernetes.io/managed-by or grpcoperator.io/service"))]
     pub pod_labels: BTreeMap<String, String>,
+}
+
+/// Pattern of a certificate duration: hours and/or minutes, e.g. `720h`,
+/// `1h30m`, `90m`.
+pub const CERT_DURATION_PATTERN: &str = r"^([0-9]{1,4}h)?([0-9]{1,6}m)?$";
+
+/// Mutual TLS of the workload.
+///
+/// With `mutual` (the default) every caller must present a certificate
+/// from the operator's CA: services managed by the operator call each other
+/// with their own certificates and no configuration. Clients outside the
+/// mesh need a certificate from the CA (mount a GrpcService's Secret, or
+/// issue one), or the service must use `mode: server` (TLS without client
+/// certificates), or browsers go through the gRPC-Web proxy.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.duration) || (duration(self.duration) >= duration('1h') && duration(self.duration) <= duration('8760h'))").message("duration must be between 1h and 8760h").field_path(".duration").reason(Reason::FieldValueInvalid))]
+#[x_kube(validation = Rule::new("!has(self.renewBefore) || duration(self.renewBefore) < duration(has(self.duration) ? self.duration : '720h')").message("renewBefore must be less than duration").field_path(".renewBefore").reason(Reason::FieldValueInvalid))]
+#[x_kube(validation = Rule::new("!has(self.allowedClients) || size(self.allowedClients) == 0 || !has(self.mode) || self.mode == 'mutual'").message("allowedClients needs mode mutual: only client certificates identify callers").field_path(".allowedClients").reason(Reason::FieldValueForbidden))]
+#[x_kube(validation = Rule::new("!has(self.issuerRef) || !has(self.mode) || self.mode != 'disabled'").message("issuerRef needs TLS: mode may not be disabled").field_path(".issuerRef").reason(Reason::FieldValueForbidden))]
+pub struct Tls {
+    /// `disabled`, `server` (TLS; clients are not authenticated) or
+    /// `mutual` (TLS with client certificates). Default `mutual`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<TlsMode>,
+    /// Lifetime of a certificate: hours and minutes (`720h`, `1h30m`).
+    /// Default `720h`; between `1h` and `8760h`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 12), pattern(CERT_DURATION_PATTERN))]
+    pub duration: Option<String>,
+    /// How long before it expires a certificate is renewed. Default one
+    /// third of `duration`; must be less than `duration`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 12), pattern(CERT_DURATION_PATTERN))]
+    pub renew_before: Option<String>,
+    /// Extra DNS names of the certificate, besides the Service's
+    /// (`<name>`, `<name>.<namespace>`, `<name>.<namespace>.svc`,
+    /// `<name>.<namespace>.svc.<cluster-domain>`).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 253), pattern(DNS_NAME_PATTERN)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub dns_names: Vec<String>,
+    /// `Always` (default): every re-issue uses a new key. `Never`: the key
+    /// is kept across renewals.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub private_key_rotation: Option<PrivateKeyRotation>,
+    /// The peers allowed to call (mode `mutual`), given to the workload as
+    /// `GRPC_ALLOWED_PEERS`; others get `PERMISSION_DENIED`. Empty: any
+    /// certificate of the trust domain. An entry is a SPIFFE ID pattern
+    /// (`*` is one whole path segment) or another GrpcService, which stands
+    /// for its service account's SPIFFE ID. A GrpcService that cannot be
+    /// resolved never widens the list.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64))]
+    pub allowed_clients: Vec<AllowedClient>,
+    /// Issue through cert-manager instead of the operator's CA: a
+    /// cert-manager `Certificate` is created for this issuer, and its Secret
+    /// (`<name>-tls`) is mounted.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_ref: Option<IssuerRef>,
+}
+
+/// Pattern of a DNS name of a certificate (a `*.` wildcard allowed).
+pub const DNS_NAME_PATTERN: &str = r"^(\*\.)?[a-z0-9]([-a-z0-9]*[a-z0-9])?(\.[a-z0-9]([-a-z0-9]*[a-z0-9])?)*$";
+
+/// TLS mode of the workload (`TLS_MODE`).
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum TlsMode {
+    /// Cleartext HTTP/2 (h2c).
+    Disabled,
+    /// TLS; clients are not authenticated.
+    Server,
+    /// TLS with client certificates from the trust bundle.
+    Mutual,
+}
+
+impl TlsMode {
+    /// The `TLS_MODE` value.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Self::Disabled => "disabled",
+            Self::Server => "server",
+            Self::Mutual => "mutual",
+        }
+    }
+}
+
+/// Whether re-issued certificates get a new key.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum PrivateKeyRotation {
+    /// A new key on every issue.
+    Always,
+    /// The key is kept.
+    Never,
+}
+
+/// One allowed caller: exactly one of `spiffeId` and `name`.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("has(self.spiffeId) != has(self.name)").message("set exactly one of spiffeId and name").reason(Reason::FieldValueInvalid))]
+#[x_kube(validation = Rule::new("!has(self.namespace) || has(self.name)").message("namespace goes with name").field_path(".namespace").reason(Reason::FieldValueForbidden))]
+pub struct AllowedClient {
+    /// A SPIFFE ID or pattern: `spiffe://cluster.local/ns/shop/sa/web`,
+    /// `spiffe://cluster.local/ns/shop/sa/*`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 10, max = 2048))]
+    pub spiffe_id: Option<String>,
+    /// A GrpcService whose identity (service account) may call.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub name: Option<String>,
+    /// Its namespace; defaults to this GrpcService's.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63))]
+    pub namespace: Option<String>,
+}
+
+/// A cert-manager issuer.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct IssuerRef {
+    /// Its name.
+    #[schemars(length(min = 1, max = 253))]
+    pub name: String,
+    /// `Issuer` (default, in this namespace) or `ClusterIssuer`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub kind: Option<IssuerKind>,
+    /// API group of the issuer; default `cert-manager.io` (external issuers
+    /// have their own).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 253))]
+    pub group: Option<String>,
+}
+
+/// Kind of a cert-manager issuer.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+pub enum IssuerKind {
+    /// Namespaced.
+    Issuer,
+    /// Cluster-scoped.
+    ClusterIssuer,
 }
 
 /// Horizontal autoscaling of the Deployment.
@@ -256,6 +409,31 @@ pub struct GrpcServiceStatus {
     /// In-cluster gRPC address, e.g. `user-service.shop.svc:50051`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub endpoint: Option<String>,
+
+    /// The workload certificate in the `<name>-tls` Secret.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub certificate: Option<CertificateStatus>,
+}
+
+/// The workload certificate, as issued. Never key material.
+#[derive(Serialize, Deserialize, Clone, Debug, Default, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct CertificateStatus {
+    /// NotBefore (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_before: Option<String>,
+    /// NotAfter (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub not_after: Option<String>,
+    /// When the operator renews it (RFC 3339).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub renewal_time: Option<String>,
+    /// Serial number, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub serial_number: Option<String>,
+    /// SHA-256 fingerprint of the CA certificate that signed it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub issuer_fingerprint: Option<String>,
 }
 
 fn default_port() -> i32 {

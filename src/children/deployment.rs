@@ -86,8 +86,13 @@ impl ChildKind for DeploymentKind {
         Some(ConditionRole { type_: DEPLOYMENT_AVAILABLE, gates_ready: true })
     }
 
-    fn verdict(&self, _svc: &ValidatedService, live: &DynamicObject) -> Option<Verdict> {
-        Some(match super::typed::<Deployment>(live) {
+    fn verdict(
+        &self,
+        _svc: &ValidatedService,
+        _observed: &ObservedChildren,
+        live: Option<&DynamicObject>,
+    ) -> Option<Verdict> {
+        Some(match super::typed::<Deployment>(live?) {
             Ok(d) => deployment_available(&d),
             Err(e) => Verdict::not_ok(reason::ROLLOUT_IN_PROGRESS, format!("unreadable Deployment: {e}")),
         })
@@ -120,6 +125,9 @@ pub fn deployment(svc: &ValidatedService, workload: &Workload) -> Deployment {
     pod_labels.insert(MANAGED_BY_LABEL.to_owned(), MANAGER.to_owned());
 
     let mut metadata = child_meta(svc);
+    if !workload.deployment_annotations.is_empty() {
+        metadata.annotations.get_or_insert_default().extend(workload.deployment_annotations.clone());
+    }
     if svc.replicas.is_some() {
         metadata
             .annotations
@@ -160,7 +168,7 @@ fn pod_spec(svc: &ValidatedService, workload: &Workload) -> PodSpec {
     }];
     volumes.extend(workload.volumes.iter().cloned());
     PodSpec {
-        service_account_name: svc.service_account_name.clone(),
+        service_account_name: Some(svc.service_account.clone()),
         image_pull_secrets: (!svc.image_pull_secrets.is_empty()).then(|| svc.image_pull_secrets.clone()),
         // Pod Security Standard "restricted".
         security_context: Some(PodSecurityContext {
@@ -481,9 +489,13 @@ mod tests {
         for full in samples {
             let mut obj: DynamicObject =
                 serde_json::from_value(serde_json::to_value(&full).expect("json")).expect("object");
-            let whole = DeploymentKind.verdict(&valid(&sample()), &obj);
+            let whole = DeploymentKind.verdict(&valid(&sample()), &ObservedChildren::default(), Some(&obj));
             DeploymentKind.slim(&mut obj);
-            assert_eq!(DeploymentKind.verdict(&valid(&sample()), &obj), whole, "{full:?}");
+            assert_eq!(
+                DeploymentKind.verdict(&valid(&sample()), &ObservedChildren::default(), Some(&obj)),
+                whole,
+                "{full:?}"
+            );
         }
     }
 

@@ -18,15 +18,24 @@ pub mod horizontal_pod_autoscaler;
 pub mod labels;
 pub mod pod_disruption_budget;
 pub mod service;
+pub mod service_account;
+pub mod tls_secret;
 
+use std::any::Any;
 use std::collections::BTreeMap;
 use std::sync::Arc;
+use std::time::Duration;
 
+use futures::future::BoxFuture;
 use k8s_openapi::api::core::v1::{Container, EnvVar, ServicePort, Volume, VolumeMount};
+use kube::Client;
 use kube::api::DynamicObject;
 use kube::discovery::ApiResource;
+use kube::runtime::reflector::Store;
 use serde_json::Value;
 
+use crate::api::GrpcService;
+use crate::metrics::Metrics;
 use crate::reconcile::status::Verdict;
 use crate::reconcile::validate::ValidatedService;
 
@@ -72,19 +81,95 @@ pub struct Workload {
     pub volume_mounts: Vec<VolumeMount>,
     /// Ports added to the Service.
     pub service_ports: Vec<ServicePort>,
+    /// Annotations added to the Deployment's own metadata (not the pods').
+    pub deployment_annotations: BTreeMap<String, String>,
+    /// The gRPC port serves TLS, so the Service no longer claims h2c.
+    pub grpc_port_tls: bool,
 }
+
+/// What a kind's [`ChildKind::prepare`] computed for its builder.
+pub type Prepared = Arc<dyn Any + Send + Sync>;
 
 /// The live, owned children a builder may read, by kind: cached copies, so
 /// read their content with [`kept`] (or [`typed`]), and list what is read in
-/// the kind's [`ChildKind::cache_keeps`].
-#[derive(Clone, Debug, Default)]
-pub struct ObservedChildren(pub BTreeMap<&'static str, Arc<DynamicObject>>);
+/// the kind's [`ChildKind::cache_keeps`]. Plus what each kind prepared.
+#[derive(Clone, Default)]
+pub struct ObservedChildren {
+    /// Live children by kind.
+    pub live: BTreeMap<&'static str, Arc<DynamicObject>>,
+    /// Prepared inputs by kind.
+    pub prepared: BTreeMap<&'static str, Prepared>,
+}
+
+impl std::fmt::Debug for ObservedChildren {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ObservedChildren")
+            .field("live", &self.live.keys().collect::<Vec<_>>())
+            .field("prepared", &self.prepared.keys().collect::<Vec<_>>())
+            .finish()
+    }
+}
 
 impl ObservedChildren {
     /// The live child of `kind`, if it exists and is owned.
     pub fn get(&self, kind: &str) -> Option<&DynamicObject> {
-        self.0.get(kind).map(AsRef::as_ref)
+        self.live.get(kind).map(AsRef::as_ref)
     }
+
+    /// What `kind` prepared, if it is a `T`.
+    pub fn prepared<T: Any>(&self, kind: &str) -> Option<&T> {
+        self.prepared.get(kind).and_then(|p| p.downcast_ref::<T>())
+    }
+}
+
+/// What [`ChildKind::prepare`] may read.
+pub struct PrepareCx<'a> {
+    /// The operator's client.
+    pub client: &'a Client,
+    /// The validated spec.
+    pub svc: &'a ValidatedService,
+    /// The live owned children (cached copies).
+    pub observed: &'a ObservedChildren,
+    /// Every GrpcService the controller scope watches (cached).
+    pub grpc_services: &'a Store<GrpcService>,
+}
+
+/// Preparing a kind's input failed.
+#[derive(Debug, thiserror::Error)]
+pub enum PrepareError {
+    /// Reading from the API failed.
+    #[error("failed to read {kind} {namespace}/{name}")]
+    Read {
+        /// The kind.
+        kind: &'static str,
+        /// Namespace.
+        namespace: String,
+        /// Name.
+        name: String,
+        /// The API error.
+        #[source]
+        source: kube::Error,
+    },
+    /// Computing it failed (issuing a certificate).
+    #[error("failed to prepare the {kind}")]
+    Compute {
+        /// The kind.
+        kind: &'static str,
+        /// What failed.
+        #[source]
+        source: Box<dyn std::error::Error + Send + Sync>,
+    },
+}
+
+/// An Event a kind asks for after the apply step.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct KindEvent {
+    /// Warning rather than Normal.
+    pub warning: bool,
+    /// Reason (CamelCase, bounded).
+    pub reason: &'static str,
+    /// Note.
+    pub note: String,
 }
 
 /// Building a child failed: a builder produced something that does not
@@ -123,9 +208,24 @@ pub trait ChildKind: Send + Sync + 'static {
     /// deleted (pruned).
     fn wanted(&self, svc: &ValidatedService) -> bool;
 
+    /// Reads and computes what `contribute` and `build` need besides the
+    /// spec and the cached children (the TLS Secret's certificate). Runs in
+    /// the fetch step for every wanted kind; the only kind hook with I/O.
+    fn prepare<'a>(&'a self, _cx: PrepareCx<'a>) -> BoxFuture<'a, Result<Option<Prepared>, PrepareError>> {
+        Box::pin(futures::future::ready(Ok(None)))
+    }
+
     /// Adds to the pod template and the Service. Called for every wanted
     /// kind, in registry order, before any object is built.
-    fn contribute(&self, _svc: &ValidatedService, _workload: &mut Workload) {}
+    fn contribute(&self, _svc: &ValidatedService, _observed: &ObservedChildren, _workload: &mut Workload) {}
+
+    /// True when the live child must be left exactly as it is this time:
+    /// nothing about it needs to change and its content is not cached (a
+    /// Secret), or what it depends on is unavailable. Nothing is built or
+    /// written for it.
+    fn keep_live(&self, _svc: &ValidatedService, _observed: &ObservedChildren) -> bool {
+        false
+    }
 
     /// The desired object: apiVersion, kind, metadata (name, namespace,
     /// labels, ownerReference) and content. Pure.
@@ -166,10 +266,54 @@ pub trait ChildKind: Send + Sync + 'static {
     }
 
     /// This kind's verdict for its condition, from the live object (a cached
-    /// copy or the server's answer to an apply).
-    fn verdict(&self, _svc: &ValidatedService, _live: &DynamicObject) -> Option<Verdict> {
+    /// copy or the server's answer to an apply; `None` when there is none)
+    /// and what it prepared.
+    fn verdict(
+        &self,
+        _svc: &ValidatedService,
+        _observed: &ObservedChildren,
+        _live: Option<&DynamicObject>,
+    ) -> Option<Verdict> {
         None
     }
+
+    /// A top-level status field this kind reports (`certificate`), from the
+    /// live object and what it prepared.
+    fn status_field(
+        &self,
+        _svc: &ValidatedService,
+        _observed: &ObservedChildren,
+        _live: Option<&DynamicObject>,
+    ) -> Option<(&'static str, Value)> {
+        None
+    }
+
+    /// When the GrpcService must be reconciled again at the latest, for
+    /// this kind (a certificate's renewal time).
+    fn requeue_after(
+        &self,
+        _svc: &ValidatedService,
+        _observed: &ObservedChildren,
+        _live: Option<&DynamicObject>,
+    ) -> Option<Duration> {
+        None
+    }
+
+    /// Records metrics after the apply step and returns the Events to
+    /// publish; `written` says whether this run wrote the child.
+    fn record(
+        &self,
+        _metrics: &Metrics,
+        _svc: &ValidatedService,
+        _observed: &ObservedChildren,
+        _live: Option<&DynamicObject>,
+        _written: bool,
+    ) -> Vec<KindEvent> {
+        Vec::new()
+    }
+
+    /// The GrpcService `namespace/name` is gone: drop its per-object metrics.
+    fn forget(&self, _metrics: &Metrics, _namespace: &str, _name: &str) {}
 
     /// A patch to apply under [`labels::HANDOVER_MANAGER`] before `desired`
     /// is applied, so that a field the operator stops setting keeps its live
@@ -190,9 +334,20 @@ impl Registry {
     /// Every kind the operator manages. The order is the apply order: a kind
     /// is applied after the kinds it references (the HPA and the PDB after
     /// the Deployment; later, the TLS Secret before it).
+    ///
+    /// The PKI settings come from [`crate::pki::trust::PkiSettings::default`]
+    /// with no cluster (`render`, unit tests): leaf Secrets are built
+    /// redacted. [`Registry::with_trust`] gives the live CA.
     pub fn standard() -> Self {
+        Self::with_trust(crate::pki::trust::Trust::offline(crate::pki::trust::PkiSettings::default()))
+    }
+
+    /// Every kind, with the CA the operator runs.
+    pub fn with_trust(trust: Arc<crate::pki::trust::Trust>) -> Self {
         Self {
             kinds: vec![
+                Arc::new(service_account::ServiceAccountKind),
+                Arc::new(tls_secret::TlsSecretKind::new(trust)),
                 Arc::new(deployment::DeploymentKind),
                 Arc::new(service::ServiceKind),
                 Arc::new(horizontal_pod_autoscaler::HorizontalPodAutoscalerKind),
@@ -238,8 +393,9 @@ pub struct DesiredChild {
     pub kind: usize,
     /// Its name.
     pub name: String,
-    /// The object to apply, stamped with its digest.
-    pub object: Value,
+    /// The object to apply, stamped with its digest; `None` leaves the live
+    /// one as it is ([`ChildKind::keep_live`]).
+    pub object: Option<Value>,
 }
 
 /// The whole desired state of one GrpcService, computed before any write.
@@ -266,11 +422,15 @@ pub fn desired(
         registry.kinds().iter().enumerate().filter(|(_, k)| k.wanted(svc)).collect();
     let mut workload = Workload::default();
     for (_, kind) in &wanted {
-        kind.contribute(svc, &mut workload);
+        kind.contribute(svc, observed, &mut workload);
     }
     let mut children = Vec::with_capacity(wanted.len());
     for (index, kind) in wanted {
-        let object = drift::with_digest(kind.build(svc, &workload, observed)?);
+        let object = if kind.keep_live(svc, observed) {
+            None
+        } else {
+            Some(drift::with_digest(kind.build(svc, &workload, observed)?))
+        };
         children.push(DesiredChild { kind: index, name: kind.name(svc), object });
     }
     Ok(Desired { children })
@@ -360,8 +520,9 @@ pub(crate) mod tests {
     /// The desired object of `kind` for `obj`, as JSON.
     pub(crate) fn build(obj: &crate::api::GrpcService, kind: &str) -> Option<Value> {
         let registry = Registry::standard();
-        let d = desired(&registry, &valid(obj), &ObservedChildren::default()).expect("builds");
-        d.children.into_iter().find(|c| registry.kinds()[c.kind].kind() == kind).map(|c| c.object)
+        let v = valid(obj);
+        let d = desired(&registry, &v, &tls_secret::render_observed(&v, &[])).expect("builds");
+        d.children.into_iter().find(|c| registry.kinds()[c.kind].kind() == kind).and_then(|c| c.object)
     }
 
     #[test]
@@ -369,17 +530,23 @@ pub(crate) mod tests {
         let registry = Registry::standard();
         let d = desired(&registry, &valid(&sample()), &ObservedChildren::default()).expect("builds");
         let kinds: Vec<&str> = d.children.iter().map(|c| registry.kinds()[c.kind].kind()).collect();
-        assert_eq!(kinds, ["Deployment", "Service", "PodDisruptionBudget"], "2 replicas: a default budget");
+        assert_eq!(
+            kinds,
+            ["ServiceAccount", "Secret", "Deployment", "Service", "PodDisruptionBudget"],
+            "mutual TLS by default, an own identity, and 2 replicas: a default budget"
+        );
         for c in &d.children {
-            let owners = &c.object["metadata"]["ownerReferences"];
+            let object = c.object.as_ref().expect("built");
+            let owners = &object["metadata"]["ownerReferences"];
             assert_eq!(owners.as_array().map(Vec::len), Some(1), "{c:?}");
             assert_eq!(owners[0]["kind"], "GrpcService");
             assert_eq!(owners[0]["uid"], "0b9e4f1c-5f1e-4a7a-9d43-1f0f3c2a7b10");
             assert_eq!(owners[0]["controller"], true);
             assert_eq!(owners[0]["blockOwnerDeletion"], true);
-            assert_eq!(c.object["metadata"]["labels"][labels::SERVICE_LABEL], "user-service");
-            assert_eq!(c.object["metadata"]["labels"][labels::MANAGED_BY_LABEL], labels::MANAGER);
-            assert_eq!(c.name, "user-service");
+            assert_eq!(object["metadata"]["labels"][labels::SERVICE_LABEL], "user-service");
+            assert_eq!(object["metadata"]["labels"][labels::MANAGED_BY_LABEL], labels::MANAGER);
+            let want = if registry.kinds()[c.kind].kind() == "Secret" { "user-service-tls" } else { "user-service" };
+            assert_eq!(c.name, want);
         }
     }
 
@@ -394,8 +561,8 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn only_deployment_available_gates_ready_today() {
-        assert_eq!(Registry::standard().gating_conditions(), ["DeploymentAvailable"]);
+    fn ready_follows_the_certificate_and_the_deployment() {
+        assert_eq!(Registry::standard().gating_conditions(), ["CertificateReady", "DeploymentAvailable"]);
     }
 
     #[test]

@@ -54,7 +54,10 @@ pub fn service(svc: &ValidatedService, workload: &Workload) -> Service {
             port: svc.port,
             target_port: Some(IntOrString::String(GRPC_PORT_NAME.to_owned())),
             protocol: Some("TCP".to_owned()),
-            app_protocol: Some(GRPC_APP_PROTOCOL.to_owned()),
+            // `kubernetes.io/h2c` means cleartext HTTP/2. Kubernetes defines no
+            // value for HTTP/2 over TLS (GEP-1911 has h2c, ws and wss), so with
+            // TLS the port claims nothing rather than something false.
+            app_protocol: (!workload.grpc_port_tls).then(|| GRPC_APP_PROTOCOL.to_owned()),
             ..ServicePort::default()
         },
         ServicePort {
@@ -91,14 +94,21 @@ mod tests {
     }
 
     #[test]
-    fn service_speaks_h2c_on_the_grpc_port_and_http_on_admin() {
-        let svc: Service =
-            serde_json::from_value(build(&sample(), "Service").expect("wanted")).expect("Service");
-        let ports = svc.spec.and_then(|s| s.ports).expect("ports");
-        let by_name = |n: &str| ports.iter().find(|p| p.name.as_deref() == Some(n)).cloned().expect("port");
-        assert_eq!(by_name("grpc").app_protocol.as_deref(), Some("kubernetes.io/h2c"));
-        assert_eq!(by_name("grpc").port, 50051);
-        assert_eq!(by_name("admin").app_protocol.as_deref(), Some("http"));
-        assert_eq!(by_name("admin").port, 9090);
+    fn the_grpc_port_claims_h2c_only_without_tls() {
+        let ports = |obj: &crate::api::GrpcService| {
+            let svc: Service = serde_json::from_value(build(obj, "Service").expect("wanted")).expect("Service");
+            svc.spec.and_then(|s| s.ports).expect("ports")
+        };
+        let by_name = |ports: &[ServicePort], n: &str| {
+            ports.iter().find(|p| p.name.as_deref() == Some(n)).cloned().expect("port")
+        };
+        let mutual = ports(&sample());
+        assert_eq!(by_name(&mutual, "grpc").app_protocol, None, "TLS is not cleartext HTTP/2");
+        assert_eq!(by_name(&mutual, "grpc").port, 50051);
+        assert_eq!(by_name(&mutual, "admin").app_protocol.as_deref(), Some("http"));
+        assert_eq!(by_name(&mutual, "admin").port, 9090);
+        let mut plain = sample();
+        plain.spec.tls = Some(crate::api::Tls { mode: Some(crate::api::TlsMode::Disabled), ..Default::default() });
+        assert_eq!(by_name(&ports(&plain), "grpc").app_protocol.as_deref(), Some("kubernetes.io/h2c"));
     }
 }

@@ -182,8 +182,15 @@ pub async fn apply_all(
     for child in &desired.children {
         let Some(KindObserved::Served { named, .. }) = observed.get(child.kind) else { continue };
         let cache = &kinds[child.kind];
-        let applied =
-            apply_child(client, cache, memory, owner, &child.name, &child.object, named.as_ref()).await?;
+        let Some(object) = &child.object else {
+            // Left as it is (`ChildKind::keep_live`).
+            if let Some(live) = named {
+                result[child.kind] =
+                    KindApplied::Present { live: Arc::clone(live), written: false, existed: true, adopted: false };
+            }
+            continue;
+        };
+        let applied = apply_child(client, cache, memory, owner, &child.name, object, named.as_ref()).await?;
         result[child.kind] = applied;
     }
 

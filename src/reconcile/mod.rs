@@ -107,6 +107,9 @@ pub enum ReconcileError {
     /// Reading the children failed.
     #[error("fetch step failed")]
     Fetch(#[from] FetchError),
+    /// Preparing a kind's input (reading a Secret, issuing a certificate) failed.
+    #[error("fetch step failed")]
+    Prepare(#[from] children::PrepareError),
     /// A builder failed.
     #[error("desired step failed")]
     Build(#[from] children::BuildError),
@@ -144,7 +147,8 @@ impl ReconcileError {
     pub fn step(&self) -> &'static str {
         match self {
             Self::InvalidSpec(_) => "validate",
-            Self::Fetch(_) => "fetch",
+            Self::Fetch(_) | Self::Prepare(children::PrepareError::Read { .. }) => "fetch",
+            Self::Prepare(children::PrepareError::Compute { .. }) => "issue",
             Self::Build(_) => "desired",
             Self::Apply(_) => "apply",
             Self::Status(_) => "status",
@@ -155,6 +159,8 @@ impl ReconcileError {
     fn api_error(&self) -> Option<&kube::Error> {
         match self {
             Self::Fetch(e) => Some(&e.source),
+            Self::Prepare(children::PrepareError::Read { source, .. }) => Some(source),
+            Self::Prepare(children::PrepareError::Compute { .. }) => None,
             Self::Apply(e) => e.api_error(),
             Self::Status(e) => Some(&e.source),
             Self::Finalizer(e) => e.api_error(),
@@ -186,6 +192,7 @@ impl ReconcileError {
             Self::InvalidSpec(e) => e.category(),
             Self::Apply(ApplyError::NotOwned { .. }) => "not_owned",
             Self::Build(_) => "serialization",
+            Self::Prepare(children::PrepareError::Compute { .. }) => "issue_failed",
             _ => self.api_error().map_or("unknown", api_category),
         }
     }
@@ -261,6 +268,7 @@ pub async fn reconcile(obj: Arc<GrpcService>, ctx: Arc<Context>) -> Result<Actio
                 replicas: None,
                 ready_replicas: None,
                 endpoint: None,
+                certificate: None,
             };
             // Without this status the failure would be invisible: a failed
             // write is retried (with backoff) instead of the original error.
@@ -271,7 +279,7 @@ pub async fn reconcile(obj: Arc<GrpcService>, ctx: Arc<Context>) -> Result<Actio
         }
     }
     let outcome = match &result {
-        Ok(o) => o.label(),
+        Ok((o, _)) => o.label(),
         Err(e) => match e.class() {
             ErrorClass::InvalidSpec => "invalid_spec",
             ErrorClass::NotOwned => "not_owned",
@@ -286,14 +294,19 @@ pub async fn reconcile(obj: Arc<GrpcService>, ctx: Arc<Context>) -> Result<Actio
         ctx.metrics.managed.with_label_values(&[cache.kind.kind()]).set(gauge(n));
     }
     match result {
-        Ok(outcome) => {
+        Ok((outcome, due)) => {
             ctx.memory.reset_failures(&uid);
             ctx.health.api_answered();
             ctx.metrics.last_success.set(jiff::Timestamp::now().as_second());
             debug!(name = %obj.name_any(), namespace = ?obj.namespace(), outcome = outcome.label(), "reconciled");
             Ok(match outcome {
                 Outcome::Deleted => Action::await_change(),
-                Outcome::Ready | Outcome::Progressing => Action::requeue(jittered(ctx.config.resync)),
+                // A kind's deadline (a certificate's renewal time) is kept
+                // exactly: its jitter was chosen when it was issued.
+                Outcome::Ready | Outcome::Progressing => {
+                    let resync = jittered(ctx.config.resync);
+                    Action::requeue(due.map_or(resync, |d| d.min(resync)))
+                }
             })
         }
         Err(e) => Err(e),
@@ -394,7 +407,7 @@ pub fn error_chain(err: &dyn std::error::Error) -> String {
     out
 }
 
-async fn pipeline(obj: &GrpcService, ctx: &Context) -> Result<Outcome, ReconcileError> {
+async fn pipeline(obj: &GrpcService, ctx: &Context) -> Result<(Outcome, Option<Duration>), ReconcileError> {
     let name = obj.name_any();
     let namespace = obj.namespace().unwrap_or_default();
     let api: Api<GrpcService> = Api::namespaced(ctx.client.clone(), &namespace);
@@ -406,8 +419,11 @@ async fn pipeline(obj: &GrpcService, ctx: &Context) -> Result<Outcome, Reconcile
         if let Some(uid) = &obj.metadata.uid {
             ctx.memory.forget(uid);
         }
+        for kind in ctx.registry.kinds() {
+            kind.forget(&ctx.metrics, &namespace, &name);
+        }
         info!(%name, %namespace, "finalized");
-        return Ok(Outcome::Deleted);
+        return Ok((Outcome::Deleted, None));
     }
 
     let valid = validate::validate(obj, Origin::Cluster).map_err(ReconcileError::InvalidSpec)?;
@@ -418,7 +434,20 @@ async fn pipeline(obj: &GrpcService, ctx: &Context) -> Result<Outcome, Reconcile
     // The whole desired state is computed before any write.
     let observed = fetch::children(&ctx.client, &ctx.kinds, &valid).await?;
     let uid = valid.uid.clone().unwrap_or_default();
-    let owned = owned_children(&ctx.kinds, &observed, &uid);
+    let mut owned = owned_children(&ctx.kinds, &observed, &uid);
+    for (cache, o) in ctx.kinds.iter().zip(&observed) {
+        if matches!(o, KindObserved::Served { .. }) && cache.kind.wanted(&valid) {
+            let cx = children::PrepareCx {
+                client: &ctx.client,
+                svc: &valid,
+                observed: &owned,
+                grpc_services: &ctx.grpc_services,
+            };
+            if let Some(p) = cache.kind.prepare(cx).await? {
+                owned.prepared.insert(cache.kind.kind(), p);
+            }
+        }
+    }
     let desired = children::desired(&ctx.registry, &valid, &owned)?;
     let owner = Owner { uid: &uid, name: &name, namespace: &namespace };
     let applied = apply::apply_all(&ctx.client, &ctx.kinds, &ctx.memory, &owner, &desired, &observed).await?;
@@ -427,9 +456,28 @@ async fn pipeline(obj: &GrpcService, ctx: &Context) -> Result<Outcome, Reconcile
     let mut adopted = Vec::new();
     let mut conditions: Vec<KindCondition> = Vec::new();
     let mut deployment_status = None;
+    let mut certificate = None;
+    let mut due: Option<Duration> = None;
+    let mut kind_events = Vec::new();
     for (cache, result) in ctx.kinds.iter().zip(&applied.kinds) {
         let kind = cache.kind.kind();
         let role = cache.kind.condition();
+        let wanted = cache.kind.wanted(&valid);
+        let (live, written) = match result {
+            KindApplied::Present { live, written, .. } => (Some(live.as_ref()), *written),
+            _ => (None, false),
+        };
+        if wanted && !matches!(result, KindApplied::NotServed) {
+            if let Some((field, value)) = cache.kind.status_field(&valid, &owned, live)
+                && field == "certificate"
+            {
+                certificate = serde_json::from_value(value).ok();
+            }
+            if let Some(d) = cache.kind.requeue_after(&valid, &owned, live) {
+                due = Some(due.map_or(d, |x| x.min(d)));
+            }
+            kind_events.extend(cache.kind.record(&ctx.metrics, &valid, &owned, live, written));
+        }
         let verdict = match result {
             KindApplied::NotServed if cache.kind.wanted(&valid) => Some(Verdict::not_ok(
                 reason::CRD_NOT_INSTALLED,
@@ -438,7 +486,9 @@ async fn pipeline(obj: &GrpcService, ctx: &Context) -> Result<Outcome, Reconcile
                     cache.api.api_version
                 ),
             )),
-            KindApplied::NotServed | KindApplied::Absent => None,
+            KindApplied::NotServed => None,
+            KindApplied::Absent if wanted => cache.kind.verdict(&valid, &owned, None),
+            KindApplied::Absent => None,
             KindApplied::Present { live, written, existed, adopted: was_adopted } => {
                 if *written {
                     ctx.metrics.child_writes.with_label_values(&[kind]).inc();
@@ -452,7 +502,7 @@ async fn pipeline(obj: &GrpcService, ctx: &Context) -> Result<Outcome, Reconcile
                 if kind == "Deployment" {
                     deployment_status = children::kept(live).get("status").cloned();
                 }
-                cache.kind.verdict(&valid, live)
+                cache.kind.verdict(&valid, &owned, Some(live))
             }
         };
         if let (Some(role), Some(verdict)) = (role, verdict) {
@@ -465,6 +515,10 @@ async fn pipeline(obj: &GrpcService, ctx: &Context) -> Result<Outcome, Reconcile
         }
     }
     let generation = valid.generation;
+    for e in kind_events {
+        let type_ = if e.warning { EventType::Warning } else { EventType::Normal };
+        publish(ctx, obj, type_, e.reason, e.note).await;
+    }
     for (reason, kinds, verb) in [("Applied", &updated, "Updated"), ("Adopted", &adopted, "Adopted")] {
         if !kinds.is_empty() {
             let note = format!("{verb} {} {name} for generation {generation}", kinds.join(" and "));
@@ -498,10 +552,11 @@ async fn pipeline(obj: &GrpcService, ctx: &Context) -> Result<Outcome, Reconcile
             replicas: Some(count("replicas")),
             ready_replicas: Some(count("readyReplicas")),
             endpoint: Some(valid.endpoint()),
+            certificate: Some(certificate),
         },
     )
     .await?;
-    Ok(if ready { Outcome::Ready } else { Outcome::Progressing })
+    Ok((if ready { Outcome::Ready } else { Outcome::Progressing }, due))
 }
 
 /// The live children we control, for builders that reuse observed state.
@@ -511,7 +566,7 @@ fn owned_children(kinds: &[KindCache], observed: &[KindObserved], uid: &str) -> 
         if let KindObserved::Served { named: Some(live), .. } = o
             && live.owner_references().iter().any(|r| r.controller == Some(true) && r.uid == uid)
         {
-            owned.0.insert(cache.kind.kind(), Arc::clone(live));
+            owned.live.insert(cache.kind.kind(), Arc::clone(live));
         }
     }
     owned

@@ -60,6 +60,16 @@ pub mod reason {
     pub const PROGRESS_DEADLINE_EXCEEDED: &str = "ProgressDeadlineExceeded";
     /// The Deployment has the minimum available pods.
     pub const MINIMUM_REPLICAS_AVAILABLE: &str = "MinimumReplicasAvailable";
+    /// The workload certificate is issued and current.
+    pub const ISSUED: &str = "Issued";
+    /// The CA is missing or unusable; certificates are left as they are.
+    pub const CA_UNAVAILABLE: &str = "CAUnavailable";
+    /// The CA has not been read yet (the operator just started).
+    pub const CA_PENDING: &str = "CAPending";
+    /// A GrpcService named in `allowedClients` cannot be resolved.
+    pub const ALLOWED_CLIENT_UNRESOLVED: &str = "AllowedClientUnresolved";
+    /// cert-manager has not issued the Secret yet.
+    pub const CERTIFICATE_PENDING: &str = "CertificatePending";
 }
 
 /// Writing the status failed.
@@ -123,6 +133,9 @@ pub struct Observation {
     pub ready_replicas: Option<i32>,
     /// The Service address; `None` keeps the previous value.
     pub endpoint: Option<String>,
+    /// The workload certificate; `None` keeps the previous value,
+    /// `Some(None)` clears it (TLS turned off).
+    pub certificate: Option<Option<crate::api::CertificateStatus>>,
 }
 
 /// The status to write: `previous` updated with `obs`. `gating` lists the
@@ -164,6 +177,7 @@ pub fn next_status(
         replicas: obs.replicas.or(previous.replicas),
         ready_replicas: obs.ready_replicas.or(previous.ready_replicas),
         endpoint: obs.endpoint.clone().or(previous.endpoint),
+        certificate: obs.certificate.clone().unwrap_or(previous.certificate),
     }
 }
 
@@ -205,6 +219,11 @@ fn static_reason(r: &str) -> &'static str {
         MINIMUM_REPLICAS_UNAVAILABLE,
         PROGRESS_DEADLINE_EXCEEDED,
         MINIMUM_REPLICAS_AVAILABLE,
+        ISSUED,
+        CA_UNAVAILABLE,
+        CA_PENDING,
+        ALLOWED_CLIENT_UNRESOLVED,
+        CERTIFICATE_PENDING,
     ]
     .into_iter()
     .find(|k| *k == r)
@@ -274,6 +293,7 @@ mod tests {
             replicas: Some(2),
             ready_replicas: Some(if ok { 2 } else { 0 }),
             endpoint: Some("a.b.svc:1".into()),
+            certificate: None,
         }
     }
 
@@ -285,6 +305,7 @@ mod tests {
             replicas: None,
             ready_replicas: None,
             endpoint: None,
+            certificate: None,
         }
     }
 

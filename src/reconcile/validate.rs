@@ -20,7 +20,7 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use regex::Regex;
 
 use crate::api::v1alpha1::{DNS1123_SUBDOMAIN_PATTERN, MAX_REPLICAS, SERVICE_NAME_PATTERN};
-use crate::api::{GrpcService, ImagePullPolicy};
+use crate::api::{GrpcService, ImagePullPolicy, TlsMode};
 use crate::children::labels::RESERVED_POD_LABELS;
 
 /// A `GrpcService` that passed validation, with every default applied.
@@ -60,8 +60,13 @@ pub struct ValidatedService {
     pub env: Vec<EnvVar>,
     /// Container resources, quantities in canonical form.
     pub resources: Option<ResourceRequirements>,
-    /// Service account name.
-    pub service_account_name: Option<String>,
+    /// The service account the pods run as: `spec.serviceAccountName`, or
+    /// the GrpcService's name (the operator creates that account).
+    pub service_account: String,
+    /// Whether the operator creates [`Self::service_account`].
+    pub creates_service_account: bool,
+    /// Mutual TLS, with defaults applied.
+    pub tls: ValidTls,
     /// Extra pod template annotations.
     pub pod_annotations: BTreeMap<String, String>,
     /// Extra pod template labels (none of them reserved).
@@ -92,6 +97,69 @@ pub enum DisruptionBudget {
     MinAvailable(IntOrString),
     /// `maxUnavailable`.
     MaxUnavailable(IntOrString),
+}
+
+/// `spec.tls` with defaults applied.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ValidTls {
+    /// The mode (`mutual` when the section is missing).
+    pub mode: TlsMode,
+    /// Certificate lifetime, seconds.
+    pub duration_seconds: i64,
+    /// Renewal margin before NotAfter, seconds.
+    pub renew_before_seconds: i64,
+    /// Extra DNS SANs.
+    pub dns_names: Vec<String>,
+    /// Whether every re-issue uses a new key (`privateKeyRotation: Always`).
+    pub rotate_key: bool,
+    /// The allowed callers, in spec order (only with `mutual`).
+    pub allowed_clients: Vec<ValidAllowedClient>,
+    /// cert-manager issues instead of the operator.
+    pub issuer_ref: Option<crate::api::IssuerRef>,
+}
+
+impl ValidTls {
+    /// Whether the workload serves TLS.
+    pub fn enabled(&self) -> bool {
+        self.mode != TlsMode::Disabled
+    }
+
+    /// Whether the operator's CA issues the certificate.
+    pub fn operator_issued(&self) -> bool {
+        self.enabled() && self.issuer_ref.is_none()
+    }
+}
+
+/// One allowed caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ValidAllowedClient {
+    /// A SPIFFE ID pattern, checked with the runtime's grammar.
+    Pattern(String),
+    /// A GrpcService, resolved to its service account's SPIFFE ID.
+    Service {
+        /// Its namespace.
+        namespace: String,
+        /// Its name.
+        name: String,
+    },
+}
+
+/// Default `spec.tls.duration`: 30 days.
+pub const DEFAULT_CERT_DURATION_SECONDS: i64 = 720 * 3600;
+/// Shortest `spec.tls.duration`.
+pub const MIN_CERT_DURATION_SECONDS: i64 = 3600;
+/// Longest `spec.tls.duration`.
+pub const MAX_CERT_DURATION_SECONDS: i64 = 8760 * 3600;
+
+/// Parses a certificate duration (`720h`, `1h30m`, `90m`) into seconds.
+pub fn parse_cert_duration(text: &str) -> Option<i64> {
+    static PATTERN: LazyLock<Regex> = LazyLock::new(|| compile(r"^(?:([0-9]{1,4})h)?(?:([0-9]{1,6})m)?$"));
+    let caps = PATTERN.captures(text)?;
+    if text.is_empty() {
+        return None;
+    }
+    let part = |i: usize| caps.get(i).map_or(Some(0), |m| m.as_str().parse::<i64>().ok());
+    Some(part(1)? * 3600 + part(2)? * 60)
 }
 
 /// `spec.shutdown` with defaults applied.
@@ -162,6 +230,8 @@ pub enum Origin {
 
 static SERVICE_NAME: LazyLock<Regex> = LazyLock::new(|| compile(SERVICE_NAME_PATTERN));
 static DNS1035_LABEL: LazyLock<Regex> = LazyLock::new(|| compile(r"^[a-z]([-a-z0-9]*[a-z0-9])?$"));
+static DNS1123_LABEL: LazyLock<Regex> = LazyLock::new(|| compile(r"^[a-z0-9]([-a-z0-9]*[a-z0-9])?$"));
+static DNS_NAME: LazyLock<Regex> = LazyLock::new(|| compile(crate::api::v1alpha1::DNS_NAME_PATTERN));
 static DNS1123_SUBDOMAIN: LazyLock<Regex> = LazyLock::new(|| compile(DNS1123_SUBDOMAIN_PATTERN));
 static QUALIFIED_NAME: LazyLock<Regex> =
     LazyLock::new(|| compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$"));
@@ -239,6 +309,7 @@ pub fn validate(obj: &GrpcService, origin: Origin) -> Result<ValidatedService, I
     let autoscaling = spec.autoscaling.as_ref().map(|a| check_autoscaling(&mut errs, spec, a));
     let disruption = check_disruption(&mut errs, spec, autoscaling.as_ref());
     let shutdown = check_shutdown(&mut errs, spec.shutdown.as_ref());
+    let tls = check_tls(&mut errs, spec.tls.as_ref(), &namespace);
     check_port(&mut errs, "spec.port", spec.port);
     check_port(&mut errs, "spec.adminPort", spec.admin_port);
     if spec.port == spec.admin_port {
@@ -343,6 +414,7 @@ pub fn validate(obj: &GrpcService, origin: Origin) -> Result<ValidatedService, I
     }
 
     errs.into_result()?;
+    let service_account = spec.service_account_name.clone().unwrap_or_else(|| name.clone());
     Ok(ValidatedService {
         name,
         namespace,
@@ -360,7 +432,9 @@ pub fn validate(obj: &GrpcService, origin: Origin) -> Result<ValidatedService, I
         services: spec.services.clone(),
         env: spec.env.clone(),
         resources,
-        service_account_name: spec.service_account_name.clone(),
+        service_account,
+        creates_service_account: spec.service_account_name.is_none(),
+        tls,
         pod_annotations: spec.pod_annotations.clone(),
         pod_labels: spec.pod_labels.clone(),
     })
@@ -519,6 +593,94 @@ fn check_shutdown(errs: &mut Errors, shutdown: Option<&crate::api::Shutdown>) ->
     }
 }
 
+fn check_tls(errs: &mut Errors, tls: Option<&crate::api::Tls>, namespace: &str) -> ValidTls {
+    // A missing section is mutual TLS: a schema default inside `tls` does
+    // not apply when `tls` itself is absent.
+    let default = crate::api::Tls::default();
+    let tls = tls.unwrap_or(&default);
+    let mode = tls.mode.unwrap_or(TlsMode::Mutual);
+    let duration = |path: &str, value: &Option<String>, errs: &mut Errors| {
+        value.as_ref().and_then(|v| match parse_cert_duration(v) {
+            Some(s) => Some(s),
+            None => {
+                errs.push(path, format!("Invalid value: {v:?}: must be hours and/or minutes such as 720h, 1h30m or 90m"));
+                None
+            }
+        })
+    };
+    let duration_seconds = duration("spec.tls.duration", &tls.duration, errs).unwrap_or(DEFAULT_CERT_DURATION_SECONDS);
+    if !(MIN_CERT_DURATION_SECONDS..=MAX_CERT_DURATION_SECONDS).contains(&duration_seconds) {
+        errs.push(
+            "spec.tls.duration",
+            format!("Invalid value: {:?}: must be between 1h and 8760h", tls.duration.clone().unwrap_or_default()),
+        );
+    }
+    let renew_before_seconds =
+        duration("spec.tls.renewBefore", &tls.renew_before, errs).unwrap_or(duration_seconds / 3);
+    if tls.renew_before.is_some() && (renew_before_seconds >= duration_seconds || renew_before_seconds <= 0) {
+        errs.push(
+            "spec.tls.renewBefore",
+            format!(
+                "Invalid value: {:?}: must be more than 0 and less than duration",
+                tls.renew_before.clone().unwrap_or_default()
+            ),
+        );
+    }
+    let mut seen = BTreeSet::new();
+    for (i, n) in tls.dns_names.iter().enumerate() {
+        let path = format!("spec.tls.dnsNames[{i}]");
+        if n.len() > 253 || !DNS_NAME.is_match(n) {
+            errs.push(path, format!("Invalid value: {n:?}: must be a lower-case DNS name, optionally starting with *."));
+        } else if !seen.insert(n.as_str()) {
+            errs.push(path, format!("Duplicate value: {n:?}"));
+        }
+    }
+    let mut allowed_clients = Vec::with_capacity(tls.allowed_clients.len());
+    for (i, c) in tls.allowed_clients.iter().enumerate() {
+        let path = format!("spec.tls.allowedClients[{i}]");
+        match (&c.spiffe_id, &c.name) {
+            (Some(id), None) => {
+                if c.namespace.is_some() {
+                    errs.push(format!("{path}.namespace"), "Forbidden: namespace goes with name");
+                }
+                match grpc_contract::spiffe::check_pattern(id) {
+                    Ok(()) => allowed_clients.push(ValidAllowedClient::Pattern(id.clone())),
+                    Err(e) => errs.push(format!("{path}.spiffeId"), format!("Invalid value: {id:?}: {}", e.reason())),
+                }
+            }
+            (None, Some(name)) => {
+                let ns = c.namespace.clone().unwrap_or_else(|| namespace.to_owned());
+                if !DNS1035_LABEL.is_match(name) || name.len() > 63 {
+                    errs.push(format!("{path}.name"), format!("Invalid value: {name:?}: must be the name of a GrpcService"));
+                } else if !DNS1123_LABEL.is_match(&ns) || ns.len() > 63 {
+                    errs.push(format!("{path}.namespace"), format!("Invalid value: {ns:?}: must be a namespace name"));
+                } else {
+                    allowed_clients.push(ValidAllowedClient::Service { namespace: ns, name: name.clone() });
+                }
+            }
+            _ => errs.push(path, "Invalid value: set exactly one of spiffeId and name"),
+        }
+    }
+    if !tls.allowed_clients.is_empty() && mode != TlsMode::Mutual {
+        errs.push(
+            "spec.tls.allowedClients",
+            format!("Forbidden: allowedClients needs mode mutual (mode is {}): only client certificates identify callers", mode.as_str()),
+        );
+    }
+    if tls.issuer_ref.is_some() && mode == TlsMode::Disabled {
+        errs.push("spec.tls.issuerRef", "Forbidden: issuerRef needs TLS: mode may not be disabled");
+    }
+    ValidTls {
+        mode,
+        duration_seconds,
+        renew_before_seconds,
+        dns_names: tls.dns_names.clone(),
+        rotate_key: tls.private_key_rotation != Some(crate::api::PrivateKeyRotation::Never),
+        allowed_clients,
+        issuer_ref: tls.issuer_ref.clone(),
+    }
+}
+
 fn check_port(errs: &mut Errors, path: &str, port: i32) {
     if !(1..=65535).contains(&port) {
         errs.push(path, format!("Invalid value: {port}: must be between 1 and 65535"));
@@ -581,6 +743,7 @@ pub(crate) mod tests {
                 services: vec!["user.v1.UserService".into()],
                 env: vec![],
                 resources: None,
+                tls: None,
                 service_account_name: None,
                 pod_annotations: BTreeMap::new(),
                 pod_labels: BTreeMap::new(),

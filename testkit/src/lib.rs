@@ -27,7 +27,7 @@ use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use anyhow::{Context as _, anyhow};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{RoleBinding, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{Role, RoleBinding, RoleRef, Subject};
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
@@ -36,6 +36,9 @@ pub use components::repo_root;
 pub use faults::{Fault, FaultKind};
 pub use proxy::FaultProxy;
 pub use request_log::{RequestRecord, Verb};
+
+/// Name of the Role (and RoleBinding) of the operator's CA (`config/ca-rbac`).
+pub const CA_ROLE: &str = "grpc-operator-ca";
 
 /// Name of the operator's ServiceAccount, ClusterRole and RoleBindings in tests,
 /// as in `config/rbac`.
@@ -155,6 +158,26 @@ impl TestCluster {
         };
         Api::<RoleBinding>::namespaced(client.clone(), namespace)
             .patch(OPERATOR_ACCOUNT, &ssa, &Patch::Apply(&with_type_meta(&binding)?))
+            .await?;
+        // The CA's Role (config/ca-rbac): tests keep the operator's CA
+        // Secret in the test namespace.
+        let mut ca_role: Role =
+            serde_saphyr::from_str(&std::fs::read_to_string(repo_root().join("config/ca-rbac/role.yaml"))?)?;
+        ca_role.metadata.namespace = Some(namespace.into());
+        Api::<Role>::namespaced(client.clone(), namespace)
+            .patch(CA_ROLE, &ssa, &Patch::Apply(&with_type_meta(&ca_role)?))
+            .await?;
+        let ca_binding = RoleBinding {
+            metadata: ObjectMeta { name: Some(CA_ROLE.into()), ..ObjectMeta::default() },
+            role_ref: RoleRef {
+                api_group: Some("rbac.authorization.k8s.io".into()),
+                kind: "Role".into(),
+                name: CA_ROLE.into(),
+            },
+            subjects: binding.subjects.clone(),
+        };
+        Api::<RoleBinding>::namespaced(client.clone(), namespace)
+            .patch(CA_ROLE, &ssa, &Patch::Apply(&with_type_meta(&ca_binding)?))
             .await?;
         let request = TokenRequest {
             spec: Some(TokenRequestSpec { expiration_seconds: Some(24 * 3600), ..Default::default() }),

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use grpc_operator::api::GrpcService;
 use grpc_operator::children::labels::child_meta;
-use grpc_operator::children::{BuildError, ChildKind, ConditionRole, ObservedChildren, Registry, Workload};
+use grpc_operator::children::{BuildError, ChildKind, ConditionRole, ObservedChildren, Workload};
 use grpc_operator::reconcile::cleanup::FINALIZER;
 use grpc_operator::reconcile::status::{Verdict, reason};
 use grpc_operator::reconcile::validate::ValidatedService;
@@ -233,7 +233,12 @@ impl ChildKind for WidgetKind {
         Some(ConditionRole { type_: "WidgetReady", gates_ready: false })
     }
 
-    fn verdict(&self, _svc: &ValidatedService, _live: &DynamicObject) -> Option<Verdict> {
+    fn verdict(
+        &self,
+        _svc: &ValidatedService,
+        _observed: &ObservedChildren,
+        _live: Option<&DynamicObject>,
+    ) -> Option<Verdict> {
         Some(Verdict::ok(reason::READY, "the Widget exists"))
     }
 }
@@ -252,9 +257,7 @@ fn widget_crd() -> CustomResourceDefinition {
 
 #[tokio::test]
 async fn an_optional_kind_follows_its_crd_being_installed_and_removed_without_a_restart() {
-    let mut registry = Registry::standard();
-    registry = registry.with(Arc::new(WidgetKind));
-    let h = Harness::start_with(registry).await;
+    let h = Harness::start_with(Arc::new(WidgetKind)).await;
     // The operator's identity may manage Widgets in its namespace.
     let role: Role = serde_json::from_value(json!({
         "metadata": {"name": "widgets"},

@@ -5,12 +5,14 @@
 //! server through a fault-injecting proxy.
 
 use std::future::Future;
+use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use grpc_operator::api::{GrpcService, GrpcServiceSpec};
-use grpc_operator::children::Registry;
+use grpc_operator::children::{ChildKind, Registry};
 use grpc_operator::health::{Health, HealthConfig};
 use grpc_operator::metrics::Metrics;
+use grpc_operator::pki::trust::{PkiSettings, Trust};
 use grpc_operator::reconcile::ReconcileConfig;
 use grpc_operator::run::{ControllerOptions, run_controller};
 use grpc_operator_testkit::{FaultProxy, RequestRecord, TestCluster, TestNamespace, Verb};
@@ -35,8 +37,13 @@ pub struct Harness {
     pub proxy: FaultProxy,
     operator_token: String,
     controller: Option<(oneshot::Sender<()>, JoinHandle<()>)>,
-    /// The child kinds the operator runs with.
+    /// The child kinds the operator runs with (the standard ones, then
+    /// `extra_kinds`), rebuilt at every start.
     pub registry: Registry,
+    /// Kinds added to the standard ones.
+    pub extra_kinds: Vec<Arc<dyn ChildKind>>,
+    /// The operator's CA: its Secret lives in the test namespace.
+    pub trust: Arc<Trust>,
     /// Namespaces the operator watches besides the test's own.
     pub extra_namespaces: Vec<String>,
     pub health: Health,
@@ -61,6 +68,11 @@ impl Harness {
         let operator_token = cluster.operator_token(&client, &ns.name).await.expect("operator token");
         let admin = cluster.admin_config().await.expect("admin config");
         let proxy = FaultProxy::start(&admin).await.expect("proxy");
+        let trust = Trust::new(PkiSettings {
+            ca_namespace: ns.name.clone(),
+            propagation_delay: Duration::from_secs(1),
+            ..PkiSettings::default()
+        });
         Self {
             cluster,
             client,
@@ -68,7 +80,9 @@ impl Harness {
             proxy,
             operator_token,
             controller: None,
-            registry: Registry::standard(),
+            registry: Registry::with_trust(Arc::clone(&trust)),
+            extra_kinds: Vec::new(),
+            trust,
             extra_namespaces: Vec::new(),
             health: Health::default(),
             metrics: Metrics::new().expect("metrics"),
@@ -83,10 +97,10 @@ impl Harness {
         h
     }
 
-    /// With the operator running the given child kinds.
-    pub async fn start_with(registry: Registry) -> Self {
+    /// With the operator running the standard child kinds and `kind`.
+    pub async fn start_with(kind: Arc<dyn ChildKind>) -> Self {
         let mut h = Self::without_controller().await;
-        h.registry = registry;
+        h.extra_kinds.push(kind);
         h.start_controller().await;
         h
     }
@@ -127,6 +141,7 @@ impl Harness {
             debounce: Duration::from_millis(20),
             registry: self.registry.clone(),
             discovery_interval: Duration::from_millis(500),
+            trust: Some(Arc::clone(&self.trust)),
         };
         self.health = Health::new(HealthConfig {
             probe_interval: Duration::from_millis(200),
@@ -134,6 +149,12 @@ impl Harness {
             stall_after: Duration::from_secs(2),
         });
         self.metrics = Metrics::new().expect("metrics");
+        // A restarted operator reads its CA afresh, as a new process would.
+        self.trust = Trust::new(self.trust.settings.clone());
+        self.registry = self.extra_kinds.iter().fold(Registry::with_trust(Arc::clone(&self.trust)), |r, k| {
+            r.with(Arc::clone(k))
+        });
+        let opts = ControllerOptions { registry: self.registry.clone(), trust: Some(Arc::clone(&self.trust)), ..opts };
         let task = tokio::spawn(run_controller(
             client,
             opts,
@@ -273,6 +294,7 @@ pub fn sample(name: &str) -> GrpcService {
             services: vec!["user.v1.UserService".into()],
             env: vec![],
             resources: None,
+            tls: None,
             service_account_name: None,
             pod_annotations: Default::default(),
             pod_labels: Default::default(),

@@ -9,7 +9,9 @@ use std::collections::BTreeSet;
 use grpc_operator::api::GrpcService;
 use grpc_operator_testkit::audit::{self, Permission};
 use grpc_operator_testkit::{Fault, FaultKind, OPERATOR_ACCOUNT, Verb};
+use grpc_operator::pki::trust::{ROTATE_ANNOTATION, STAGE_ANNOTATION};
 use k8s_openapi::api::apps::v1::Deployment;
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
@@ -23,6 +25,7 @@ fn perm(group: &str, resource: &str, verb: &str) -> Permission {
 
 const CLUSTER_ROLE: &str = "config/rbac/role.yaml";
 const NAMESPACED_ROLE: &str = "config/namespaced/watched/role.yaml";
+const CA_ROLE_FILE: &str = "config/ca-rbac/role.yaml";
 
 fn read_repo_file(path: &str) -> String {
     std::fs::read_to_string(grpc_operator_testkit::repo_root().join(path)).expect("repository file")
@@ -180,6 +183,40 @@ async fn run_lifecycle_and_compare(h: Harness, role_file: &str) {
     })
     .await;
 
+    // A CA rotation runs its four stages (the CA Secret is updated).
+    h.api::<Secret>()
+        .patch(
+            &h.trust.settings.ca_name,
+            &PatchParams::default(),
+            &Patch::Merge(&json!({"metadata": {"annotations": {ROTATE_ANNOTATION: "now"}}})),
+        )
+        .await
+        .expect("rotation requested");
+    eventually("the CA rotation completes", || async {
+        let ca = h.api::<Secret>().get(&h.trust.settings.ca_name).await.ok()?;
+        let a = ca.metadata.annotations.unwrap_or_default();
+        let bundle = ca.data.unwrap_or_default().get("ca.crt").map(|b| b.0.clone()).unwrap_or_default();
+        let roots = String::from_utf8_lossy(&bundle).matches("BEGIN CERTIFICATE").count();
+        (!a.contains_key(ROTATE_ANNOTATION) && !a.contains_key(STAGE_ANNOTATION) && roots == 1).then_some(())
+    })
+    .await;
+
+    // TLS off and an account of the user's: the certificate Secret and the
+    // ServiceAccount are pruned.
+    grpc.patch(
+        "user-service",
+        &PatchParams::default(),
+        &merge(&spec(json!({"tls": {"mode": "disabled"}, "serviceAccountName": "default"}))),
+    )
+    .await
+    .expect("TLS off");
+    eventually("Secret and ServiceAccount pruned", || async {
+        let secret = h.api::<Secret>().get_opt("user-service-tls").await.ok()?;
+        let sa = h.api::<ServiceAccount>().get_opt("user-service").await.ok()?;
+        (secret.is_none() && sa.is_none()).then_some(())
+    })
+    .await;
+
     h.api::<GrpcService>().delete("user-service", &DeleteParams::default()).await.expect("delete");
     eventually("GrpcService gone", || async { h.grpc_service("user-service").await.is_none().then_some(()) })
         .await;
@@ -187,7 +224,9 @@ async fn run_lifecycle_and_compare(h: Harness, role_file: &str) {
     let user = format!("system:serviceaccount:{}:{OPERATOR_ACCOUNT}", h.ns());
     let log = h.cluster.info().audit_log.clone();
     let role = read_repo_file(role_file);
-    let granted = audit::permissions_granted(&role).expect("role parses");
+    let mut granted = audit::permissions_granted(&role).expect("role parses");
+    // The CA's Role in the operator's namespace (the test namespace here).
+    granted.extend(audit::permissions_granted(&read_repo_file(CA_ROLE_FILE)).expect("CA role parses"));
     // Checked by admission on the children's ownerReferences, never requested
     // itself; the blockOwnerDeletion assertion above shows it was needed.
     // Likewise delete on Deployments and Services: checked when an orphan is

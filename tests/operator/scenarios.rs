@@ -56,7 +56,7 @@ async fn created_grpc_service_gets_owned_deployment_and_service_and_ready_follow
     assert_eq!(owner_uid(&dep), Some(uid.as_str()));
     assert_eq!(owner_uid(&svc), Some(uid.as_str()));
     assert_eq!(dep["spec"]["replicas"], 2);
-    assert_eq!(svc["spec"]["ports"][0]["appProtocol"], "kubernetes.io/h2c");
+    assert_eq!(svc["spec"]["ports"][0]["appProtocol"], json!(null), "TLS by default: not cleartext h2c");
     assert!(
         svc["spec"]["clusterIP"].as_str().is_some_and(|ip| !ip.is_empty()),
         "the real server allocated an IP"
@@ -414,7 +414,7 @@ async fn deleted_child_service_and_deployment_are_recreated() {
         (svc["metadata"]["uid"] != old_svc["metadata"]["uid"]).then_some(svc)
     })
     .await;
-    assert_eq!(recreated["spec"]["ports"][0]["appProtocol"], "kubernetes.io/h2c");
+    assert_eq!(recreated["spec"]["ports"][0]["name"], "grpc");
 
     let old_dep = h.deployment("user-service").await.expect("deployment");
     h.api::<Deployment>().delete("user-service", &DeleteParams::default()).await.expect("deployment deleted");
