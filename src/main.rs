@@ -9,9 +9,9 @@ use std::sync::Arc;
 
 use grpc_operator::admin;
 use grpc_operator::children::Registry;
-use grpc_operator::pki::trust::{PkiSettings, Trust};
 use grpc_operator::health::{Health, HealthConfig};
 use grpc_operator::metrics::Metrics;
+use grpc_operator::pki::trust::{PkiSettings, Trust};
 use grpc_operator::reconcile::{ReconcileConfig, error_chain};
 use grpc_operator::render::{self, Source};
 use grpc_operator::run::{self, ControllerOptions};

@@ -136,7 +136,8 @@ impl Metrics {
             "grpc_operator_ca_expiration_timestamp_seconds",
             "NotAfter (Unix time) of the CA that signs workload certificates.",
         )?;
-        let ca_available = IntGauge::new("grpc_operator_ca_available", "1 while the operator's CA is usable.")?;
+        let ca_available =
+            IntGauge::new("grpc_operator_ca_available", "1 while the operator's CA is usable.")?;
         let ca_rotation_stage = IntGauge::new(
             "grpc_operator_ca_rotation_stage",
             "CA rotation stage: 0 none, 1 publishing, 2 propagating, 3 reissuing, 4 retiring.",

@@ -179,7 +179,10 @@ fn is_grpc_service(doc: &Value) -> bool {
 }
 
 /// Children of one YAML document; other kinds render to nothing.
-fn render_document(doc: Value, all: &[std::sync::Arc<GrpcService>]) -> Result<Vec<Value>, Vec<RenderProblem>> {
+fn render_document(
+    doc: Value,
+    all: &[std::sync::Arc<GrpcService>],
+) -> Result<Vec<Value>, Vec<RenderProblem>> {
     if doc.is_null() || !is_grpc_service(&doc) {
         return Ok(Vec::new());
     }

@@ -215,7 +215,12 @@ pub async fn run_controller(
     let probe = tokio::spawn(health::probe_api(client.clone(), health.clone()));
     let ca_manager = opts.trust.as_ref().map(|trust| {
         let reporter = Reporter { controller: MANAGER.to_owned(), instance: opts.instance.clone() };
-        tokio::spawn(crate::pki::ca_manager::run(client.clone(), Arc::clone(trust), metrics.clone(), reporter))
+        tokio::spawn(crate::pki::ca_manager::run(
+            client.clone(),
+            Arc::clone(trust),
+            metrics.clone(),
+            reporter,
+        ))
     });
     metrics.observe_health(health.clone());
     let scopes: Vec<Option<String>> = if opts.namespaces.is_empty() {

@@ -545,7 +545,8 @@ pub(crate) mod tests {
             assert_eq!(owners[0]["blockOwnerDeletion"], true);
             assert_eq!(object["metadata"]["labels"][labels::SERVICE_LABEL], "user-service");
             assert_eq!(object["metadata"]["labels"][labels::MANAGED_BY_LABEL], labels::MANAGER);
-            let want = if registry.kinds()[c.kind].kind() == "Secret" { "user-service-tls" } else { "user-service" };
+            let want =
+                if registry.kinds()[c.kind].kind() == "Secret" { "user-service-tls" } else { "user-service" };
             assert_eq!(c.name, want);
         }
     }

@@ -96,7 +96,8 @@ mod tests {
     #[test]
     fn the_grpc_port_claims_h2c_only_without_tls() {
         let ports = |obj: &crate::api::GrpcService| {
-            let svc: Service = serde_json::from_value(build(obj, "Service").expect("wanted")).expect("Service");
+            let svc: Service =
+                serde_json::from_value(build(obj, "Service").expect("wanted")).expect("Service");
             svc.spec.and_then(|s| s.ports).expect("ports")
         };
         let by_name = |ports: &[ServicePort], n: &str| {
@@ -108,7 +109,8 @@ mod tests {
         assert_eq!(by_name(&mutual, "admin").app_protocol.as_deref(), Some("http"));
         assert_eq!(by_name(&mutual, "admin").port, 9090);
         let mut plain = sample();
-        plain.spec.tls = Some(crate::api::Tls { mode: Some(crate::api::TlsMode::Disabled), ..Default::default() });
+        plain.spec.tls =
+            Some(crate::api::Tls { mode: Some(crate::api::TlsMode::Disabled), ..Default::default() });
         assert_eq!(by_name(&ports(&plain), "grpc").app_protocol.as_deref(), Some("kubernetes.io/h2c"));
     }
 }

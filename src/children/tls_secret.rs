@@ -41,8 +41,8 @@ use crate::api::TlsMode;
 use crate::metrics::Metrics;
 use crate::pki::inspect::{Damage, LeafSummary, summarize};
 use crate::pki::leaf::{LeafInfo, LeafRequest, issue};
-use crate::pki::trust::{Authority, CaState, Trust};
 use crate::pki::rfc3339;
+use crate::pki::trust::{Authority, CaState, Trust};
 use crate::reconcile::status::{Verdict, reason};
 use crate::reconcile::validate::{ValidAllowedClient, ValidatedService};
 
@@ -77,8 +77,12 @@ pub fn secret_name(name: &str) -> String {
 /// The DNS SANs: the Service's names, then `spec.tls.dnsNames`.
 pub fn dns_names(svc: &ValidatedService, cluster_domain: &str) -> Vec<String> {
     let (n, ns) = (&svc.name, &svc.namespace);
-    let mut names =
-        vec![n.clone(), format!("{n}.{ns}"), format!("{n}.{ns}.svc"), format!("{n}.{ns}.svc.{cluster_domain}")];
+    let mut names = vec![
+        n.clone(),
+        format!("{n}.{ns}"),
+        format!("{n}.{ns}.svc"),
+        format!("{n}.{ns}.svc.{cluster_domain}"),
+    ];
     for extra in &svc.tls.dns_names {
         if !names.contains(extra) {
             names.push(extra.clone());
@@ -351,7 +355,10 @@ pub fn resolve_peers(
 pub fn wiring(svc: &ValidatedService, secret: &str, peers: Option<&Peers>, workload: &mut Workload) {
     workload.volumes.push(Volume {
         name: VOLUME_NAME.to_owned(),
-        secret: Some(SecretVolumeSource { secret_name: Some(secret.to_owned()), ..SecretVolumeSource::default() }),
+        secret: Some(SecretVolumeSource {
+            secret_name: Some(secret.to_owned()),
+            ..SecretVolumeSource::default()
+        }),
         ..Volume::default()
     });
     // The whole directory, never a subPath: the kubelet swaps the `..data`
@@ -362,7 +369,8 @@ pub fn wiring(svc: &ValidatedService, secret: &str, peers: Option<&Peers>, workl
         read_only: Some(true),
         ..VolumeMount::default()
     });
-    let var = |name: &str, value: String| EnvVar { name: name.to_owned(), value: Some(value), value_from: None };
+    let var =
+        |name: &str, value: String| EnvVar { name: name.to_owned(), value: Some(value), value_from: None };
     workload.env.push(var(env::TLS_MODE, svc.tls.mode.as_str().to_owned()));
     workload.env.push(var(env::TLS_DIR, MOUNT_PATH.to_owned()));
     if let Some(peers) = peers {
@@ -393,7 +401,8 @@ pub fn peers_for(cx: &PrepareCx<'_>, trust: &Trust) -> Option<Peers> {
     }
     let store = cx.grpc_services;
     let lookup = |ns: &str, name: &str| store.get(&ObjectRef::new(name).within(ns));
-    let all_in = |ns: &str| store.state().into_iter().filter(|o| o.namespace().as_deref() == Some(ns)).collect();
+    let all_in =
+        |ns: &str| store.state().into_iter().filter(|o| o.namespace().as_deref() == Some(ns)).collect();
     Some(resolve_peers(cx.svc, trust, &lookup, &all_in, &previous_resolution(cx.observed)))
 }
 
@@ -434,7 +443,10 @@ impl TlsSecretKind {
             CaState::Loading => {
                 return Ok(match cx.observed.get(self.kind()) {
                     Some(_) => Plan::Keep,
-                    None => Plan::Hold { reason: reason::CA_PENDING, message: "the CA has not been read yet".into() },
+                    None => Plan::Hold {
+                        reason: reason::CA_PENDING,
+                        message: "the CA has not been read yet".into(),
+                    },
                 });
             }
             CaState::Unavailable { reason: why } => {
@@ -477,7 +489,9 @@ impl TlsSecretKind {
         let api: Api<Secret> = Api::namespaced(cx.client.clone(), &svc.namespace);
         let full = match api.get_opt(&name).await {
             Ok(full) => full.filter(|s| {
-                s.owner_references().iter().any(|o| o.controller == Some(true) && Some(&o.uid) == svc.uid.as_ref())
+                s.owner_references()
+                    .iter()
+                    .any(|o| o.controller == Some(true) && Some(&o.uid) == svc.uid.as_ref())
             }),
             Err(source) => {
                 return Err(PrepareError::Read {
@@ -488,15 +502,27 @@ impl TlsSecretKind {
                 });
             }
         };
-        let data: BTreeMap<String, Vec<u8>> =
-            full.as_ref().and_then(|s| s.data.clone()).unwrap_or_default().into_iter().map(|(k, v)| (k, v.0)).collect();
+        let data: BTreeMap<String, Vec<u8>> = full
+            .as_ref()
+            .and_then(|s| s.data.clone())
+            .unwrap_or_default()
+            .into_iter()
+            .map(|(k, v)| (k, v.0))
+            .collect();
         let summary = summarize(&data);
         let decision = match &full {
             Some(secret) => {
-                let obj: DynamicObject = serde_json::from_value(serde_json::to_value(secret).unwrap_or_default())
-                    .map_err(|e| PrepareError::Compute { kind: "Secret", source: Box::new(e) })?;
+                let obj: DynamicObject =
+                    serde_json::from_value(serde_json::to_value(secret).unwrap_or_default())
+                        .map_err(|e| PrepareError::Compute { kind: "Secret", source: Box::new(e) })?;
                 let (renewal, metadata_ok) = live_of(&obj);
-                decide(svc, &ca, Some(&LiveLeaf { summary: &summary, renewal, metadata_ok }), &wanted_sans, now)
+                decide(
+                    svc,
+                    &ca,
+                    Some(&LiveLeaf { summary: &summary, renewal, metadata_ok }),
+                    &wanted_sans,
+                    now,
+                )
             }
             None => decide(svc, &ca, None, &wanted_sans, now),
         };
@@ -580,7 +606,8 @@ fn live_info(live: &DynamicObject) -> Option<LeafInfo> {
         return None;
     }
     let a = live.annotations();
-    let time = |k: &str| a.get(k).and_then(|t| t.parse::<jiff::Timestamp>().ok()).map(jiff::Timestamp::as_second);
+    let time =
+        |k: &str| a.get(k).and_then(|t| t.parse::<jiff::Timestamp>().ok()).map(jiff::Timestamp::as_second);
     Some(LeafInfo {
         serial: summary.serial.clone(),
         not_before: summary.not_before,
@@ -771,7 +798,10 @@ impl ChildKind for TlsSecretKind {
             _ => live.and_then(live_info),
         };
         if let Some(info) = &info {
-            metrics.certificate_expiration.with_label_values(&[&svc.namespace, &svc.name]).set(info.not_after);
+            metrics
+                .certificate_expiration
+                .with_label_values(&[&svc.namespace, &svc.name])
+                .set(info.not_after);
         }
         if let (Plan::Write(c), true) = (&prepared.plan, written) {
             if c.why.issues() {

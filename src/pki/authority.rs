@@ -190,11 +190,13 @@ fn signer(cert_pem: Option<&[u8]>, key_pem: Option<&[u8]>, now: i64) -> Result<S
     let key_text = std::str::from_utf8(key_pem).map_err(|_| CaProblem::UnparsableKey)?;
     let key = KeyPair::from_pem(key_text).map_err(|_| CaProblem::UnparsableKey)?;
     let (_, x509) = X509Certificate::from_der(&cert.der).map_err(|_| CaProblem::Unparsable)?;
-    if rcgen::PublicKeyData::der_bytes(&key) != x509.tbs_certificate.subject_pki.subject_public_key.data.as_ref()
+    if rcgen::PublicKeyData::der_bytes(&key)
+        != x509.tbs_certificate.subject_pki.subject_public_key.data.as_ref()
     {
         return Err(CaProblem::KeyMismatch);
     }
-    let issuer = Issuer::from_ca_cert_der(&cert.der.clone().into(), key).map_err(|_| CaProblem::Unparsable)?;
+    let issuer =
+        Issuer::from_ca_cert_der(&cert.der.clone().into(), key).map_err(|_| CaProblem::Unparsable)?;
     Ok(Signer { cert, chain, issuer })
 }
 
@@ -309,16 +311,30 @@ pub(crate) mod tests {
     fn damaged_ca_secrets_are_named_problems() {
         let root = root();
         let other = generate_root("cluster.local", 86_400, NOW).expect("root");
-        let cases: Vec<(&str, Box<dyn Fn(&mut BTreeMap<String, Vec<u8>>)>, CaProblem)> = vec![
+        type Damage = Box<dyn Fn(&mut BTreeMap<String, Vec<u8>>)>;
+        let cases: Vec<(&str, Damage, CaProblem)> = vec![
             ("no key", Box::new(|d| drop(d.remove(KEY_KEY))), CaProblem::MissingKey),
             ("no cert", Box::new(|d| drop(d.remove(CERT_KEY))), CaProblem::MissingCertificate),
-            ("garbage cert", Box::new(|d| drop(d.insert(CERT_KEY.into(), b"junk".to_vec()))), CaProblem::Unparsable),
+            (
+                "garbage cert",
+                Box::new(|d| drop(d.insert(CERT_KEY.into(), b"junk".to_vec()))),
+                CaProblem::Unparsable,
+            ),
             (
                 "garbage key",
-                Box::new(|d| drop(d.insert(KEY_KEY.into(), b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".to_vec()))),
+                Box::new(|d| {
+                    drop(d.insert(
+                        KEY_KEY.into(),
+                        b"-----BEGIN PRIVATE KEY-----\nAAAA\n-----END PRIVATE KEY-----\n".to_vec(),
+                    ))
+                }),
                 CaProblem::UnparsableKey,
             ),
-            ("other key", Box::new(move |d| drop(d.insert(KEY_KEY.into(), other.key_pem().into_bytes()))), CaProblem::KeyMismatch),
+            (
+                "other key",
+                Box::new(move |d| drop(d.insert(KEY_KEY.into(), other.key_pem().into_bytes()))),
+                CaProblem::KeyMismatch,
+            ),
         ];
         for (what, damage, problem) in cases {
             let mut data = data_of(&root);

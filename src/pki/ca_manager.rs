@@ -22,8 +22,8 @@ use tracing::{info, warn};
 
 use super::authority::{self, CaProblem, Signer};
 use super::trust::{
-    Authority, CaState, OPERATOR_CA_LABEL, ROTATE_ANNOTATION, SINCE_ANNOTATION, STAGE_ANNOTATION, Stage, Trust,
-    progress,
+    Authority, CaState, OPERATOR_CA_LABEL, ROTATE_ANNOTATION, SINCE_ANNOTATION, STAGE_ANNOTATION, Stage,
+    Trust, progress,
 };
 use crate::metrics::Metrics;
 use crate::reconcile::error_chain;
@@ -162,7 +162,8 @@ impl Manager {
 
     async fn absent(&mut self) -> Result<(), CaError> {
         let s = &self.trust.settings;
-        let marker = self.configmaps.get_opt(&s.ca_name).await.map_err(self.err("read", "CA marker ConfigMap"))?;
+        let marker =
+            self.configmaps.get_opt(&s.ca_name).await.map_err(self.err("read", "CA marker ConfigMap"))?;
         if marker.is_some() {
             let reason = format!(
                 "the CA Secret {}/{} is gone, but a CA existed (marker ConfigMap {}/{}): existing certificates chain to it, so no new CA is created. Restore the Secret, or delete the marker to start over with a new CA",
@@ -206,7 +207,13 @@ impl Manager {
                 info!(fingerprint = %root.cert.fingerprint, namespace = %s.ca_namespace, name = %s.ca_name, "created a new root CA");
                 self.ensure_marker(&root).await?;
                 self.marker_seen = true;
-                self.event(&created, EventType::Normal, "CACreated", format!("Created a self-signed root CA (SHA-256 {})", root.cert.fingerprint)).await;
+                self.event(
+                    &created,
+                    EventType::Normal,
+                    "CACreated",
+                    format!("Created a self-signed root CA (SHA-256 {})", root.cert.fingerprint),
+                )
+                .await;
                 self.current = Some(created);
                 Box::pin(self.try_sync()).await
             }
@@ -234,7 +241,13 @@ impl Manager {
             ..ConfigMap::default()
         };
         // Read first: a restarted operator finds it and writes nothing.
-        if self.configmaps.get_opt(&s.ca_name).await.map_err(self.err("read", "CA marker ConfigMap"))?.is_some() {
+        if self
+            .configmaps
+            .get_opt(&s.ca_name)
+            .await
+            .map_err(self.err("read", "CA marker ConfigMap"))?
+            .is_some()
+        {
             return Ok(());
         }
         match self.configmaps.create(&PostParams::default(), &marker).await {
@@ -273,7 +286,8 @@ impl Manager {
             && old.signer.cert.fingerprint == new.signer.cert.fingerprint
             && old.bundle_digest == new.bundle_digest
             && old.stage == new.stage
-            && old.next.as_ref().map(|n| &n.cert.fingerprint) == new.next.as_ref().map(|n| &n.cert.fingerprint)
+            && old.next.as_ref().map(|n| &n.cert.fingerprint)
+                == new.next.as_ref().map(|n| &n.cert.fingerprint)
         {
             return;
         }
@@ -435,11 +449,13 @@ fn to_bytes(data: BTreeMap<String, Vec<u8>>) -> BTreeMap<String, ByteString> {
 pub async fn request_rotation(client: Client, namespace: &str, name: &str) -> Result<(), CaError> {
     let secrets: Api<Secret> = Api::namespaced(client, namespace);
     let patch = serde_json::json!({"metadata": {"annotations": {ROTATE_ANNOTATION: jiff::Timestamp::now().to_string()}}});
-    secrets.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ()).map_err(|source| CaError {
-        action: "annotate",
-        what: "CA Secret",
-        namespace: namespace.to_owned(),
-        name: name.to_owned(),
-        source,
+    secrets.patch(name, &PatchParams::default(), &Patch::Merge(&patch)).await.map(|_| ()).map_err(|source| {
+        CaError {
+            action: "annotate",
+            what: "CA Secret",
+            namespace: namespace.to_owned(),
+            name: name.to_owned(),
+            source,
+        }
     })
 }

@@ -94,7 +94,8 @@ pub fn summarize(data: &BTreeMap<String, Vec<u8>>) -> LeafSummary {
     };
     let get = |k: &str| data.get(k).map(Vec::as_slice).filter(|b| !b.is_empty());
     let (Some(cert), Some(key)) = (get(CERT_FILE), get(KEY_FILE)) else {
-        s.damage = Some(if get(CERT_FILE).is_none() { Damage::MissingCertificate } else { Damage::MissingKey });
+        s.damage =
+            Some(if get(CERT_FILE).is_none() { Damage::MissingCertificate } else { Damage::MissingKey });
         return s;
     };
     match get(CA_FILE) {

@@ -101,10 +101,17 @@ pub fn renewal_time(now: i64, not_after: i64, duration: i64, renew_before: i64, 
 }
 
 /// Issues a leaf signed by `signer` at `now` (Unix seconds).
-pub fn issue(signer: &Signer, req: &LeafRequest<'_>, now: i64, jitter: f64) -> Result<IssuedLeaf, IssueError> {
+pub fn issue(
+    signer: &Signer,
+    req: &LeafRequest<'_>,
+    now: i64,
+    jitter: f64,
+) -> Result<IssuedLeaf, IssueError> {
     let key = match req.key_pem {
         Some(pem) => KeyPair::from_pem(pem).map_err(|_| IssueError::ReuseKey)?,
-        None => KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| IssueError::Sign(e.to_string()))?,
+        None => {
+            KeyPair::generate_for(&PKCS_ECDSA_P256_SHA256).map_err(|e| IssueError::Sign(e.to_string()))?
+        }
     };
     let not_after = now.saturating_add(req.duration_seconds).min(signer.cert.not_after);
     let mut params = CertificateParams::default();
@@ -116,7 +123,8 @@ pub fn issue(signer: &Signer, req: &LeafRequest<'_>, now: i64, jitter: f64) -> R
     params.distinguished_name = dn;
     params.is_ca = IsCa::ExplicitNoCa;
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
-    params.extended_key_usages = vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
+    params.extended_key_usages =
+        vec![ExtendedKeyUsagePurpose::ServerAuth, ExtendedKeyUsagePurpose::ClientAuth];
     params.use_authority_key_identifier_extension = true;
     params.not_before = super::offset_time(now - BACKDATE_SECONDS);
     params.not_after = super::offset_time(not_after);
@@ -127,7 +135,9 @@ pub fn issue(signer: &Signer, req: &LeafRequest<'_>, now: i64, jitter: f64) -> R
     for name in req.dns_names {
         sans.push(SanType::DnsName(name.clone().try_into().map_err(|_| IssueError::San(name.clone()))?));
     }
-    sans.push(SanType::URI(req.spiffe_id.to_owned().try_into().map_err(|_| IssueError::San(req.spiffe_id.into()))?));
+    sans.push(SanType::URI(
+        req.spiffe_id.to_owned().try_into().map_err(|_| IssueError::San(req.spiffe_id.into()))?,
+    ));
     params.subject_alt_names = sans;
     let cert = params.signed_by(&key, signer.issuer()).map_err(|e| IssueError::Sign(e.to_string()))?;
     Ok(IssuedLeaf {
@@ -198,8 +208,17 @@ mod tests {
         assert_eq!(uris, ["spiffe://cluster.local/ns/shop/sa/user-service"]);
         assert_eq!(dns, names);
         assert_eq!(aki.as_deref(), Some(ca.cert.key_id.as_str()));
-        assert!(x509.extensions().iter().any(|e| matches!(e.parsed_extension(), ParsedExtension::SubjectKeyIdentifier(_))));
-        assert!(x509.verify_signature(Some(&X509Certificate::from_der(&ca.cert.der).expect("ca").1.tbs_certificate.subject_pki)).is_ok());
+        assert!(
+            x509.extensions()
+                .iter()
+                .any(|e| matches!(e.parsed_extension(), ParsedExtension::SubjectKeyIdentifier(_)))
+        );
+        assert!(
+            x509.verify_signature(Some(
+                &X509Certificate::from_der(&ca.cert.der).expect("ca").1.tbs_certificate.subject_pki
+            ))
+            .is_ok()
+        );
         assert_eq!(leaf.info.issuer_fingerprint, ca.cert.fingerprint);
         assert!(leaf.key_pem.starts_with("-----BEGIN PRIVATE KEY-----"));
     }
@@ -231,7 +250,8 @@ mod tests {
         let names = vec!["a".to_owned()];
         let first = issue(&ca, &request(&names), NOW, 0.0).expect("issued");
         let again =
-            issue(&ca, &LeafRequest { key_pem: Some(&first.key_pem), ..request(&names) }, NOW + 10, 0.0).expect("re-issued");
+            issue(&ca, &LeafRequest { key_pem: Some(&first.key_pem), ..request(&names) }, NOW + 10, 0.0)
+                .expect("re-issued");
         assert_eq!(first.key_pem, again.key_pem);
         assert_ne!(first.info.serial, again.info.serial);
         let fresh = issue(&ca, &request(&names), NOW + 20, 0.0).expect("issued");

@@ -59,7 +59,9 @@ impl Stage {
 
     /// Parses the annotation value.
     pub fn parse(value: &str) -> Option<Self> {
-        [Self::Publishing, Self::Propagating, Self::Reissuing, Self::Retiring].into_iter().find(|s| s.as_str() == value)
+        [Self::Publishing, Self::Propagating, Self::Reissuing, Self::Retiring]
+            .into_iter()
+            .find(|s| s.as_str() == value)
     }
 
     /// 1 to 4, for the stage gauge (0 is "no rotation").
@@ -235,7 +237,10 @@ impl Trust {
             .iter()
             .flat_map(|s| s())
             .filter(|o| {
-                o.metadata.labels.as_ref().is_some_and(|l| l.contains_key(crate::children::labels::SERVICE_LABEL))
+                o.metadata
+                    .labels
+                    .as_ref()
+                    .is_some_and(|l| l.contains_key(crate::children::labels::SERVICE_LABEL))
             })
             .filter_map(|o| crate::children::tls_secret::summary_of(&o))
             .collect()

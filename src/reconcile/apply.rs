@@ -185,8 +185,12 @@ pub async fn apply_all(
         let Some(object) = &child.object else {
             // Left as it is (`ChildKind::keep_live`).
             if let Some(live) = named {
-                result[child.kind] =
-                    KindApplied::Present { live: Arc::clone(live), written: false, existed: true, adopted: false };
+                result[child.kind] = KindApplied::Present {
+                    live: Arc::clone(live),
+                    written: false,
+                    existed: true,
+                    adopted: false,
+                };
             }
             continue;
         };

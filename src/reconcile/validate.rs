@@ -603,16 +603,23 @@ fn check_tls(errs: &mut Errors, tls: Option<&crate::api::Tls>, namespace: &str) 
         value.as_ref().and_then(|v| match parse_cert_duration(v) {
             Some(s) => Some(s),
             None => {
-                errs.push(path, format!("Invalid value: {v:?}: must be hours and/or minutes such as 720h, 1h30m or 90m"));
+                errs.push(
+                    path,
+                    format!("Invalid value: {v:?}: must be hours and/or minutes such as 720h, 1h30m or 90m"),
+                );
                 None
             }
         })
     };
-    let duration_seconds = duration("spec.tls.duration", &tls.duration, errs).unwrap_or(DEFAULT_CERT_DURATION_SECONDS);
+    let duration_seconds =
+        duration("spec.tls.duration", &tls.duration, errs).unwrap_or(DEFAULT_CERT_DURATION_SECONDS);
     if !(MIN_CERT_DURATION_SECONDS..=MAX_CERT_DURATION_SECONDS).contains(&duration_seconds) {
         errs.push(
             "spec.tls.duration",
-            format!("Invalid value: {:?}: must be between 1h and 8760h", tls.duration.clone().unwrap_or_default()),
+            format!(
+                "Invalid value: {:?}: must be between 1h and 8760h",
+                tls.duration.clone().unwrap_or_default()
+            ),
         );
     }
     let renew_before_seconds =
@@ -630,7 +637,10 @@ fn check_tls(errs: &mut Errors, tls: Option<&crate::api::Tls>, namespace: &str) 
     for (i, n) in tls.dns_names.iter().enumerate() {
         let path = format!("spec.tls.dnsNames[{i}]");
         if n.len() > 253 || !DNS_NAME.is_match(n) {
-            errs.push(path, format!("Invalid value: {n:?}: must be a lower-case DNS name, optionally starting with *."));
+            errs.push(
+                path,
+                format!("Invalid value: {n:?}: must be a lower-case DNS name, optionally starting with *."),
+            );
         } else if !seen.insert(n.as_str()) {
             errs.push(path, format!("Duplicate value: {n:?}"));
         }
@@ -645,15 +655,22 @@ fn check_tls(errs: &mut Errors, tls: Option<&crate::api::Tls>, namespace: &str) 
                 }
                 match grpc_contract::spiffe::check_pattern(id) {
                     Ok(()) => allowed_clients.push(ValidAllowedClient::Pattern(id.clone())),
-                    Err(e) => errs.push(format!("{path}.spiffeId"), format!("Invalid value: {id:?}: {}", e.reason())),
+                    Err(e) => errs
+                        .push(format!("{path}.spiffeId"), format!("Invalid value: {id:?}: {}", e.reason())),
                 }
             }
             (None, Some(name)) => {
                 let ns = c.namespace.clone().unwrap_or_else(|| namespace.to_owned());
                 if !DNS1035_LABEL.is_match(name) || name.len() > 63 {
-                    errs.push(format!("{path}.name"), format!("Invalid value: {name:?}: must be the name of a GrpcService"));
+                    errs.push(
+                        format!("{path}.name"),
+                        format!("Invalid value: {name:?}: must be the name of a GrpcService"),
+                    );
                 } else if !DNS1123_LABEL.is_match(&ns) || ns.len() > 63 {
-                    errs.push(format!("{path}.namespace"), format!("Invalid value: {ns:?}: must be a namespace name"));
+                    errs.push(
+                        format!("{path}.namespace"),
+                        format!("Invalid value: {ns:?}: must be a namespace name"),
+                    );
                 } else {
                     allowed_clients.push(ValidAllowedClient::Service { namespace: ns, name: name.clone() });
                 }

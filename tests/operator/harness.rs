@@ -151,10 +151,15 @@ impl Harness {
         self.metrics = Metrics::new().expect("metrics");
         // A restarted operator reads its CA afresh, as a new process would.
         self.trust = Trust::new(self.trust.settings.clone());
-        self.registry = self.extra_kinds.iter().fold(Registry::with_trust(Arc::clone(&self.trust)), |r, k| {
-            r.with(Arc::clone(k))
-        });
-        let opts = ControllerOptions { registry: self.registry.clone(), trust: Some(Arc::clone(&self.trust)), ..opts };
+        self.registry = self
+            .extra_kinds
+            .iter()
+            .fold(Registry::with_trust(Arc::clone(&self.trust)), |r, k| r.with(Arc::clone(k)));
+        let opts = ControllerOptions {
+            registry: self.registry.clone(),
+            trust: Some(Arc::clone(&self.trust)),
+            ..opts
+        };
         let task = tokio::spawn(run_controller(
             client,
             opts,

@@ -8,5 +8,7 @@ mod cli;
 mod crd_validation;
 mod envoy;
 mod harness;
+mod mtls;
 mod rbac;
 mod scenarios;
+mod workload;

@@ -7,12 +7,12 @@
 use std::collections::BTreeSet;
 
 use grpc_operator::api::GrpcService;
+use grpc_operator::pki::trust::{ROTATE_ANNOTATION, STAGE_ANNOTATION};
 use grpc_operator_testkit::audit::{self, Permission};
 use grpc_operator_testkit::{Fault, FaultKind, OPERATOR_ACCOUNT, Verb};
-use grpc_operator::pki::trust::{ROTATE_ANNOTATION, STAGE_ANNOTATION};
 use k8s_openapi::api::apps::v1::Deployment;
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
+use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
