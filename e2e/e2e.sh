@@ -73,6 +73,9 @@ k delete namespace "$ns" --ignore-not-found --wait=true --timeout="${timeout}s" 
 k create namespace "$ns"
 k -n "$ns" create serviceaccount "$account"
 k -n "$ns" create rolebinding "$account" --clusterrole="$account" --serviceaccount="$ns:$account"
+# The operator's CA lives in the same namespace here (config/ca-rbac's Role).
+sed -e "s/^  namespace: system$/  namespace: $ns/" "$root/config/ca-rbac/role.yaml" | k apply -f -
+k -n "$ns" create rolebinding grpc-operator-ca --role=grpc-operator-ca --serviceaccount="$ns:$account"
 
 step "writing a kubeconfig with the ServiceAccount's token"
 server=$(k config view --raw --minify --flatten -o jsonpath='{.clusters[0].cluster.server}')
@@ -92,7 +95,7 @@ fi
 
 step "starting the operator as $ns/$account"
 admin_port=$(python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])')
-KUBECONFIG="$operator_kubeconfig" "$bin" run --namespace "$ns" --admin-addr "127.0.0.1:$admin_port" \
+KUBECONFIG="$operator_kubeconfig" "$bin" run --namespace "$ns" --ca-secret-namespace "$ns" --admin-addr "127.0.0.1:$admin_port" \
   --log-format text >"$workdir/operator.log" 2>&1 &
 operator_pid=$!
 for _ in $(seq 1 "$timeout"); do
@@ -120,8 +123,15 @@ generation=$(k -n "$ns" get grpcservice "$name" -o jsonpath='{.metadata.generati
 step "checking the children and the pods"
 owner=$(k -n "$ns" get deployment "$name" -o jsonpath='{.metadata.ownerReferences[0].kind}')
 [ "$owner" = "GrpcService" ] || fail "Deployment not owned by the GrpcService (owner: '$owner')"
+# Mutual TLS by default: a certificate Secret from the operator's CA, the
+# service's own ServiceAccount, and a gRPC port that no longer claims h2c.
 app_protocol=$(k -n "$ns" get service "$name" -o jsonpath='{.spec.ports[?(@.name=="grpc")].appProtocol}')
-[ "$app_protocol" = "kubernetes.io/h2c" ] || fail "grpc port appProtocol is '$app_protocol'"
+[ -z "$app_protocol" ] || fail "grpc port appProtocol is '$app_protocol' with TLS on"
+secret_type=$(k -n "$ns" get secret "$name-tls" -o jsonpath='{.type}')
+[ "$secret_type" = "kubernetes.io/tls" ] || fail "certificate Secret $name-tls has type '$secret_type'"
+k -n "$ns" get serviceaccount "$name" >/dev/null || fail "no ServiceAccount $name"
+cert_ready=$(k -n "$ns" get grpcservice "$name" -o jsonpath='{.status.conditions[?(@.type=="CertificateReady")].status}')
+[ "$cert_ready" = "True" ] || fail "CertificateReady is '$cert_ready'"
 replicas=$(k -n "$ns" get grpcservice "$name" -o jsonpath='{.spec.replicas}')
 k -n "$ns" wait --for=condition=Ready --timeout="${timeout}s" pod -l "grpcoperator.io/service=$name"
 ready_pods=$(k -n "$ns" get pods -l "grpcoperator.io/service=$name" \
@@ -135,6 +145,8 @@ k -n "$ns" wait --for=delete --timeout="${timeout}s" "deployment/$name" 2>/dev/n
 k -n "$ns" wait --for=delete --timeout="${timeout}s" "service/$name" 2>/dev/null || true
 if k -n "$ns" get deployment "$name" >/dev/null 2>&1; then fail "Deployment left behind"; fi
 if k -n "$ns" get service "$name" >/dev/null 2>&1; then fail "Service left behind"; fi
+k -n "$ns" wait --for=delete --timeout="${timeout}s" "secret/$name-tls" 2>/dev/null || true
+if k -n "$ns" get secret "$name-tls" >/dev/null 2>&1; then fail "certificate Secret left behind"; fi
 
 step "checking operator metrics"
 metrics=$(curl -fsS "http://127.0.0.1:$admin_port/metrics")

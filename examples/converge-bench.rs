@@ -72,6 +72,10 @@ fn parse_args() -> anyhow::Result<Args> {
     Ok(Args { objects, idle_seconds, deletions, replicas, operator, extra })
 }
 
+fn n_objects(args: &Args) -> f64 {
+    args.objects as f64
+}
+
 fn rss_kib(pid: u32, field: &str) -> u64 {
     std::fs::read_to_string(format!("/proc/{pid}/status"))
         .ok()
@@ -156,22 +160,27 @@ async fn main() -> anyhow::Result<()> {
         let l = std::net::TcpListener::bind("127.0.0.1:0")?;
         l.local_addr()?.port()
     };
-    let child = Command::new(&args.operator)
-        .args([
-            "run",
-            "--namespace",
-            &ns.name,
-            "--admin-addr",
-            &format!("127.0.0.1:{admin_port}"),
-            "--log-format",
-            "text",
-        ])
-        .args(&args.extra)
-        .env("KUBECONFIG", &kubeconfig)
-        .env("RUST_LOG", "warn")
-        .stdout(Stdio::null())
-        .stderr(Stdio::inherit())
-        .spawn()?;
+    let start_operator = |admin_port: u16| -> std::io::Result<Child> {
+        Command::new(&args.operator)
+            .args([
+                "run",
+                "--namespace",
+                &ns.name,
+                "--ca-secret-namespace",
+                &ns.name,
+                "--admin-addr",
+                &format!("127.0.0.1:{admin_port}"),
+                "--log-format",
+                "text",
+            ])
+            .args(&args.extra)
+            .env("KUBECONFIG", &kubeconfig)
+            .env("RUST_LOG", "warn")
+            .stdout(Stdio::null())
+            .stderr(Stdio::inherit())
+            .spawn()
+    };
+    let child = start_operator(admin_port)?;
     let pid = child.id();
     let operator = Operator(child);
     let start_wait = Instant::now();
@@ -181,6 +190,7 @@ async fn main() -> anyhow::Result<()> {
     }
     tokio::time::sleep(Duration::from_secs(1)).await;
     let baseline_rss = rss_kib(pid, "VmRSS:");
+    let operator_cpu_start = cpu_seconds(pid);
     proxy.clear_requests();
     let apiserver_cpu_start = cpu_seconds(apiserver_pid);
 
@@ -254,6 +264,8 @@ async fn main() -> anyhow::Result<()> {
     let converge_records = proxy.requests();
     let reconciles = scrape(admin_port, "grpc_operator_reconcile_total").await;
     let converged_rss = rss_kib(pid, "VmRSS:");
+    let operator_cpu_converge = cpu_seconds(pid) - operator_cpu_start;
+    let issued = scrape(admin_port, "grpc_operator_certificates_issued_total").await;
 
     proxy.clear_requests();
     let apiserver_cpu_idle_start = cpu_seconds(apiserver_pid);
@@ -296,6 +308,34 @@ async fn main() -> anyhow::Result<()> {
     }
     recreate_ms.sort_by(f64::total_cmp);
 
+    // A second full reconcile pass: a restarted operator reconciles every
+    // object once, with every certificate current. It must write nothing.
+    drop(operator.lock().map(|mut o| o.take()));
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    proxy.clear_requests();
+    let second_port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0")?;
+        l.local_addr()?.port()
+    };
+    let second = Operator(start_operator(second_port)?);
+    let second_start = Instant::now();
+    let second_pass = loop {
+        let done = scrape(second_port, "grpc_operator_reconcile_total").await;
+        if done >= n_objects(&args) {
+            break second_start.elapsed();
+        }
+        anyhow::ensure!(
+            second_start.elapsed() < Duration::from_secs(300),
+            "second pass: {done} reconciles in 300 s"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    };
+    tokio::time::sleep(Duration::from_secs(2)).await;
+    let second_records = proxy.requests();
+    let second_writes = second_records.iter().filter(|r| r.verb.is_write()).count();
+    let second_reads = second_records.iter().filter(|r| r.verb == grpc_operator_testkit::Verb::Get).count();
+    drop(second);
+
     let ops = &converge_records;
     let n = args.objects as f64;
     let mut by_verb: BTreeMap<String, usize> = BTreeMap::new();
@@ -323,6 +363,12 @@ async fn main() -> anyhow::Result<()> {
     println!("| of which Events | {:.2} |", event_writes as f64 / n);
     println!("| operator requests answered >= 400 (not 404) | {failed} |");
     println!("| writes during {} s idle | {idle_writes} |", args.idle_seconds);
+    println!(
+        "| second full reconcile pass (operator restarted): writes / GETs / time | {second_writes} / {second_reads} / {:.1} s |",
+        second_pass.as_secs_f64()
+    );
+    println!("| certificates issued | {issued} |");
+    println!("| operator CPU while converging (issuing included) | {operator_cpu_converge:.1} s |");
     println!("| kube-apiserver CPU while converging | {apiserver_cpu_converge:.1} s |");
     println!("| kube-apiserver CPU during {} s idle | {apiserver_cpu_idle:.1} s |", args.idle_seconds);
     println!("| operator RSS before objects | {:.1} MiB |", baseline_rss as f64 / 1024.0);
@@ -347,7 +393,6 @@ async fn main() -> anyhow::Result<()> {
     for (k, v) in &by_verb {
         println!("| {k} | {v} | {:.2} |", *v as f64 / n);
     }
-    drop(operator.lock().map(|mut o| o.take()));
     drop(ns);
     Ok(())
 }

@@ -6,6 +6,7 @@
 #     kubernetes-<v>/{kube-apiserver,kube-controller-manager,kube-scheduler}
 #     etcd-<v>/etcd
 #     kwok-<v>/{kwok,kwokctl}
+#     cert-manager-<v>/crds/*.yaml (CustomResourceDefinitions only)
 #
 # A component is built only when its binaries are missing, so a fresh clone on
 # a machine that built them once starts in seconds. Prints the bin directory of
@@ -194,3 +195,19 @@ rename=server:etcd build etcd "$ETCD_VERSION" "$infra/etcd" etcd -- \
 build kwok "$KWOK_VERSION" "$infra/kwok" kwok kwokctl -- \
   -ldflags "-s -w -X sigs.k8s.io/kwok/pkg/consts.Version=$KWOK_VERSION" \
   sigs.k8s.io/kwok/cmd/kwok sigs.k8s.io/kwok/cmd/kwokctl
+
+# cert-manager's CRDs, copied out of its root module in the module cache (the
+# repository never holds a copy).
+cm_out="$cache/cert-manager-$CERT_MANAGER_VERSION/crds"
+if [ ! -f "$cm_out/cert-manager.io_certificates.yaml" ]; then
+  need_go
+  mkdir -p "$cache"
+  cm_dir=$(cd "$cache" && go mod download -json "github.com/cert-manager/cert-manager@$CERT_MANAGER_VERSION" \
+    | sed -n 's/^[[:space:]]*"Dir": "\(.*\)",$/\1/p')
+  [ -d "$cm_dir/deploy/crds" ] || { log "error: no deploy/crds in cert-manager $CERT_MANAGER_VERSION ($cm_dir)"; exit 1; }
+  rm -rf "$cm_out.tmp" && mkdir -p "$cm_out.tmp"
+  cp "$cm_dir"/deploy/crds/*.yaml "$cm_out.tmp/"
+  rm -rf "$cm_out" && mv "$cm_out.tmp" "$cm_out"
+  log "copied cert-manager $CERT_MANAGER_VERSION CRDs"
+fi
+echo "cert-manager-crds=$cm_out"

@@ -12,6 +12,7 @@
 //! template contributions of every wanted kind ([`Workload`]) and the live
 //! children it needs ([`ObservedChildren`]); `render` calls it offline.
 
+pub mod certificate;
 pub mod deployment;
 pub mod drift;
 pub mod horizontal_pod_autoscaler;
@@ -347,7 +348,8 @@ impl Registry {
         Self {
             kinds: vec![
                 Arc::new(service_account::ServiceAccountKind),
-                Arc::new(tls_secret::TlsSecretKind::new(trust)),
+                Arc::new(tls_secret::TlsSecretKind::new(Arc::clone(&trust))),
+                Arc::new(certificate::CertificateKind::new(trust)),
                 Arc::new(deployment::DeploymentKind),
                 Arc::new(service::ServiceKind),
                 Arc::new(horizontal_pod_autoscaler::HorizontalPodAutoscalerKind),

@@ -417,6 +417,10 @@ pub fn render_observed(svc: &ValidatedService, all: &[Arc<crate::api::GrpcServic
     let peers = (svc.tls.mode == TlsMode::Mutual)
         .then(|| resolve_peers(svc, &trust, &lookup, &all_in, &BTreeMap::new()));
     let mut observed = ObservedChildren::default();
+    observed.prepared.insert(
+        "Certificate",
+        Arc::new(super::certificate::CertificatePrepared { peers: peers.clone() }) as Prepared,
+    );
     observed.prepared.insert("Secret", Arc::new(TlsPrepared { plan: Plan::Redacted, peers }) as Prepared);
     observed
 }

@@ -79,6 +79,8 @@ pub struct ClusterInfo {
     pub kubeconfig: PathBuf,
     /// kube-apiserver's audit log (JSON lines).
     pub audit_log: PathBuf,
+    /// cert-manager's CustomResourceDefinitions (a directory of YAML files).
+    pub cert_manager_crds: PathBuf,
 }
 
 impl ClusterInfo {
@@ -121,6 +123,7 @@ impl Cluster {
             audit_log: workdir.join("clusters").join(&name).join("logs").join("audit.log"),
             name,
             workdir,
+            cert_manager_crds: components.cert_manager_crds.clone(),
         };
         let watchdog = arm_watchdog(&components.kwokctl, &info)?;
         let mut cluster = Self { info, kwokctl: components.kwokctl.clone(), watchdog: Some(watchdog) };

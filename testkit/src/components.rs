@@ -26,6 +26,8 @@ pub struct Components {
     pub etcd: PathBuf,
     pub kwok: PathBuf,
     pub kwokctl: PathBuf,
+    /// cert-manager's CRDs (a directory of YAML files).
+    pub cert_manager_crds: PathBuf,
 }
 
 impl Components {
@@ -62,6 +64,7 @@ impl Components {
             etcd: etcd.join("etcd"),
             kwok: kwok.join("kwok"),
             kwokctl: kwok.join("kwokctl"),
+            cert_manager_crds: dir("cert-manager-crds")?,
         };
         for p in
             [&c.kube_apiserver, &c.kube_controller_manager, &c.kube_scheduler, &c.etcd, &c.kwok, &c.kwokctl]

@@ -77,6 +77,14 @@ impl TestCluster {
             &["wait", "--for=condition=Established", "--timeout=60s", "crd/grpcservices.grpcoperator.io"],
             None,
         )?;
+        // cert-manager's CRDs (its controller cannot be built from published
+        // modules): the operator's Certificates meet the real schema.
+        let cm = cluster.info.cert_manager_crds.display().to_string();
+        cluster.kubectl(&["apply", "--server-side", "-f", &cm], None)?;
+        cluster.kubectl(
+            &["wait", "--for=condition=Established", "--timeout=60s", "crd/certificates.cert-manager.io"],
+            None,
+        )?;
         let role = root.join("config/rbac/role.yaml");
         cluster.kubectl(&["apply", "--server-side", "-f", &role.display().to_string()], None)?;
         Ok(Self { cluster, crds: RwLock::new(()) })

@@ -126,6 +126,72 @@ fn cases() -> Vec<(&'static str, Value, &'static str, &'static str)> {
             "64",
         ),
         (
+            "certificate shorter than an hour",
+            manifest("a", with("tls", json!({"duration": "30m"}))),
+            "spec.tls.duration",
+            "between 1h and 8760h",
+        ),
+        (
+            "certificate longer than a year",
+            manifest("a", with("tls", json!({"duration": "9000h"}))),
+            "spec.tls.duration",
+            "between 1h and 8760h",
+        ),
+        (
+            "renewBefore not less than duration",
+            manifest("a", with("tls", json!({"duration": "24h", "renewBefore": "24h"}))),
+            "spec.tls.renewBefore",
+            "less than duration",
+        ),
+        (
+            "renewBefore beyond the default duration",
+            manifest("a", with("tls", json!({"renewBefore": "800h"}))),
+            "spec.tls.renewBefore",
+            "less than duration",
+        ),
+        (
+            "a duration that is not hours and minutes",
+            manifest("a", with("tls", json!({"duration": "1d"}))),
+            "spec.tls.duration",
+            "should match",
+        ),
+        (
+            "allowedClients without mutual TLS",
+            manifest(
+                "a",
+                with(
+                    "tls",
+                    json!({"mode": "server", "allowedClients": [{"spiffeId": "spiffe://cluster.local/ns/a/sa/b"}]}),
+                ),
+            ),
+            "spec.tls.allowedClients",
+            "needs mode mutual",
+        ),
+        (
+            "an allowed client that is both an ID and a name",
+            manifest(
+                "a",
+                with(
+                    "tls",
+                    json!({"allowedClients": [{"spiffeId": "spiffe://cluster.local/ns/a/sa/b", "name": "b"}]}),
+                ),
+            ),
+            "spec.tls.allowedClients[0]",
+            "exactly one of spiffeId and name",
+        ),
+        (
+            "issuerRef with TLS disabled",
+            manifest("a", with("tls", json!({"mode": "disabled", "issuerRef": {"name": "ca"}}))),
+            "spec.tls.issuerRef",
+            "may not be disabled",
+        ),
+        (
+            "an unknown TLS mode",
+            manifest("a", with("tls", json!({"mode": "sometimes"}))),
+            "spec.tls.mode",
+            "Unsupported value",
+        ),
+        (
             "service account not a DNS name",
             manifest("a", with("serviceAccountName", json!("Bad_SA"))),
             "spec.serviceAccountName",

@@ -28,6 +28,14 @@ use tokio::task::JoinHandle;
 /// How long a test waits for the cluster to reach a state.
 const PATIENCE: Duration = Duration::from_secs(60);
 
+/// The test's hold on the cluster's CRDs: shared by most tests, exclusive for
+/// a test that removes one.
+#[allow(dead_code)]
+enum CrdLock {
+    Shared(tokio::sync::RwLockReadGuard<'static, ()>),
+    Exclusive(tokio::sync::RwLockWriteGuard<'static, ()>),
+}
+
 pub struct Harness {
     pub cluster: &'static TestCluster,
     /// Cluster-admin client for the test's own reads and writes.
@@ -49,12 +57,22 @@ pub struct Harness {
     pub health: Health,
     /// The running operator's metrics.
     pub metrics: Metrics,
-    _crds: tokio::sync::RwLockReadGuard<'static, ()>,
+    _crds: CrdLock,
 }
 
 impl Harness {
     /// A fresh namespace with the operator's identity, no controller yet.
     pub async fn without_controller() -> Self {
+        Self::new(false).await
+    }
+
+    /// Like [`Harness::without_controller`], alone on the cluster: no other
+    /// test runs while this one may remove a CRD.
+    pub async fn exclusive() -> Self {
+        Self::new(true).await
+    }
+
+    async fn new(exclusive: bool) -> Self {
         // `TEST_LOG=grpc_operator=debug,kube=debug cargo test ...` shows the operator's logs.
         if let Ok(filter) = std::env::var("TEST_LOG") {
             let _ = tracing_subscriber::fmt().with_env_filter(filter).with_test_writer().try_init();
@@ -62,7 +80,11 @@ impl Harness {
         // The first call starts the cluster: seconds of blocking work.
         let cluster =
             tokio::task::spawn_blocking(TestCluster::get).await.expect("join").expect("test cluster");
-        let crds = cluster.crds_shared().await;
+        let crds = if exclusive {
+            CrdLock::Exclusive(cluster.crds_exclusive().await)
+        } else {
+            CrdLock::Shared(cluster.crds_shared().await)
+        };
         let client = cluster.client().await.expect("admin client");
         let ns = cluster.namespace(&client, "op").await.expect("namespace");
         let operator_token = cluster.operator_token(&client, &ns.name).await.expect("operator token");

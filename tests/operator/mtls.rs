@@ -435,15 +435,20 @@ async fn damaged_leaf_secrets_are_repaired_and_spec_changes_re_issue() {
         .await;
         issued(&h, "a").await;
     }
-    let events = h.events().await;
-    let repaired = events
-        .iter()
-        .filter(|e| {
-            e["reason"] == "CertificateIssued"
-                && e["note"].as_str().is_some_and(|n| n.contains("re-issued: the Secret"))
-        })
-        .count();
-    assert!(repaired >= 3, "a Warning per repair: {events:?}");
+    // One Warning Event per repair (published after the write).
+    eventually("three repair Events", || async {
+        let events = h.events().await;
+        let repaired = events
+            .iter()
+            .filter(|e| {
+                e["reason"] == "CertificateIssued"
+                    && e["type"] == "Warning"
+                    && e["note"].as_str().is_some_and(|n| n.contains("re-issued: the Secret"))
+            })
+            .count();
+        (repaired >= 3).then_some(())
+    })
+    .await;
 
     // New names re-issue; with Never, the key is kept.
     let key_before = summary(&current).key;
@@ -565,7 +570,7 @@ async fn renewals_under_load_cost_no_failed_call_and_use_a_new_key_each_time() {
     let metrics = a.metrics().await;
     let reloads: f64 = metrics
         .lines()
-        .filter(|l| l.starts_with("grpc_runtime_tls_reloads_total") && l.contains("result=\"ok\""))
+        .filter(|l| l.starts_with("grpc_runtime_tls_reloads_total") && l.contains("result=\"success\""))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum();
     assert!(reloads >= renewals as f64, "the runtime reloaded each renewal: {reloads} reloads\n{metrics}");
@@ -690,5 +695,178 @@ async fn a_ca_rotation_under_load_costs_no_failed_call_and_retires_the_old_root(
     }
     assert_eq!(h.metrics.ca_rotation_stage.get(), 0);
     drop((a, b));
+    h.shutdown().await;
+}
+
+fn certificate_api(h: &Harness) -> kube::Api<kube::api::DynamicObject> {
+    let ar = kube::discovery::ApiResource {
+        group: "cert-manager.io".into(),
+        version: "v1".into(),
+        api_version: "cert-manager.io/v1".into(),
+        kind: "Certificate".into(),
+        plural: "certificates".into(),
+    };
+    kube::Api::namespaced_with(h.client.clone(), h.ns(), &ar)
+}
+
+#[tokio::test]
+async fn with_an_issuer_ref_cert_manager_issues_and_the_operator_mounts_its_secret() {
+    let h = Harness::start().await;
+    let ns = h.ns().to_owned();
+    create(
+        &h,
+        &with_tls(
+            "a",
+            json!({"issuerRef": {"name": "company-ca", "kind": "ClusterIssuer"}, "duration": "2160h"}),
+        ),
+    )
+    .await;
+    // The real API server accepted the Certificate against cert-manager's CRDs.
+    let certificates = certificate_api(&h);
+    let cert =
+        eventually("the Certificate", || async { certificates.get_opt("a").await.ok().flatten() }).await;
+    let spec = &cert.data["spec"];
+    assert_eq!(spec["secretName"], "a-tls");
+    assert_eq!(
+        spec["dnsNames"],
+        json!(["a", format!("a.{ns}"), format!("a.{ns}.svc"), format!("a.{ns}.svc.cluster.local")])
+    );
+    assert_eq!(spec["uris"], json!([format!("spiffe://cluster.local/ns/{ns}/sa/a")]));
+    assert_eq!(
+        spec["issuerRef"],
+        json!({"name": "company-ca", "kind": "ClusterIssuer", "group": "cert-manager.io"})
+    );
+    assert_eq!(spec["duration"], "2160h0m");
+    assert_eq!(spec["privateKey"]["algorithm"], "ECDSA");
+    h.wait_condition("a", "CertificateReady", "False", "CertificatePending").await;
+    let dep = h.deployment("a").await.expect("Deployment");
+    let volumes = dep["spec"]["template"]["spec"]["volumes"].as_array().cloned().unwrap_or_default();
+    assert!(volumes.iter().any(|v| v["secret"]["secretName"] == "a-tls"), "{volumes:?}");
+    assert!(
+        h.api::<Secret>().get_opt("a-tls").await.expect("get").is_none(),
+        "cert-manager writes the Secret, not the operator"
+    );
+
+    // Play cert-manager: a CA of the company, the Secret, the Ready condition.
+    let company = authority::generate_root("cluster.local", 86_400, now()).expect("company CA");
+    let names = vec![format!("a.{ns}.svc")];
+    let spiffe = format!("spiffe://cluster.local/ns/{ns}/sa/a");
+    let issued_leaf = leaf::issue(
+        &company,
+        &leaf::LeafRequest {
+            dns_names: &names,
+            spiffe_id: &spiffe,
+            duration_seconds: 2160 * 3600,
+            renew_before_seconds: 720 * 3600,
+            key_pem: None,
+        },
+        now(),
+        0.0,
+    )
+    .expect("leaf");
+    let secret: Secret = serde_json::from_value(json!({
+        "metadata": {"name": "a-tls", "annotations": {"cert-manager.io/certificate-name": "a"}},
+        "type": "kubernetes.io/tls",
+        "data": {
+            "tls.crt": ByteString(issued_leaf.cert_pem.clone().into_bytes()),
+            "tls.key": ByteString(issued_leaf.key_pem.clone().into_bytes()),
+            "ca.crt": ByteString(company.cert.pem().into_bytes()),
+        }
+    }))
+    .expect("Secret");
+    h.api::<Secret>().create(&PostParams::default(), &secret).await.expect("cert-manager's Secret");
+    let not_after = grpc_operator::pki::rfc3339(issued_leaf.info.not_after);
+    let status = json!({"status": {
+        "conditions": [{"type": "Ready", "status": "True", "reason": "Ready", "message": "Certificate is up to date and has not expired"}],
+        "notBefore": grpc_operator::pki::rfc3339(issued_leaf.info.not_before),
+        "notAfter": not_after,
+        "renewalTime": grpc_operator::pki::rfc3339(issued_leaf.info.renewal),
+    }});
+    certificates
+        .patch_status("a", &PatchParams::default(), &Patch::Merge(&status))
+        .await
+        .expect("cert-manager's status");
+    let ready = h.wait_condition("a", "CertificateReady", "True", "Issued").await;
+    assert_eq!(ready["status"]["certificate"]["notAfter"], not_after);
+
+    // The workload, wired as the operator applied it, serves that Secret.
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let _volume = SecretVolume::create(&tmp.path().join("a"), &secret_data(&h, "a-tls").await);
+    let a = Workload::start(&h, "a", &tmp.path().join("a")).await;
+    let client_names = vec!["client".to_owned()];
+    let client = leaf::issue(
+        &company,
+        &leaf::LeafRequest {
+            dns_names: &client_names,
+            spiffe_id: &format!("spiffe://cluster.local/ns/{ns}/sa/web"),
+            duration_seconds: 3600,
+            renew_before_seconds: 60,
+            key_pem: None,
+        },
+        now(),
+        0.0,
+    )
+    .expect("client leaf");
+    let creds = Creds::write(
+        tmp.path(),
+        "web",
+        company.cert.pem().as_bytes(),
+        Some((client.cert_pem.as_bytes(), client.key_pem.as_bytes())),
+    );
+    let ok = grpcio(a.grpc, &format!("a.{ns}.svc"), &creds, &[]).await;
+    assert_eq!(ok["ok"], true, "{ok}");
+    drop(a);
+
+    // Back to the operator's CA: cert-manager's Secret is not the operator's
+    // to take over; once the user deletes it, the Certificate is pruned and
+    // the operator issues its own.
+    patch_spec(&h, "a", json!({"tls": {"issuerRef": null}})).await;
+    let blocked = h.wait_condition("a", "Synced", "False", "NotOwned").await;
+    let message = condition(&blocked, "Synced").expect("Synced")["message"].as_str().expect("m").to_owned();
+    assert!(message.contains("Secret") && message.contains("a-tls"), "{message}");
+    h.api::<Secret>().delete("a-tls", &DeleteParams::default()).await.expect("the old Secret deleted");
+    h.wait_condition("a", "Synced", "True", "ReconcileSucceeded").await;
+    issued(&h, "a").await;
+    eventually("the Certificate is pruned", || async {
+        certificates.get_opt("a").await.ok()?.is_none().then_some(())
+    })
+    .await;
+    h.shutdown().await;
+}
+
+/// Puts cert-manager's CRDs back when dropped, even after a failed assertion.
+struct ReinstallCertManager(&'static grpc_operator_testkit::TestCluster);
+
+impl Drop for ReinstallCertManager {
+    fn drop(&mut self) {
+        let dir = self.0.info().cert_manager_crds.display().to_string();
+        let _ = self.0.kubectl(&["apply", "--server-side", "-f", &dir], None);
+        let _ = self.0.kubectl(
+            &["wait", "--for=condition=Established", "--timeout=60s", "crd/certificates.cert-manager.io"],
+            None,
+        );
+    }
+}
+
+#[tokio::test]
+async fn without_cert_managers_crds_certificate_ready_says_so_until_they_are_installed() {
+    let mut h = Harness::exclusive().await;
+    let reinstall = ReinstallCertManager(h.cluster);
+    h.cluster
+        .kubectl(&["delete", "crd", "certificates.cert-manager.io", "--wait=true"], None)
+        .expect("cert-manager's Certificate CRD removed");
+    h.start_controller().await;
+    create(&h, &with_tls("a", json!({"issuerRef": {"name": "company-ca"}}))).await;
+    let obj = h.wait_condition("a", "CertificateReady", "False", "CRDNotInstalled").await;
+    let message = condition(&obj, "CertificateReady").expect("c")["message"].as_str().expect("m").to_owned();
+    assert!(message.contains("cert-manager.io/v1"), "{message}");
+    // Installed later: the Certificate is created without a restart.
+    drop(reinstall);
+    let certificates = certificate_api(&h);
+    eventually("the Certificate once the CRD is back", || async {
+        certificates.get_opt("a").await.ok().flatten()
+    })
+    .await;
+    h.wait_condition("a", "CertificateReady", "False", "CertificatePending").await;
     h.shutdown().await;
 }

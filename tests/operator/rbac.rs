@@ -201,6 +201,46 @@ async fn run_lifecycle_and_compare(h: Harness, role_file: &str) {
     })
     .await;
 
+    // cert-manager issues instead (its CRDs are on the test cluster): a
+    // Certificate is created and the operator's Secret pruned; back, and the
+    // Certificate is pruned.
+    grpc.patch(
+        "user-service",
+        &PatchParams::default(),
+        &Patch::Merge(&spec(json!({"tls": {"issuerRef": {"name": "ca"}}}))),
+    )
+    .await
+    .expect("issuerRef on");
+    let certificates = {
+        let ar = kube::discovery::ApiResource {
+            group: "cert-manager.io".into(),
+            version: "v1".into(),
+            api_version: "cert-manager.io/v1".into(),
+            kind: "Certificate".into(),
+            plural: "certificates".into(),
+        };
+        kube::Api::<kube::api::DynamicObject>::namespaced_with(h.client.clone(), h.ns(), &ar)
+    };
+    eventually("a Certificate, and the Secret pruned", || async {
+        let cert = certificates.get_opt("user-service").await.ok()?;
+        let secret = h.api::<Secret>().get_opt("user-service-tls").await.ok()?;
+        (cert.is_some() && secret.is_none()).then_some(())
+    })
+    .await;
+    grpc.patch(
+        "user-service",
+        &PatchParams::default(),
+        &Patch::Merge(&spec(json!({"tls": {"issuerRef": null}}))),
+    )
+    .await
+    .expect("issuerRef off");
+    eventually("the Certificate pruned, the Secret back", || async {
+        let cert = certificates.get_opt("user-service").await.ok()?;
+        let secret = h.api::<Secret>().get_opt("user-service-tls").await.ok()?;
+        (cert.is_none() && secret.is_some()).then_some(())
+    })
+    .await;
+
     // TLS off and an account of the user's: the certificate Secret and the
     // ServiceAccount are pruned.
     grpc.patch(
