@@ -20,6 +20,8 @@ command -v prometheus >/dev/null && command -v promtool >/dev/null || need_apt+=
 command -v valgrind >/dev/null || need_apt+=(valgrind)
 command -v h2load >/dev/null || need_apt+=(nghttp2-client)
 command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
+# The certificate lint of the mTLS tests (openssl x509 -text, openssl verify).
+command -v openssl >/dev/null || need_apt+=(openssl)
 # The Python peers get a virtualenv; Debian's python3 needs python3-venv for it.
 venv="$tools/venv"
 if ! command -v python3 >/dev/null; then
@@ -50,7 +52,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     fi
   fi
 fi
-for tool in prometheus promtool valgrind h2load protoc; do
+for tool in prometheus promtool valgrind h2load protoc openssl; do
   command -v "$tool" >/dev/null || { echo "error: $tool is missing after apt-get install" >&2; exit 1; }
 done
 

@@ -34,6 +34,12 @@ enum Command {
         /// A manifest file, a directory of manifests, or `-` for standard input. Repeatable.
         #[arg(short = 'f', long = "filename", required = true)]
         files: Vec<String>,
+        /// The SPIFFE trust domain of the operator the output is for.
+        #[arg(long, default_value = "cluster.local")]
+        trust_domain: String,
+        /// The cluster DNS domain of the operator the output is for.
+        #[arg(long, default_value = "cluster.local")]
+        cluster_domain: String,
     },
     /// Run the controller against the cluster of the kubeconfig (or in-cluster config).
     Run(RunArgs),
@@ -118,9 +124,10 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(&e),
         },
-        Command::Render { files } => {
+        Command::Render { files, trust_domain, cluster_domain } => {
             let sources: Vec<Source> = files.iter().map(|f| Source::parse(f)).collect();
-            match render::render(&sources) {
+            let pki = PkiSettings { trust_domain, cluster_domain, ..PkiSettings::default() };
+            match render::render(&sources, &pki) {
                 Ok(yaml) => {
                     print!("{yaml}");
                     ExitCode::SUCCESS

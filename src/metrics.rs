@@ -1,6 +1,8 @@
 //! Operator metrics, served on the admin port. Every label has a bounded set
-//! of values (outcomes, steps, error classes, kinds): never object names and
-//! never error text.
+//! of values (outcomes, steps, error classes, kinds), never error text. The
+//! one per-object series is the certificate expiry gauge, labelled with the
+//! GrpcService's namespace and name (bounded by the objects, like
+//! kube-state-metrics), removed when the object or its TLS goes away.
 
 use std::sync::{Arc, Mutex};
 

@@ -13,6 +13,7 @@ use serde_json::Value;
 
 use crate::api::GrpcService;
 use crate::children::{self, Registry};
+use crate::pki::trust::{PkiSettings, Trust};
 use crate::reconcile::validate::{self, Origin};
 
 /// Where manifests are read from.
@@ -87,7 +88,7 @@ pub enum RenderError {
 /// Renders every GrpcService in `sources` into a multi-document YAML stream
 /// of its children. Either every manifest is valid and the whole stream is
 /// returned, or nothing is and every problem is reported.
-pub fn render(sources: &[Source]) -> Result<String, RenderError> {
+pub fn render(sources: &[Source], pki: &PkiSettings) -> Result<String, RenderError> {
     let mut inputs = Vec::new();
     for source in sources {
         match source {
@@ -107,11 +108,19 @@ pub fn render(sources: &[Source]) -> Result<String, RenderError> {
             }
         }
     }
-    render_texts(&inputs)
+    render_texts_with(&inputs, pki)
 }
 
 /// Renders `(file name, content)` pairs; see [`render`].
 pub fn render_texts(inputs: &[(String, String)]) -> Result<String, RenderError> {
+    render_texts_with(inputs, &PkiSettings::default())
+}
+
+/// [`render_texts`] for an operator run with `pki`'s trust and cluster
+/// domains (`--trust-domain`, `--cluster-domain`).
+pub fn render_texts_with(inputs: &[(String, String)], pki: &PkiSettings) -> Result<String, RenderError> {
+    let trust = Trust::offline(pki.clone());
+    let registry = Registry::with_trust(std::sync::Arc::clone(&trust));
     let mut problems = Vec::new();
     let mut objects = Vec::new();
     let mut parsed = Vec::new();
@@ -147,7 +156,7 @@ pub fn render_texts(inputs: &[(String, String)]) -> Result<String, RenderError> 
         .collect();
     for (file, docs) in parsed {
         for (i, doc) in docs.into_iter().enumerate() {
-            match render_document(doc, &all) {
+            match render_document(doc, &all, &registry, &trust) {
                 Ok(children) => objects.extend(children),
                 Err(mut ps) => {
                     for p in &mut ps {
@@ -182,6 +191,8 @@ fn is_grpc_service(doc: &Value) -> bool {
 fn render_document(
     doc: Value,
     all: &[std::sync::Arc<GrpcService>],
+    registry: &Registry,
+    trust: &Trust,
 ) -> Result<Vec<Value>, Vec<RenderProblem>> {
     if doc.is_null() || !is_grpc_service(&doc) {
         return Ok(Vec::new());
@@ -202,9 +213,8 @@ fn render_document(
         Ok(valid) if problems.is_empty() => {
             // Every kind the operator manages, optional ones included: render
             // cannot know which CRDs the cluster serves.
-            let registry = Registry::standard();
-            let observed = crate::children::tls_secret::render_observed(&valid, all);
-            return children::desired(&registry, &valid, &observed)
+            let observed = crate::children::tls_secret::render_observed(&valid, all, trust);
+            return children::desired(registry, &valid, &observed)
                 .map(|d| d.children.into_iter().filter_map(|c| c.object).collect())
                 .map_err(|e| vec![problem(None, format!("failed to build the children: {e}"))]);
         }
@@ -274,14 +284,14 @@ mod tests {
 
     #[test]
     fn sample_renders_to_a_deployment_a_service_and_a_disruption_budget() {
-        let out = render(&[Source::Path(sample_file().into())]).expect("renders");
+        let out = render(&[Source::Path(sample_file().into())], &PkiSettings::default()).expect("renders");
         insta::assert_snapshot!(out);
     }
 
     #[test]
     fn rendering_is_deterministic() {
-        let a = render(&[Source::Path(sample_file().into())]).expect("renders");
-        let b = render(&[Source::Path(sample_file().into())]).expect("renders");
+        let a = render(&[Source::Path(sample_file().into())], &PkiSettings::default()).expect("renders");
+        let b = render(&[Source::Path(sample_file().into())], &PkiSettings::default()).expect("renders");
         assert_eq!(a, b);
     }
 

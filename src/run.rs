@@ -228,6 +228,9 @@ pub async fn run_controller(
     } else {
         opts.namespaces.iter().cloned().map(Some).collect()
     };
+    if let Some(trust) = &opts.trust {
+        trust.expect_sources(scopes.len());
+    }
     let required = opts.registry.kinds().iter().filter(|k| !k.optional()).count() + 1;
     let sync = CacheSync::new(health.clone(), scopes.len() * required);
     future::join_all(scopes.into_iter().map(|scope| {
@@ -358,10 +361,7 @@ async fn run_scope(
         if let Some(index) = ctx.kinds.iter().position(|k| k.kind.kind() == "Secret") {
             let weak = Arc::downgrade(&ctx);
             trust.add_leaf_source(Box::new(move || {
-                weak.upgrade()
-                    .and_then(|ctx| ctx.kinds[index].store())
-                    .map(|store| store.state())
-                    .unwrap_or_default()
+                weak.upgrade().and_then(|ctx| ctx.kinds[index].store()).map(|store| store.state())
             }));
         }
     }

@@ -185,6 +185,31 @@ impl ChildKind for CertificateKind {
         })
     }
 
+    /// The expiry gauge, from the Certificate's status (cert-manager's own
+    /// `certmanager_certificate_expiration_timestamp_seconds` says the same
+    /// where cert-manager is scraped).
+    fn record(
+        &self,
+        metrics: &crate::metrics::Metrics,
+        svc: &ValidatedService,
+        _observed: &ObservedChildren,
+        live: Option<&DynamicObject>,
+        _written: bool,
+    ) -> Vec<super::KindEvent> {
+        let not_after = live
+            .map(super::kept)
+            .and_then(|k| k.pointer("/status/notAfter").and_then(Value::as_str).map(str::to_owned))
+            .and_then(|t| t.parse::<jiff::Timestamp>().ok());
+        if let Some(t) = not_after {
+            metrics.certificate_expiration.with_label_values(&[&svc.namespace, &svc.name]).set(t.as_second());
+        }
+        Vec::new()
+    }
+
+    fn forget(&self, metrics: &crate::metrics::Metrics, namespace: &str, name: &str) {
+        let _ = metrics.certificate_expiration.remove_label_values(&[namespace, name]);
+    }
+
     fn status_field(
         &self,
         _svc: &ValidatedService,

@@ -523,7 +523,8 @@ pub(crate) mod tests {
     pub(crate) fn build(obj: &crate::api::GrpcService, kind: &str) -> Option<Value> {
         let registry = Registry::standard();
         let v = valid(obj);
-        let d = desired(&registry, &v, &tls_secret::render_observed(&v, &[])).expect("builds");
+        let trust = crate::pki::trust::Trust::offline(crate::pki::trust::PkiSettings::default());
+        let d = desired(&registry, &v, &tls_secret::render_observed(&v, &[], &trust)).expect("builds");
         d.children.into_iter().find(|c| registry.kinds()[c.kind].kind() == kind).and_then(|c| c.object)
     }
 

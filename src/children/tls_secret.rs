@@ -213,10 +213,7 @@ pub fn decide(
     if s.issuer_key_id != ca.signer.cert.key_id {
         return Decision::Write(Why::CaRotated);
     }
-    // The spec's renewBefore may have grown since issuance: never later
-    // than that allows.
-    let latest = s.not_after - svc.tls.renew_before_seconds;
-    if now >= live.renewal.map_or(latest, |r| r.min(latest)) {
+    if now >= renewal_due(svc, ca, s, live.renewal) {
         return Decision::Write(Why::Renewed);
     }
     if s.bundle != ca.bundle_digest {
@@ -226,6 +223,25 @@ pub fn decide(
         return Decision::Write(Why::Refreshed);
     }
     Decision::Keep
+}
+
+/// When a live leaf is due for renewal: its renewal annotation, but never
+/// later than the spec's `renewBefore` allows now (it may have grown since
+/// issuance). A leaf the CA's expiry cut short keeps its annotation (two
+/// thirds of its life): renewing it by `renewBefore` would re-issue on every
+/// reconcile, since the next leaf is cut at the same point. Without an
+/// annotation, the time is computed the same way, without jitter.
+pub fn renewal_due(svc: &ValidatedService, ca: &Authority, s: &LeafSummary, annotation: Option<i64>) -> i64 {
+    let issued = s.not_before + crate::pki::authority::BACKDATE_SECONDS;
+    // Issued with NotAfter = the CA's: it was cut short.
+    let cut_short = s.not_after >= ca.signer.cert.not_after;
+    let by_spec = if cut_short {
+        issued + (s.not_after - issued) * 2 / 3
+    } else {
+        s.not_after - svc.tls.renew_before_seconds
+    };
+    // Never more often than once a minute, whatever the annotation says.
+    annotation.map_or(by_spec, |r| r.min(by_spec)).max(issued + 60)
 }
 
 /// What the Secret's builder gets.
@@ -332,7 +348,15 @@ pub fn resolve_peers(
                         list.push(id);
                     }
                     None => {
-                        if let Some(id) = previous.get(&key) {
+                        // The last resolution, read back from an annotation
+                        // anyone with access to the Deployment could edit: only
+                        // an exact identity of that namespace is believed.
+                        let prefix = format!("spiffe://{}/ns/{namespace}/sa/", trust.settings.trust_domain);
+                        let believable = |id: &String| {
+                            id.strip_prefix(&prefix).is_some_and(|sa| !sa.is_empty() && !sa.contains('/'))
+                                && grpc_contract::spiffe::check_id(id).is_ok()
+                        };
+                        if let Some(id) = previous.get(&key).filter(|id| believable(id)) {
                             peers.resolved.insert(key.clone(), id.clone());
                             list.push(id.clone());
                         }
@@ -408,14 +432,17 @@ pub fn peers_for(cx: &PrepareCx<'_>, trust: &Trust) -> Option<Peers> {
 
 /// What `render` gives the builders: the Secret redacted, and
 /// `GRPC_ALLOWED_PEERS` resolved against the GrpcServices of the input.
-pub fn render_observed(svc: &ValidatedService, all: &[Arc<crate::api::GrpcService>]) -> ObservedChildren {
-    let trust = Trust::offline(crate::pki::trust::PkiSettings::default());
+pub fn render_observed(
+    svc: &ValidatedService,
+    all: &[Arc<crate::api::GrpcService>],
+    trust: &Trust,
+) -> ObservedChildren {
     let lookup = |ns: &str, name: &str| {
         all.iter().find(|o| o.namespace().as_deref() == Some(ns) && o.name_any() == name).cloned()
     };
     let all_in = |ns: &str| all.iter().filter(|o| o.namespace().as_deref() == Some(ns)).cloned().collect();
     let peers = (svc.tls.mode == TlsMode::Mutual)
-        .then(|| resolve_peers(svc, &trust, &lookup, &all_in, &BTreeMap::new()));
+        .then(|| resolve_peers(svc, trust, &lookup, &all_in, &BTreeMap::new()));
     let mut observed = ObservedChildren::default();
     observed.prepared.insert(
         "Certificate",
@@ -536,7 +563,9 @@ impl TlsSecretKind {
         };
         let bundle = ca.bundle_pem.clone().into_bytes();
         let content = if why.issues() {
-            let reuse = (!svc.tls.rotate_key && summary.damage.is_none())
+            // A repaired Secret's key is never certified again: it may be
+            // one someone else planted there.
+            let reuse = (!svc.tls.rotate_key && !matches!(why, Why::Repaired(_)) && summary.damage.is_none())
                 .then(|| data.get(KEY_FILE).and_then(|k| String::from_utf8(k.clone()).ok()))
                 .flatten();
             let request = LeafRequest {
@@ -773,17 +802,28 @@ impl ChildKind for TlsSecretKind {
         ))
     }
 
+    /// The renewal time, exactly (its jitter was chosen at issuance). None
+    /// while the CA is unavailable: the CA's return triggers every object.
     fn requeue_after(
         &self,
-        _svc: &ValidatedService,
+        svc: &ValidatedService,
         observed: &ObservedChildren,
         live: Option<&DynamicObject>,
     ) -> Option<Duration> {
-        let info = match &self.prepared(observed)?.plan {
-            Plan::Write(c) => Some(c.info.clone()),
-            _ => live.and_then(live_info),
-        }?;
-        let wait = info.renewal - jiff::Timestamp::now().as_second();
+        let due = match &self.prepared(observed)?.plan {
+            Plan::Write(c) => c.info.renewal,
+            Plan::Keep => {
+                let live = live?;
+                let summary = summary_of(live)?;
+                let info = live_info(live)?;
+                match self.trust.state() {
+                    CaState::Ready(ca) => renewal_due(svc, &ca, &summary, Some(info.renewal)),
+                    _ => info.renewal,
+                }
+            }
+            Plan::Hold { .. } | Plan::Redacted => return None,
+        };
+        let wait = due - jiff::Timestamp::now().as_second();
         Some(Duration::from_secs(u64::try_from(wait.max(1)).unwrap_or(1)))
     }
 
@@ -841,4 +881,135 @@ impl ChildKind for TlsSecretKind {
 
 fn short(fingerprint: &str) -> &str {
     fingerprint.get(..16).unwrap_or(fingerprint)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::authority::generate_root;
+    use crate::pki::authority::tests::NOW;
+    use crate::pki::inspect::san_digest;
+    use crate::pki::trust::PkiSettings;
+    use crate::reconcile::validate::tests::sample;
+    use crate::reconcile::validate::{Origin, validate};
+
+    fn ready(ca_validity: i64) -> (Authority, Trust) {
+        let root = generate_root("cluster.local", ca_validity, NOW).expect("root");
+        let material =
+            crate::pki::authority::parse(&crate::pki::authority::tests::data_of(&root), NOW).expect("CA");
+        let trust = Trust::offline(PkiSettings::default());
+        (Authority::new(material, None, true), Arc::try_unwrap(trust).unwrap_or_else(|_| unreachable!()))
+    }
+
+    fn leaf(ca: &Authority, svc: &ValidatedService, now: i64) -> (LeafSummary, LeafInfo, String) {
+        let names = dns_names(svc, "cluster.local");
+        let id = format!("spiffe://cluster.local/ns/{}/sa/{}", svc.namespace, svc.service_account);
+        let l = issue(
+            &ca.signer,
+            &LeafRequest {
+                dns_names: &names,
+                spiffe_id: &id,
+                duration_seconds: svc.tls.duration_seconds,
+                renew_before_seconds: svc.tls.renew_before_seconds,
+                key_pem: None,
+            },
+            now,
+            0.5,
+        )
+        .expect("leaf");
+        let data = BTreeMap::from([
+            (CERT_FILE.to_owned(), l.cert_pem.into_bytes()),
+            (KEY_FILE.to_owned(), l.key_pem.into_bytes()),
+            (CA_FILE.to_owned(), ca.bundle_pem.clone().into_bytes()),
+        ]);
+        (summarize(&data), l.info, san_digest(&names, &id))
+    }
+
+    fn decide_at(
+        svc: &ValidatedService,
+        ca: &Authority,
+        s: &LeafSummary,
+        info: &LeafInfo,
+        sans: &str,
+        now: i64,
+    ) -> Decision {
+        let live = LiveLeaf { summary: s, renewal: Some(info.renewal), metadata_ok: true };
+        decide(svc, ca, Some(&live), sans, now)
+    }
+
+    #[test]
+    fn a_current_leaf_is_kept_until_its_renewal_time_and_renewed_then() {
+        let (ca, _) = ready(10 * 365 * 86_400);
+        let svc = validate(&sample(), Origin::Cluster).expect("valid");
+        let (s, info, sans) = leaf(&ca, &svc, NOW);
+        assert_eq!(decide_at(&svc, &ca, &s, &info, &sans, NOW + 60), Decision::Keep);
+        assert_eq!(decide_at(&svc, &ca, &s, &info, &sans, info.renewal - 1), Decision::Keep);
+        assert_eq!(decide_at(&svc, &ca, &s, &info, &sans, info.renewal), Decision::Write(Why::Renewed));
+        assert_eq!(decide_at(&svc, &ca, &s, &info, "other", NOW + 60), Decision::Write(Why::SansChanged));
+    }
+
+    #[test]
+    fn a_leaf_cut_short_by_its_ca_is_renewed_at_two_thirds_of_its_life_not_in_a_loop() {
+        // The CA has 5 days left; the spec asks for 30-day leaves renewed 10 days early.
+        let (ca, _) = ready(5 * 86_400);
+        let svc = validate(&sample(), Origin::Cluster).expect("valid");
+        let now = NOW + 60;
+        let (s, info, sans) = leaf(&ca, &svc, now);
+        assert_eq!(s.not_after, ca.signer.cert.not_after, "cut at the CA's NotAfter");
+        assert_eq!(decide_at(&svc, &ca, &s, &info, &sans, now + 1), Decision::Keep, "not due at once");
+        let due = renewal_due(&svc, &ca, &s, Some(info.renewal));
+        assert!(due > now + 3 * 86_400 - 3600, "two thirds of ~5 days: {}", due - now);
+        assert_eq!(decide_at(&svc, &ca, &s, &info, &sans, due), Decision::Write(Why::Renewed));
+    }
+
+    #[test]
+    fn a_leaf_of_another_ca_or_an_expired_one_is_repaired_and_a_stale_bundle_rebundled() {
+        let (ca, _) = ready(10 * 365 * 86_400);
+        let (other, _) = ready(10 * 365 * 86_400);
+        let svc = validate(&sample(), Origin::Cluster).expect("valid");
+        let (s, info, sans) = leaf(&other, &svc, NOW);
+        assert!(matches!(
+            decide_at(&svc, &ca, &s, &info, &sans, NOW + 60),
+            Decision::Write(Why::Repaired(_))
+        ));
+        let (s, info, sans) = leaf(&ca, &svc, NOW);
+        let expired = s.not_after + 1;
+        assert!(matches!(decide_at(&svc, &ca, &s, &info, &sans, expired), Decision::Write(Why::Repaired(_))));
+        let mut stale = s.clone();
+        stale.bundle = "0".repeat(32);
+        assert_eq!(decide_at(&svc, &ca, &stale, &info, &sans, NOW + 60), Decision::Write(Why::Rebundled));
+    }
+
+    #[test]
+    fn an_unresolved_client_never_widens_the_list_even_with_a_tampered_annotation() {
+        let (_, trust) = ready(86_400);
+        let mut obj = sample();
+        obj.spec.tls = Some(
+            serde_json::from_value(
+                serde_json::json!({"allowedClients": [{"name": "web"}, {"name": "gone"}]}),
+            )
+            .expect("tls"),
+        );
+        let svc = validate(&obj, Origin::Cluster).expect("valid");
+        let none = |_: &str, _: &str| None;
+        let empty = |_: &str| Vec::new();
+        // Nothing resolved, nothing remembered: deny everyone.
+        let p = resolve_peers(&svc, &trust, &none, &empty, &BTreeMap::new());
+        assert_eq!(p.value, deny_all_peer("cluster.local"));
+        assert_eq!(p.unresolved, ["shop/web", "shop/gone"]);
+        // A remembered identity is kept; a widened one written into the
+        // annotation by someone else is not believed.
+        let previous = BTreeMap::from([
+            ("shop/web".to_owned(), "spiffe://cluster.local/ns/shop/sa/web".to_owned()),
+            ("shop/gone".to_owned(), "spiffe://cluster.local/ns/*/sa/*".to_owned()),
+        ]);
+        let p = resolve_peers(&svc, &trust, &none, &empty, &previous);
+        assert_eq!(p.value, "spiffe://cluster.local/ns/shop/sa/web");
+        let elsewhere =
+            BTreeMap::from([("shop/web".to_owned(), "spiffe://cluster.local/ns/other/sa/web".to_owned())]);
+        assert_eq!(
+            resolve_peers(&svc, &trust, &none, &empty, &elsewhere).value,
+            deny_all_peer("cluster.local")
+        );
+    }
 }

@@ -13,7 +13,7 @@ use std::time::Duration;
 
 use futures::StreamExt;
 use k8s_openapi::ByteString;
-use k8s_openapi::api::core::v1::{ConfigMap, Secret};
+use k8s_openapi::api::core::v1::{ConfigMap, ObjectReference, Secret};
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::runtime::events::{Event, EventType, Recorder, Reporter};
 use kube::runtime::{WatchStreamExt, watcher};
@@ -31,7 +31,9 @@ use crate::reconcile::error_chain;
 /// Key of the marker ConfigMap holding the fingerprint of the CA it records.
 pub const MARKER_FINGERPRINT_KEY: &str = "fingerprint";
 /// How often rotation progress is checked.
-const TICK: Duration = Duration::from_secs(2);
+const TICK: Duration = Duration::from_secs(1);
+/// How often a rotation that waits for leaf Secrets names them in an Event.
+const WAITING_EVENT_EVERY: Duration = Duration::from_secs(300);
 
 /// A request about the CA failed.
 #[derive(Debug, thiserror::Error)]
@@ -60,6 +62,8 @@ struct Manager {
     refused_rotation: bool,
     /// The marker is known to exist.
     marker_seen: bool,
+    /// When the rotation last said what it waits for.
+    waiting_reported: Option<std::time::Instant>,
 }
 
 /// Runs until the process ends.
@@ -80,6 +84,7 @@ pub async fn run(client: Client, trust: Arc<Trust>, metrics: Metrics, reporter: 
         listed: false,
         refused_rotation: false,
         marker_seen: false,
+        waiting_reported: None,
     };
     let mut tick = tokio::time::interval(TICK);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
@@ -105,7 +110,13 @@ pub async fn run(client: Client, trust: Arc<Trust>, metrics: Metrics, reporter: 
                 }
                 None => return,
             },
-            _ = tick.tick() => if m.listed { m.advance_rotation().await },
+            _ = tick.tick() => if m.listed {
+                // A sync that waited for the leaf caches (no CA Secret yet).
+                if m.current.is_none() && matches!(m.trust.state(), CaState::Loading) {
+                    m.sync().await;
+                }
+                m.advance_rotation().await;
+            },
         }
     }
 }
@@ -164,10 +175,24 @@ impl Manager {
         let s = &self.trust.settings;
         let marker =
             self.configmaps.get_opt(&s.ca_name).await.map_err(self.err("read", "CA marker ConfigMap"))?;
-        if marker.is_some() {
+        if let Some(marker) = marker {
             let reason = format!(
                 "the CA Secret {}/{} is gone, but a CA existed (marker ConfigMap {}/{}): existing certificates chain to it, so no new CA is created. Restore the Secret, or delete the marker to start over with a new CA",
                 s.ca_namespace, s.ca_name, s.ca_namespace, s.ca_name
+            );
+            self.set_unavailable(reason, Some(marker.object_ref(&()))).await;
+            return Ok(());
+        }
+        // No marker either (its namespace was deleted, say): leaf Secrets
+        // issued by a CA still mean one existed. Never create a root while
+        // that is unknown, or true.
+        let Some(leaves) = self.trust.leaves() else { return Ok(()) };
+        if let Some((example, _)) = leaves.first() {
+            let reason = format!(
+                "the CA Secret {}/{} and its marker are gone, but {} leaf Secrets (such as {example}) were issued by a CA: a new root would break them all. Restore the CA Secret; to start over with a new CA on purpose, delete the leaf Secrets",
+                s.ca_namespace,
+                s.ca_name,
+                leaves.len()
             );
             self.set_unavailable(reason, None).await;
             return Ok(());
@@ -208,7 +233,7 @@ impl Manager {
                 self.ensure_marker(&root).await?;
                 self.marker_seen = true;
                 self.event(
-                    &created,
+                    &created.object_ref(&()),
                     EventType::Normal,
                     "CACreated",
                     format!("Created a self-signed root CA (SHA-256 {})", root.cert.fingerprint),
@@ -260,18 +285,20 @@ impl Manager {
     async fn unavailable(&mut self, secret: &Secret, problem: CaProblem) {
         let s = &self.trust.settings;
         let reason = format!("the CA Secret {}/{} is unusable: {problem}", s.ca_namespace, s.ca_name);
-        self.set_unavailable(reason, Some(secret)).await;
+        self.set_unavailable(reason, Some(secret.object_ref(&()))).await;
     }
 
-    async fn set_unavailable(&mut self, reason: String, secret: Option<&Secret>) {
+    /// `about`: the object the Warning Event is about (the CA Secret, or the
+    /// marker when the Secret is gone).
+    async fn set_unavailable(&mut self, reason: String, about: Option<ObjectReference>) {
         if let CaState::Unavailable { reason: r } = self.trust.state()
             && r == reason
         {
             return;
         }
         warn!(%reason, "CA unavailable; leaf certificates are left as they are");
-        if let Some(secret) = secret {
-            self.event(secret, EventType::Warning, "CAUnavailable", reason.clone()).await;
+        if let Some(about) = about {
+            self.event(&about, EventType::Warning, "CAUnavailable", reason.clone()).await;
         }
         self.metrics.ca_available.set(0);
         self.trust.set(CaState::Unavailable { reason });
@@ -306,7 +333,7 @@ impl Manager {
             if !self.refused_rotation {
                 self.refused_rotation = true;
                 let note = "Rotation requested, but this CA was provided by the user: the operator never writes it. Publish the new CA in ca.crt next to the old one, wait for the workloads, then replace tls.crt and tls.key".to_owned();
-                self.event(secret, EventType::Warning, "CARotationRefused", note).await;
+                self.event(&secret.object_ref(&()), EventType::Warning, "CARotationRefused", note).await;
             }
             return Ok(());
         }
@@ -341,9 +368,30 @@ impl Manager {
             return;
         };
         let Some(secret) = self.current.clone() else { return };
-        let leaves = self.trust.leaves();
-        let p = progress(&ca, &leaves);
+        // Leaves not known yet (a restarted operator whose caches have not
+        // listed): nothing advances on an unknown set.
+        let Some(leaves) = self.trust.leaves() else { return };
+        let (p, pending) = progress(&ca, &leaves);
         self.metrics.ca_rotation_pending.set(i64::try_from(p.pending).unwrap_or(i64::MAX));
+        if p.pending == 0 {
+            self.waiting_reported = None;
+        } else if self.waiting_reported.is_none_or(|t| t.elapsed() >= WAITING_EVENT_EVERY) {
+            // Nothing moves a stalled rotation but its blocking leaves
+            // (a GrpcService whose reconcile fails): name them.
+            if self.waiting_reported.is_some() {
+                let shown: Vec<&str> = pending.iter().take(10).map(String::as_str).collect();
+                let note = format!(
+                    "CA rotation stage {} waits for {} of {} leaf Secrets: {}{}",
+                    stage.as_str(),
+                    p.pending,
+                    p.leaves,
+                    shown.join(", "),
+                    if pending.len() > shown.len() { ", …" } else { "" }
+                );
+                self.event(&secret.object_ref(&()), EventType::Warning, "CARotationWaiting", note).await;
+            }
+            self.waiting_reported = Some(std::time::Instant::now());
+        }
         let since = secret
             .annotations()
             .get(SINCE_ANNOTATION)
@@ -375,7 +423,8 @@ impl Manager {
                 );
                 self.write_stage(&secret, data_of(&secret), Some(Stage::Retiring), note).await
             }
-            Stage::Retiring if waited => {
+            // Re-checked: a late write must not leave a leaf of the old root.
+            Stage::Retiring if waited && p.pending == 0 => {
                 let bundle = vec![ca.signer.cert.clone()];
                 let data = authority::secret_data(&ca.signer, &bundle, None);
                 let note = "CA rotation complete: the old root left every trust bundle".to_owned();
@@ -420,13 +469,13 @@ impl Manager {
             .await
             .map_err(self.err("update", "CA Secret"))?;
         info!(stage = stage.map_or("done", Stage::as_str), "{note}");
-        self.event(&written, EventType::Normal, "CARotation", note).await;
+        self.event(&written.object_ref(&()), EventType::Normal, "CARotation", note).await;
         self.metrics.ca_rotation_stage.set(stage.map_or(0, Stage::number));
         self.current = Some(written);
         Box::pin(self.try_sync()).await
     }
 
-    async fn event(&self, secret: &Secret, type_: EventType, reason: &str, note: String) {
+    async fn event(&self, about: &ObjectReference, type_: EventType, reason: &str, note: String) {
         let recorder = Recorder::new(self.client.clone(), self.reporter.clone());
         let event = Event {
             type_,
@@ -435,7 +484,7 @@ impl Manager {
             action: "ManageCA".to_owned(),
             secondary: None,
         };
-        if let Err(e) = recorder.publish(&event, &secret.object_ref(&())).await {
+        if let Err(e) = recorder.publish(&event, about).await {
             warn!(error = %error_chain(&e), "failed to publish a CA event");
         }
     }

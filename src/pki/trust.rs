@@ -165,8 +165,9 @@ impl Default for PkiSettings {
     }
 }
 
-/// Lists the leaf Secrets one controller scope caches (slim copies).
-pub type LeafSource = Box<dyn Fn() -> Vec<Arc<DynamicObject>> + Send + Sync>;
+/// Lists the leaf Secrets one controller scope caches (slim copies); `None`
+/// while its cache has not listed them yet.
+pub type LeafSource = Box<dyn Fn() -> Option<Vec<Arc<DynamicObject>>> + Send + Sync>;
 
 /// Shared by the CA manager (the writer) and every reconciler.
 pub struct Trust {
@@ -175,6 +176,9 @@ pub struct Trust {
     state: RwLock<CaState>,
     changes: tokio::sync::watch::Sender<u64>,
     sources: Mutex<Vec<LeafSource>>,
+    /// How many controller scopes register a source (unknown until the
+    /// controller says): fewer registered means the leaves are not known yet.
+    expected_sources: std::sync::atomic::AtomicUsize,
 }
 
 impl std::fmt::Debug for Trust {
@@ -191,6 +195,7 @@ impl Trust {
             state: RwLock::new(CaState::Loading),
             changes: tokio::sync::watch::Sender::new(0),
             sources: Mutex::new(Vec::new()),
+            expected_sources: std::sync::atomic::AtomicUsize::new(usize::MAX),
         })
     }
 
@@ -230,20 +235,39 @@ impl Trust {
         self.sources.lock().unwrap_or_else(std::sync::PoisonError::into_inner).push(source);
     }
 
-    /// Summaries of every cached leaf Secret.
-    pub fn leaves(&self) -> Vec<LeafSummary> {
+    /// How many controller scopes will register a leaf source.
+    pub fn expect_sources(&self, scopes: usize) {
+        self.expected_sources.store(scopes, std::sync::atomic::Ordering::SeqCst);
+    }
+
+    /// Every cached leaf Secret (`namespace/name` and summary), or `None`
+    /// while that is not known: a scope has not registered, or its cache
+    /// has not listed. A rotation never advances, and no root is created,
+    /// on an unknown set of leaves.
+    pub fn leaves(&self) -> Option<Vec<(String, LeafSummary)>> {
         let sources = self.sources.lock().unwrap_or_else(std::sync::PoisonError::into_inner);
-        sources
-            .iter()
-            .flat_map(|s| s())
-            .filter(|o| {
-                o.metadata
+        if sources.len() < self.expected_sources.load(std::sync::atomic::Ordering::SeqCst) {
+            return None;
+        }
+        let mut leaves = Vec::new();
+        for source in sources.iter() {
+            for o in source()? {
+                let ours = o
+                    .metadata
                     .labels
                     .as_ref()
-                    .is_some_and(|l| l.contains_key(crate::children::labels::SERVICE_LABEL))
-            })
-            .filter_map(|o| crate::children::tls_secret::summary_of(&o))
-            .collect()
+                    .is_some_and(|l| l.contains_key(crate::children::labels::SERVICE_LABEL));
+                if let (true, Some(summary)) = (ours, crate::children::tls_secret::summary_of(&o)) {
+                    let name = format!(
+                        "{}/{}",
+                        o.metadata.namespace.as_deref().unwrap_or_default(),
+                        o.metadata.name.as_deref().unwrap_or_default()
+                    );
+                    leaves.push((name, summary));
+                }
+            }
+        }
+        Some(leaves)
     }
 
     /// The SPIFFE ID of a service account.
@@ -262,16 +286,68 @@ pub struct Progress {
     pub pending: usize,
 }
 
-/// Progress of `stage` over `leaves` for `authority`.
-pub fn progress(authority: &Authority, leaves: &[LeafSummary]) -> Progress {
-    let pending = match authority.stage {
-        Some(Stage::Publishing | Stage::Propagating) => {
-            leaves.iter().filter(|l| l.bundle != authority.bundle_digest).count()
+/// Progress of `stage` over `leaves` for `authority`, with the names of the
+/// leaf Secrets still pending.
+pub fn progress(authority: &Authority, leaves: &[(String, LeafSummary)]) -> (Progress, Vec<String>) {
+    let pending: Vec<String> = leaves
+        .iter()
+        .filter(|(_, l)| match authority.stage {
+            Some(Stage::Publishing | Stage::Propagating) => l.bundle != authority.bundle_digest,
+            Some(Stage::Reissuing | Stage::Retiring) => l.issuer_key_id != authority.signer.cert.key_id,
+            None => false,
+        })
+        .map(|(name, _)| name.clone())
+        .collect();
+    (Progress { leaves: leaves.len(), pending: pending.len() }, pending)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::pki::authority::tests::{NOW, data_of, root};
+    use crate::pki::inspect::LeafSummary;
+
+    fn summary(bundle: &str, issuer: &str) -> LeafSummary {
+        LeafSummary {
+            damage: None,
+            serial: "1".into(),
+            not_before: NOW,
+            not_after: NOW + 3600,
+            issuer_key_id: issuer.into(),
+            sans: String::new(),
+            bundle: bundle.into(),
+            key: String::new(),
         }
-        Some(Stage::Reissuing | Stage::Retiring) => {
-            leaves.iter().filter(|l| l.issuer_key_id != authority.signer.cert.key_id).count()
-        }
-        None => 0,
-    };
-    Progress { leaves: leaves.len(), pending }
+    }
+
+    #[test]
+    fn rotation_progress_counts_the_leaves_each_stage_waits_for() {
+        let old = root();
+        let material = crate::pki::authority::parse(&data_of(&old), NOW).expect("CA");
+        let mut ca = Authority::new(material, Some(Stage::Publishing), true);
+        let leaves = vec![
+            ("a/x-tls".to_owned(), summary(&ca.bundle_digest, &ca.signer.cert.key_id)),
+            ("a/y-tls".to_owned(), summary("stale", &ca.signer.cert.key_id)),
+        ];
+        assert_eq!(progress(&ca, &leaves), (Progress { leaves: 2, pending: 1 }, vec!["a/y-tls".to_owned()]));
+        ca.stage = Some(Stage::Reissuing);
+        assert_eq!(progress(&ca, &leaves).0.pending, 0, "both signed by the signer");
+        ca.stage = None;
+        assert_eq!(progress(&ca, &leaves).0.pending, 0);
+    }
+
+    #[test]
+    fn leaves_are_unknown_until_every_scope_has_listed() {
+        let trust = Trust::new(PkiSettings::default());
+        assert!(trust.leaves().is_none(), "the number of scopes is not known yet");
+        trust.expect_sources(2);
+        trust.add_leaf_source(Box::new(|| Some(Vec::new())));
+        assert!(trust.leaves().is_none(), "one scope of two");
+        trust.add_leaf_source(Box::new(|| None));
+        assert!(trust.leaves().is_none(), "a scope whose cache has not listed");
+        let trust = Trust::new(PkiSettings::default());
+        trust.expect_sources(1);
+        trust.add_leaf_source(Box::new(|| Some(Vec::new())));
+        assert_eq!(trust.leaves().map(|l| l.len()), Some(0));
+    }
 }

@@ -459,6 +459,11 @@ async fn pipeline(obj: &GrpcService, ctx: &Context) -> Result<(Outcome, Option<D
     let mut certificate = None;
     let mut due: Option<Duration> = None;
     let mut kind_events = Vec::new();
+    // Per-object series of kinds the object no longer has (before the
+    // wanted kinds record theirs: two kinds may share a series).
+    for cache in ctx.kinds.iter().filter(|c| !c.kind.wanted(&valid)) {
+        cache.kind.forget(&ctx.metrics, &namespace, &name);
+    }
     for (cache, result) in ctx.kinds.iter().zip(&applied.kinds) {
         let kind = cache.kind.kind();
         let role = cache.kind.condition();

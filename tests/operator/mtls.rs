@@ -564,6 +564,18 @@ async fn renewals_under_load_cost_no_failed_call_and_use_a_new_key_each_time() {
     assert!(calls.calls > 1000, "{calls:?}");
     let minutes = soak().as_secs() / 60;
     assert!(renewals as u64 >= minutes / 5, "{renewals} renewals in {minutes} minutes");
+    assert!(renewals as u64 <= minutes.max(1), "{renewals} renewals in {minutes} minutes: a re-issue loop");
+    // Each renewal came at (or just after) the renewal time the previous
+    // certificate announced, never before it.
+    let announced = a_volume.renewal_times();
+    for (k, next) in summaries.iter().enumerate().skip(1) {
+        let due = ts(announced[k - 1].as_deref().expect("renewal-time annotation"));
+        let issued_at = next.not_before + 300;
+        assert!(
+            issued_at >= due - 1 && issued_at <= due + 30,
+            "renewal {k}: issued at {issued_at}, due at {due}"
+        );
+    }
     let keys: std::collections::BTreeSet<_> = summaries.iter().map(|s| s.key.clone()).collect();
     assert_eq!(keys.len(), summaries.len(), "a new key on every renewal (privateKeyRotation: Always)");
     assert!(summaries.iter().all(|s| s.damage.is_none()));
@@ -654,9 +666,28 @@ async fn a_ca_rotation_under_load_costs_no_failed_call_and_retires_the_old_root(
     let is_done = || done.load(std::sync::atomic::Ordering::SeqCst);
     let segment = Duration::from_secs(4);
     let (a_name, b_name) = (format!("a.{ns}.svc"), format!("b.{ns}.svc"));
-    let (a_calls, b_calls) = tokio::join!(
+    let secrets = h.api::<Secret>();
+    let restart = async {
+        // The operator restarts mid-rotation: the stage is read back from
+        // the CA Secret, and nothing advances before its caches have listed.
+        let started = std::time::Instant::now();
+        loop {
+            let stage = secrets.get("grpc-operator-ca").await.ok().and_then(|ca| {
+                ca.metadata.annotations.unwrap_or_default().get("grpcoperator.io/ca-rotation-stage").cloned()
+            });
+            if stage.as_deref() == Some("propagating") {
+                break;
+            }
+            assert!(started.elapsed() < Duration::from_secs(120), "the rotation never reached stage 2");
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        h.stop_controller().await;
+        h.start_controller().await;
+    };
+    let (a_calls, b_calls, ()) = tokio::join!(
         call_in_segments(a.grpc, &a_name, &b_volume, segment, is_done),
         call_in_segments(b.grpc, &b_name, &a_volume, segment, is_done),
+        restart,
     );
     watcher.await.expect("watcher");
     eprintln!("CA rotation under load: b→a {a_calls:?}, a→b {b_calls:?}");

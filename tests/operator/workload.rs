@@ -97,7 +97,7 @@ impl SecretVolume {
 }
 
 /// The versions of a Secret a [`KubeletSync`] wrote, in order.
-type Synced = Arc<Mutex<Vec<BTreeMap<String, Vec<u8>>>>>;
+type Synced = Arc<Mutex<Vec<(Option<String>, BTreeMap<String, Vec<u8>>)>>>;
 
 /// Plays the kubelet for one Secret: copies it into a volume whenever it
 /// changes (polling every `every`), and records every version it synced.
@@ -116,7 +116,10 @@ impl KubeletSync {
         };
         let mut volume = SecretVolume::create(dir, &data(&first));
         let rv = first.metadata.resource_version.clone().unwrap_or_default();
-        let synced: Synced = Arc::new(Mutex::new(vec![data(&first)]));
+        let renewal = |s: &Secret| {
+            s.metadata.annotations.as_ref().and_then(|a| a.get("grpcoperator.io/renewal-time")).cloned()
+        };
+        let synced: Synced = Arc::new(Mutex::new(vec![(renewal(&first), data(&first))]));
         let record = Arc::clone(&synced);
         let name = secret.to_owned();
         let task = tokio::spawn(async move {
@@ -128,7 +131,7 @@ impl KubeletSync {
                 if now != last {
                     let files = data(&s);
                     volume.update(&files);
-                    record.lock().expect("lock").push(files);
+                    record.lock().expect("lock").push((renewal(&s), files));
                     last = now;
                 }
             }
@@ -138,7 +141,12 @@ impl KubeletSync {
 
     /// Versions synced so far.
     pub fn versions(&self) -> Vec<BTreeMap<String, Vec<u8>>> {
-        self.synced.lock().expect("lock").clone()
+        self.synced.lock().expect("lock").iter().map(|(_, d)| d.clone()).collect()
+    }
+
+    /// The renewal-time annotation of each version synced (RFC 3339).
+    pub fn renewal_times(&self) -> Vec<Option<String>> {
+        self.synced.lock().expect("lock").iter().map(|(r, _)| r.clone()).collect()
     }
 
     /// Client credentials from the volume as it is now: the three files of
