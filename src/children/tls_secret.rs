@@ -513,24 +513,30 @@ impl TlsSecretKind {
         if decision == Decision::Keep {
             return Ok(Plan::Keep);
         }
-        // Something changes: read the Secret in full. The cache may not have
-        // seen the operator's own last write, and a rebundle or a kept key
-        // needs the data anyway.
-        let name = secret_name(&svc.name);
-        let api: Api<Secret> = Api::namespaced(cx.client.clone(), &svc.namespace);
-        let full = match api.get_opt(&name).await {
-            Ok(full) => full.filter(|s| {
-                s.owner_references()
-                    .iter()
-                    .any(|o| o.controller == Some(true) && Some(&o.uid) == svc.uid.as_ref())
-            }),
-            Err(source) => {
-                return Err(PrepareError::Read {
-                    kind: "Secret",
-                    namespace: svc.namespace.clone(),
-                    name,
-                    source,
-                });
+        // No Secret in the cache, and the fetch step's GET found none either
+        // (a cache miss of a wanted child is always read): issue at once.
+        let full = if cached.is_none() {
+            None
+        } else {
+            // Something changes: read the Secret in full. The cache may not have
+            // seen the operator's own last write, and a rebundle or a kept key
+            // needs the data anyway.
+            let name = secret_name(&svc.name);
+            let api: Api<Secret> = Api::namespaced(cx.client.clone(), &svc.namespace);
+            match api.get_opt(&name).await {
+                Ok(full) => full.filter(|s| {
+                    s.owner_references()
+                        .iter()
+                        .any(|o| o.controller == Some(true) && Some(&o.uid) == svc.uid.as_ref())
+                }),
+                Err(source) => {
+                    return Err(PrepareError::Read {
+                        kind: "Secret",
+                        namespace: svc.namespace.clone(),
+                        name,
+                        source,
+                    });
+                }
             }
         };
         let data: BTreeMap<String, Vec<u8>> = full
@@ -847,10 +853,16 @@ impl ChildKind for TlsSecretKind {
                 .with_label_values(&[&svc.namespace, &svc.name])
                 .set(info.not_after);
         }
-        if let (Plan::Write(c), true) = (&prepared.plan, written) {
-            if c.why.issues() {
-                metrics.certificates_issued.with_label_values(&[c.why.label()]).inc();
-            }
+        if let (Plan::Write(c), true) = (&prepared.plan, written)
+            && c.why.issues()
+        {
+            metrics.certificates_issued.with_label_values(&[c.why.label()]).inc();
+        }
+        // A new object's first certificate is no news (the status shows it,
+        // and an Event is a write); every later one is.
+        if let (Plan::Write(c), true) = (&prepared.plan, written)
+            && c.why != Why::Issued
+        {
             events.push(KindEvent {
                 warning: matches!(c.why, Why::Repaired(_)),
                 reason: if c.why.issues() { "CertificateIssued" } else { "CertificateUpdated" },
