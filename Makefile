@@ -5,7 +5,7 @@
 CARGO ?= cargo
 CRD_FILE := crds/grpcservices.grpcoperator.io.yaml
 
-.PHONY: all build test lint fmt crds render-sample test-all test-infra test-cluster e2e bench bench-runtime bench-vs-go bench-h2-abuse run-example
+.PHONY: all build test lint fmt crds render-sample test-all test-infra test-cluster e2e bench bench-tls bench-runtime bench-vs-go bench-h2-abuse run-example
 
 all: build
 
@@ -55,6 +55,12 @@ e2e:
 bench:
 	$(CARGO) build --release --bin grpc-operator
 	$(CARGO) run --release -p grpc-operator --example converge-bench -- --objects 1000 --idle-seconds 60 --deletions 20
+
+## The operator's PKI: issuing 1,000 certificates, and a Secret update to the runtime serving it.
+bench-tls:
+	$(CARGO) build --release -p grpc-runtime --example user-service
+	$(CARGO) run --release -p grpc-operator --example pki-bench -- --leaves 1000
+	$(CARGO) run --release -p grpc-operator --example tls-reload-bench -- --swaps 20
 
 ## Runtime benchmark: the user service with the full chain vs bare tonic (see docs/benchmarks.md).
 bench-runtime:
