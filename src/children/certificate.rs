@@ -144,17 +144,12 @@ impl ChildKind for CertificateKind {
         observed: &ObservedChildren,
         live: Option<&DynamicObject>,
     ) -> Option<Verdict> {
-        if let Some(peers) =
-            observed.prepared::<CertificatePrepared>(self.kind()).and_then(|p| p.peers.as_ref())
-            && !peers.unresolved.is_empty()
+        if let Some(v) = observed
+            .prepared::<CertificatePrepared>(self.kind())
+            .and_then(|p| p.peers.as_ref())
+            .and_then(Peers::unresolved_verdict)
         {
-            return Some(Verdict::not_ok(
-                reason::ALLOWED_CLIENT_UNRESOLVED,
-                format!(
-                    "allowedClients names GrpcServices that cannot be found: {}",
-                    peers.unresolved.join(", ")
-                ),
-            ));
+            return Some(v);
         }
         let kept = super::kept(live?);
         let ready = kept

@@ -293,6 +293,22 @@ pub struct Peers {
     pub shared: Vec<String>,
 }
 
+impl Peers {
+    /// `CertificateReady=False`, reason `AllowedClientUnresolved`, when an
+    /// entry of `allowedClients` could not be resolved.
+    pub fn unresolved_verdict(&self) -> Option<Verdict> {
+        (!self.unresolved.is_empty()).then(|| {
+            Verdict::not_ok(
+                reason::ALLOWED_CLIENT_UNRESOLVED,
+                format!(
+                    "allowedClients names GrpcServices that cannot be found: {}; they keep their last resolved identity, or are denied",
+                    self.unresolved.join(", ")
+                ),
+            )
+        })
+    }
+}
+
 /// What [`TlsSecretKind::prepare`] computed.
 #[derive(Clone, Debug)]
 pub struct TlsPrepared {
@@ -759,16 +775,8 @@ impl ChildKind for TlsSecretKind {
         if let Plan::Hold { reason, message } = &prepared.plan {
             return Some(Verdict::not_ok(reason, message.clone()));
         }
-        if let Some(peers) = &prepared.peers
-            && !peers.unresolved.is_empty()
-        {
-            return Some(Verdict::not_ok(
-                reason::ALLOWED_CLIENT_UNRESOLVED,
-                format!(
-                    "allowedClients names GrpcServices that cannot be found: {}; they keep their last resolved identity, or are denied",
-                    peers.unresolved.join(", ")
-                ),
-            ));
+        if let Some(v) = prepared.peers.as_ref().and_then(Peers::unresolved_verdict) {
+            return Some(v);
         }
         let info = match &prepared.plan {
             Plan::Write(c) => Some(c.info.clone()),

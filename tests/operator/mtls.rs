@@ -729,7 +729,7 @@ async fn a_ca_rotation_under_load_costs_no_failed_call_and_retires_the_old_root(
     h.shutdown().await;
 }
 
-fn certificate_api(h: &Harness) -> kube::Api<kube::api::DynamicObject> {
+pub(crate) fn certificate_api(h: &Harness) -> kube::Api<kube::api::DynamicObject> {
     let ar = kube::discovery::ApiResource {
         group: "cert-manager.io".into(),
         version: "v1".into(),

@@ -211,16 +211,7 @@ async fn run_lifecycle_and_compare(h: Harness, role_file: &str) {
     )
     .await
     .expect("issuerRef on");
-    let certificates = {
-        let ar = kube::discovery::ApiResource {
-            group: "cert-manager.io".into(),
-            version: "v1".into(),
-            api_version: "cert-manager.io/v1".into(),
-            kind: "Certificate".into(),
-            plural: "certificates".into(),
-        };
-        kube::Api::<kube::api::DynamicObject>::namespaced_with(h.client.clone(), h.ns(), &ar)
-    };
+    let certificates = crate::mtls::certificate_api(&h);
     eventually("a Certificate, and the Secret pruned", || async {
         let cert = certificates.get_opt("user-service").await.ok()?;
         let secret = h.api::<Secret>().get_opt("user-service-tls").await.ok()?;
