@@ -133,7 +133,10 @@ impl ChildKind for CertificateKind {
         &["/status/conditions", "/status/notBefore", "/status/notAfter", "/status/renewalTime"]
     }
 
-    // Gates nothing: the kind's CRD may be absent (see `ConditionRole`).
+    // Not gating on its own account (its CRD may be absent, see
+    // `ConditionRole`). The condition type is the TLS Secret kind's, which
+    // gates `Ready`, so `Ready` follows the Certificate too: with `issuerRef`
+    // the pods cannot start before cert-manager writes the Secret anyway.
     fn condition(&self) -> Option<ConditionRole> {
         Some(ConditionRole { type_: CERTIFICATE_READY, gates_ready: false })
     }
