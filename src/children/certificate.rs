@@ -20,7 +20,7 @@ use super::tls_secret::{CERTIFICATE_READY, Peers, dns_names, peers_for, secret_n
 use super::{
     BuildError, ChildKind, ConditionRole, ObservedChildren, PrepareCx, PrepareError, Prepared, Workload,
 };
-use crate::api::{IssuerKind, PrivateKeyRotation};
+use crate::api::IssuerKind;
 use crate::pki::trust::Trust;
 use crate::reconcile::status::{Verdict, reason};
 use crate::reconcile::validate::ValidatedService;
@@ -102,12 +102,7 @@ impl ChildKind for CertificateKind {
             IssuerKind::Issuer => "Issuer",
             IssuerKind::ClusterIssuer => "ClusterIssuer",
         };
-        let rotation =
-            if svc.tls.rotate_key { PrivateKeyRotation::Always } else { PrivateKeyRotation::Never };
-        let rotation = match rotation {
-            PrivateKeyRotation::Always => "Always",
-            PrivateKeyRotation::Never => "Never",
-        };
+        let rotation = if svc.tls.rotate_key { "Always" } else { "Never" };
         Ok(json!({
             "apiVersion": format!("{GROUP}/v1"),
             "kind": "Certificate",
