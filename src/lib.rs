@@ -12,6 +12,7 @@ pub mod admin;
 pub mod api;
 pub mod children;
 pub mod crd;
+pub mod envoy;
 pub mod health;
 pub mod metrics;
 pub mod pki;

@@ -293,6 +293,16 @@ pub mod metrics {
     }
 }
 
+/// HTTP limits of the runtime's server that a proxy in front of it (the
+/// gRPC-Web sidecar) applies too, so that a request the proxy accepts is one
+/// the runtime accepts.
+pub mod limits {
+    /// Largest request header list (`SETTINGS_MAX_HEADER_LIST_SIZE`), bytes.
+    pub const MAX_HEADER_LIST_BYTES: u32 = 16 << 10;
+    /// Concurrent streams per HTTP/2 connection.
+    pub const MAX_CONCURRENT_STREAMS: u32 = 100;
+}
+
 /// gRPC-Web: the CORS header lists and the grammar of allowed origins, shared
 /// by the runtime (native mode) and the operator's Envoy configuration.
 pub mod web {
@@ -377,6 +387,28 @@ pub mod web {
             return authority.split_inclusive(']').next().unwrap_or(authority);
         }
         authority.split(':').next().unwrap_or(authority)
+    }
+
+    /// An RE2 regex matching exactly what [`origin_matches`] matches for a
+    /// wildcard entry (`https://*.example.com`), for a proxy that matches
+    /// origins by regex (Envoy's CORS policy); `None` for an exact entry.
+    pub fn origin_regex(pattern: &str) -> Option<String> {
+        let (scheme, rest) = pattern.split_once("://*.")?;
+        let mut regex = format!("(?i)^{}://[a-z0-9-]+\\.", escape(scheme));
+        regex.push_str(&escape(rest));
+        regex.push('$');
+        Some(regex)
+    }
+
+    fn escape(text: &str) -> String {
+        let mut out = String::with_capacity(text.len() + 4);
+        for c in text.chars() {
+            if !c.is_ascii_alphanumeric() && c != '-' {
+                out.push('\\');
+            }
+            out.push(c);
+        }
+        out
     }
 
     /// Whether `origin` (as a browser sends it) matches an entry that

@@ -348,7 +348,7 @@ impl Limits {
 impl Default for Limits {
     fn default() -> Self {
         Limits {
-            max_concurrent_streams: 100,
+            max_concurrent_streams: grpc_contract::limits::MAX_CONCURRENT_STREAMS,
             max_concurrent_rpcs: 1024,
             max_concurrent_streaming_rpcs: 1024,
             max_concurrent_health_rpcs: 256,
@@ -367,7 +367,7 @@ impl Default for Limits {
             exempt_all_loopback: true,
             max_decoding_message_size: 4 << 20,
             max_encoding_message_size: 4 << 20,
-            max_header_list_size: 16 << 10,
+            max_header_list_size: grpc_contract::limits::MAX_HEADER_LIST_BYTES,
             max_pending_accept_reset_streams: 20,
             max_local_error_reset_streams: 1024,
             tls_handshake_timeout: Duration::from_secs(5),

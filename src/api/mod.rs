@@ -5,8 +5,9 @@
 pub mod v1alpha1;
 
 pub use v1alpha1::{
-    AllowedClient, Autoscaling, CertificateStatus, Disruption, GrpcService, GrpcServiceSpec,
-    GrpcServiceStatus, ImagePullPolicy, IssuerKind, IssuerRef, PrivateKeyRotation, Shutdown, Tls, TlsMode,
+    AllowedClient, Autoscaling, BrowserTls, CertificateStatus, Disruption, EnvoySidecar, GrpcService,
+    GrpcServiceSpec, GrpcServiceStatus, GrpcWeb, GrpcWebMode, ImagePullPolicy, IssuerKind, IssuerRef,
+    PrivateKeyRotation, Shutdown, Tls, TlsMode,
 };
 
 /// API group of every grpc-operator resource.

@@ -48,6 +48,9 @@ pub const SERVICE_NAME_PATTERN: &str = r"^[A-Za-z_][A-Za-z0-9_]*(\.[A-Za-z_][A-Z
 )]
 #[x_kube(validation = Rule::new("self.port != self.adminPort").message("port and adminPort must differ").field_path(".adminPort").reason(Reason::FieldValueInvalid))]
 #[x_kube(validation = Rule::new("!(has(self.replicas) && has(self.autoscaling))").message("replicas and autoscaling are mutually exclusive: with autoscaling, the HorizontalPodAutoscaler sets the replica count").field_path(".autoscaling").reason(Reason::FieldValueForbidden))]
+#[x_kube(validation = Rule::new("!has(self.grpcWeb) || !has(self.grpcWeb.enabled) || !self.grpcWeb.enabled || !has(self.grpcWeb.mode) || self.grpcWeb.mode != 'native' || (has(self.tls) && has(self.tls.mode) && self.tls.mode != 'mutual')").message("grpcWeb.mode native needs tls.mode server or disabled: browsers present no client certificate (or use mode sidecar)").field_path(".grpcWeb.mode").reason(Reason::FieldValueForbidden))]
+#[x_kube(validation = Rule::new("!has(self.grpcWeb) || !has(self.grpcWeb.enabled) || !self.grpcWeb.enabled || [self.port, self.adminPort].all(p, p != (has(self.grpcWeb.port) ? self.grpcWeb.port : 8080))").message("grpcWeb.port must differ from port and adminPort: all three are ports of the Service").field_path(".grpcWeb.port").reason(Reason::FieldValueInvalid))]
+#[x_kube(validation = Rule::new("!has(self.grpcWeb) || !has(self.grpcWeb.enabled) || !self.grpcWeb.enabled || (has(self.grpcWeb.mode) && self.grpcWeb.mode == 'native') || [self.port, self.adminPort, has(self.grpcWeb.port) ? self.grpcWeb.port : 8080].all(p, p != 9901 && p != 9902)").message("with the gRPC-Web sidecar, port, adminPort and grpcWeb.port may not be 9901 or 9902, the sidecar's Envoy admin and envoy-metrics ports").field_path(".grpcWeb.port").reason(Reason::FieldValueInvalid))]
 #[serde(rename_all = "camelCase")]
 pub struct GrpcServiceSpec {
     /// Container image of the workload, e.g. `registry.example.com/shop/user-service:1.4.2`.
@@ -129,6 +132,12 @@ pub struct GrpcServiceSpec {
     /// section means `mode: mutual`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub tls: Option<Tls>,
+
+    /// gRPC-Web for browsers: an Envoy sidecar (`grpc_web`, CORS, then the
+    /// workload over HTTP/2 and mTLS), or the runtime itself (`native`).
+    /// Browsers reach it on the Service port `grpc-web`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub grpc_web: Option<GrpcWeb>,
 
     /// Service account the pods run as; their SPIFFE ID
     /// (`spiffe://<trust-domain>/ns/<namespace>/sa/<serviceAccount>`) is
@@ -212,6 +221,108 @@ pub struct Tls {
     /// (`<name>-tls`) is mounted.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub issuer_ref: Option<IssuerRef>,
+}
+
+/// Pattern of an allowed browser origin: `*`, an exact origin, or one whose
+/// leftmost host label is `*` (`https://*.example.com`).
+pub const ORIGIN_PATTERN: &str =
+    r"^(\*|https?://(\*\.)?([A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?)$";
+
+/// Pattern of a stream duration: hours, minutes and seconds (`0s`, `30m`,
+/// `1h30m`, `90s`).
+pub const STREAM_DURATION_PATTERN: &str = r"^([0-9]{1,4}h)?([0-9]{1,6}m)?([0-9]{1,7}s)?$";
+
+/// The Envoy port of the sidecar's admin interface, on 127.0.0.1 only.
+pub const ENVOY_ADMIN_PORT: i32 = 9901;
+/// The sidecar's `envoy-metrics` port: `/stats/prometheus` and `/ready`.
+pub const ENVOY_METRICS_PORT: i32 = 9902;
+/// Default browser-facing port.
+pub const DEFAULT_GRPC_WEB_PORT: i32 = 8080;
+
+/// gRPC-Web for browsers.
+///
+/// Browsers cannot speak gRPC. With `mode: sidecar` (the default) an Envoy
+/// sidecar translates gRPC-Web, answers CORS, and calls the workload over
+/// HTTP/2 with the workload's own certificate; with `mode: native` the
+/// runtime serves gRPC-Web itself (`GRPC_WEB_ORIGINS`).
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.enabled) || !self.enabled || (has(self.allowAnyOrigin) && self.allowAnyOrigin) || (has(self.allowedOrigins) && size(self.allowedOrigins) > 0)").message("allowedOrigins needs at least one origin when gRPC-Web is enabled (or allowAnyOrigin: true)").field_path(".allowedOrigins").reason(Reason::FieldValueRequired))]
+#[x_kube(validation = Rule::new("!has(self.allowedOrigins) || !self.allowedOrigins.exists(o, o == '*') || (has(self.allowAnyOrigin) && self.allowAnyOrigin)").message("* in allowedOrigins lets every web site call the service: it needs allowAnyOrigin: true").field_path(".allowedOrigins").reason(Reason::FieldValueForbidden))]
+#[x_kube(validation = Rule::new("!has(self.browserTLS) || !has(self.mode) || self.mode == 'sidecar'").message("browserTLS terminates TLS at the Envoy sidecar: it needs mode sidecar").field_path(".browserTLS").reason(Reason::FieldValueForbidden))]
+#[x_kube(validation = Rule::new("!has(self.envoy) || !has(self.mode) || self.mode == 'sidecar'").message("envoy configures the sidecar: it needs mode sidecar").field_path(".envoy").reason(Reason::FieldValueForbidden))]
+pub struct GrpcWeb {
+    /// Serve gRPC-Web. Default false.
+    #[serde(default)]
+    pub enabled: bool,
+    /// `sidecar` (default): an Envoy sidecar. `native`: the runtime serves
+    /// gRPC-Web itself on the gRPC port; it needs `tls.mode` `server` or
+    /// `disabled`, because browsers present no client certificate.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub mode: Option<GrpcWebMode>,
+    /// Browser origins allowed to call: exact (`https://app.example.com`,
+    /// `http://localhost:3000`) or with a wildcard leftmost label
+    /// (`https://*.example.com`, exactly one label). `*` needs
+    /// `allowAnyOrigin: true`.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 64), inner(length(min = 1, max = 253), pattern(ORIGIN_PATTERN)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub allowed_origins: Vec<String>,
+    /// Allow every origin. Callers are then authorized by the application
+    /// alone (bearer tokens, never cookies).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub allow_any_origin: bool,
+    /// Browser-facing port: the Service port `grpc-web`. Default 8080. With
+    /// `mode: native` it maps to the gRPC port.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 1, max = 65535))]
+    pub port: Option<i32>,
+    /// Longest a call may last (`30m`, `1h`); `0s`, the default, is no
+    /// limit. The client's `grpc-timeout` applies either way.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 16), pattern(STREAM_DURATION_PATTERN))]
+    pub max_stream_duration: Option<String>,
+    /// The Envoy sidecar's image and resources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub envoy: Option<EnvoySidecar>,
+    /// Terminate browser TLS at the sidecar with this certificate. The
+    /// workload CA is private, so browsers would not trust it; by default
+    /// TLS is left to the ingress.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "browserTLS")]
+    pub browser_tls: Option<BrowserTls>,
+}
+
+/// How gRPC-Web is served.
+#[derive(Serialize, Deserialize, Clone, Copy, Debug, PartialEq, Eq, schemars::JsonSchema)]
+#[serde(rename_all = "camelCase")]
+pub enum GrpcWebMode {
+    /// An Envoy sidecar in front of the workload.
+    Sidecar,
+    /// The runtime serves gRPC-Web itself.
+    Native,
+}
+
+/// The Envoy sidecar.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct EnvoySidecar {
+    /// Image; default the operator's `--envoy-image` (a pinned official
+    /// distroless Envoy).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 1024))]
+    pub image: Option<String>,
+    /// Compute resources. Default requests: 50m CPU, 64Mi memory.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub resources: Option<ResourceRequirements>,
+}
+
+/// A `kubernetes.io/tls` Secret in the GrpcService's namespace.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct BrowserTls {
+    /// Its name.
+    #[schemars(length(min = 1, max = 253), pattern(DNS1123_SUBDOMAIN_PATTERN))]
+    pub secret_name: String,
 }
 
 /// Pattern of a DNS name of a certificate (a `*.` wildcard allowed).

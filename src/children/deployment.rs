@@ -158,8 +158,7 @@ pub fn deployment(svc: &ValidatedService, workload: &Workload) -> Deployment {
 }
 
 fn pod_spec(svc: &ValidatedService, workload: &Workload) -> PodSpec {
-    let mut containers = vec![container(svc, workload)];
-    containers.extend(workload.sidecars.iter().cloned());
+    let containers = vec![container(svc, workload)];
     // The root filesystem is read-only; give the workload a writable /tmp.
     let mut volumes = vec![Volume {
         name: "tmp".to_owned(),
@@ -176,6 +175,7 @@ fn pod_spec(svc: &ValidatedService, workload: &Workload) -> PodSpec {
             seccomp_profile: Some(runtime_default_seccomp()),
             ..PodSecurityContext::default()
         }),
+        init_containers: (!workload.sidecars.is_empty()).then(|| workload.sidecars.clone()),
         containers,
         volumes: Some(volumes),
         // The runtime's whole shutdown: drain delay, in-flight calls, hooks
@@ -246,6 +246,9 @@ fn container_env(svc: &ValidatedService, workload: &Workload) -> Vec<EnvVar> {
         value_var(env::SHUTDOWN_DRAIN_DELAY, svc.shutdown.drain_delay.clone()),
         value_var(env::SHUTDOWN_TIMEOUT, svc.shutdown.timeout.clone()),
     ];
+    if let Some(origins) = super::envoy_config::native_origins(svc) {
+        vars.push(value_var(env::GRPC_WEB_ORIGINS, origins));
+    }
     vars.extend(workload.env.iter().cloned());
     vars.extend(svc.env.iter().cloned());
     vars

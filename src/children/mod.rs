@@ -15,6 +15,7 @@
 pub mod certificate;
 pub mod deployment;
 pub mod drift;
+pub mod envoy_config;
 pub mod horizontal_pod_autoscaler;
 pub mod labels;
 pub mod pod_disruption_budget;
@@ -73,7 +74,8 @@ pub struct Workload {
     pub pod_annotations: BTreeMap<String, String>,
     /// Volumes added to the pod.
     pub volumes: Vec<Volume>,
-    /// Containers added after the workload container.
+    /// Native sidecars: init containers with `restartPolicy: Always`, which
+    /// start before the workload container and stop after it.
     pub sidecars: Vec<Container>,
     /// Environment variables added to the workload container, after the
     /// contract's own and before the user's.
@@ -343,13 +345,21 @@ impl Registry {
         Self::with_trust(crate::pki::trust::Trust::offline(crate::pki::trust::PkiSettings::default()))
     }
 
-    /// Every kind, with the CA the operator runs.
+    /// Every kind, with the CA the operator runs and the default sidecar
+    /// image.
     pub fn with_trust(trust: Arc<crate::pki::trust::Trust>) -> Self {
+        Self::configured(trust, envoy_config::DEFAULT_ENVOY_IMAGE.to_owned())
+    }
+
+    /// Every kind, with the CA the operator runs and `envoy_image` as the
+    /// gRPC-Web sidecar's default image (`--envoy-image`).
+    pub fn configured(trust: Arc<crate::pki::trust::Trust>, envoy_image: String) -> Self {
         Self {
             kinds: vec![
                 Arc::new(service_account::ServiceAccountKind),
                 Arc::new(tls_secret::TlsSecretKind::new(Arc::clone(&trust))),
-                Arc::new(certificate::CertificateKind::new(trust)),
+                Arc::new(certificate::CertificateKind::new(Arc::clone(&trust))),
+                Arc::new(envoy_config::EnvoyConfigKind::new(envoy_image, trust)),
                 Arc::new(deployment::DeploymentKind),
                 Arc::new(service::ServiceKind),
                 Arc::new(horizontal_pod_autoscaler::HorizontalPodAutoscalerKind),
@@ -565,8 +575,11 @@ pub(crate) mod tests {
     }
 
     #[test]
-    fn ready_follows_the_certificate_and_the_deployment() {
-        assert_eq!(Registry::standard().gating_conditions(), ["CertificateReady", "DeploymentAvailable"]);
+    fn ready_follows_the_certificate_the_grpc_web_sidecar_and_the_deployment() {
+        assert_eq!(
+            Registry::standard().gating_conditions(),
+            ["CertificateReady", "GrpcWebReady", "DeploymentAvailable"]
+        );
     }
 
     #[test]

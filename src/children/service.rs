@@ -69,6 +69,7 @@ pub fn service(svc: &ValidatedService, workload: &Workload) -> Service {
             ..ServicePort::default()
         },
     ];
+    ports.extend(super::envoy_config::native_service_port(svc));
     ports.extend(workload.service_ports.iter().cloned());
     Service {
         metadata: child_meta(svc),

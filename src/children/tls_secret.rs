@@ -382,6 +382,12 @@ pub fn resolve_peers(
             }
         }
     }
+    // The gRPC-Web sidecar calls the workload with the workload's own
+    // certificate: without its identity, `allowedClients` would lock the
+    // proxy out. Browser callers are authorized by the application.
+    if !svc.tls.allowed_clients.is_empty() && svc.grpc_web.as_ref().is_some_and(|w| w.sidecar()) {
+        list.push(trust.spiffe_id(&svc.namespace, &svc.service_account));
+    }
     let mut seen = std::collections::HashSet::new();
     list.retain(|p| seen.insert(p.clone()));
     if list.is_empty() {

@@ -539,7 +539,10 @@ async fn pipeline(obj: &GrpcService, ctx: &Context) -> Result<(Outcome, Option<D
     }
 
     let gating = ctx.registry.gating_conditions();
-    let ready = gating.iter().all(|t| conditions.iter().any(|c| c.type_ == *t && c.verdict.ok));
+    // As `Ready` itself: the gating conditions present (a disabled
+    // capability has none) are all True, and there is at least one.
+    let gates: Vec<&KindCondition> = conditions.iter().filter(|c| gating.contains(&c.type_)).collect();
+    let ready = !gates.is_empty() && gates.iter().all(|c| c.verdict.ok);
     let count = |field: &str| {
         deployment_status
             .as_ref()

@@ -20,8 +20,10 @@ use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
 use regex::Regex;
 
 use crate::api::v1alpha1::{DNS1123_SUBDOMAIN_PATTERN, MAX_REPLICAS, SERVICE_NAME_PATTERN};
-use crate::api::{GrpcService, ImagePullPolicy, TlsMode};
+use crate::api::v1alpha1::{ENVOY_ADMIN_PORT, ENVOY_METRICS_PORT};
+use crate::api::{GrpcService, GrpcWebMode, ImagePullPolicy, TlsMode};
 use crate::children::labels::RESERVED_POD_LABELS;
+use crate::envoy::bootstrap::Origins;
 
 /// A `GrpcService` that passed validation, with every default applied.
 #[derive(Clone, Debug, PartialEq)]
@@ -67,6 +69,8 @@ pub struct ValidatedService {
     pub creates_service_account: bool,
     /// Mutual TLS, with defaults applied.
     pub tls: ValidTls,
+    /// gRPC-Web, when enabled.
+    pub grpc_web: Option<ValidGrpcWeb>,
     /// Extra pod template annotations.
     pub pod_annotations: BTreeMap<String, String>,
     /// Extra pod template labels (none of them reserved).
@@ -127,6 +131,32 @@ impl ValidTls {
     /// Whether the operator's CA issues the certificate.
     pub fn operator_issued(&self) -> bool {
         self.enabled() && self.issuer_ref.is_none()
+    }
+}
+
+/// `spec.grpcWeb` when enabled, with defaults applied.
+#[derive(Clone, Debug, PartialEq)]
+pub struct ValidGrpcWeb {
+    /// Sidecar or native.
+    pub mode: GrpcWebMode,
+    /// The allowed browser origins.
+    pub origins: Origins,
+    /// The Service port `grpc-web` (the sidecar's listener in sidecar mode).
+    pub port: i32,
+    /// Longest call, seconds; 0 is no limit.
+    pub max_stream_duration_seconds: i64,
+    /// The sidecar image, when the spec sets one (else the operator's).
+    pub envoy_image: Option<String>,
+    /// The sidecar's resources, quantities canonical.
+    pub envoy_resources: Option<ResourceRequirements>,
+    /// The browser-facing certificate's Secret.
+    pub browser_tls_secret: Option<String>,
+}
+
+impl ValidGrpcWeb {
+    /// Whether an Envoy sidecar serves it.
+    pub fn sidecar(&self) -> bool {
+        self.mode == GrpcWebMode::Sidecar
     }
 }
 
@@ -310,6 +340,8 @@ pub fn validate(obj: &GrpcService, origin: Origin) -> Result<ValidatedService, I
     let disruption = check_disruption(&mut errs, spec, autoscaling.as_ref());
     let shutdown = check_shutdown(&mut errs, spec.shutdown.as_ref());
     let tls = check_tls(&mut errs, spec.tls.as_ref(), &namespace);
+    let grpc_web =
+        spec.grpc_web.as_ref().filter(|w| w.enabled).map(|w| check_grpc_web(&mut errs, spec, w, &tls));
     check_port(&mut errs, "spec.port", spec.port);
     check_port(&mut errs, "spec.adminPort", spec.admin_port);
     if spec.port == spec.admin_port {
@@ -398,20 +430,7 @@ pub fn validate(obj: &GrpcService, origin: Origin) -> Result<ValidatedService, I
 
     // Canonical quantities, as the API server will store them: otherwise the
     // drift check sees `0.5` against a stored `500m` (see `quantity`).
-    let mut resources = spec.resources.clone();
-    if let Some(r) = resources.as_mut() {
-        for (field, map) in [("limits", r.limits.as_mut()), ("requests", r.requests.as_mut())] {
-            for (name, q) in map.into_iter().flatten() {
-                match super::quantity::canonical(&q.0) {
-                    Ok(c) => q.0 = c,
-                    Err(e) => errs.push(
-                        format!("spec.resources.{field}[{name}]"),
-                        format!("Invalid value: {:?}: {e}", q.0),
-                    ),
-                }
-            }
-        }
-    }
+    let resources = canonical_resources(&mut errs, "spec.resources", spec.resources.as_ref());
 
     errs.into_result()?;
     let service_account = spec.service_account_name.clone().unwrap_or_else(|| name.clone());
@@ -435,6 +454,7 @@ pub fn validate(obj: &GrpcService, origin: Origin) -> Result<ValidatedService, I
         service_account,
         creates_service_account: spec.service_account_name.is_none(),
         tls,
+        grpc_web,
         pod_annotations: spec.pod_annotations.clone(),
         pod_labels: spec.pod_labels.clone(),
     })
@@ -698,6 +718,171 @@ fn check_tls(errs: &mut Errors, tls: Option<&crate::api::Tls>, namespace: &str) 
     }
 }
 
+/// Resource requirements with canonical quantities, as the API server will
+/// store them: otherwise the drift check sees `0.5` against a stored `500m`
+/// (see `quantity`).
+fn canonical_resources(
+    errs: &mut Errors,
+    path: &str,
+    resources: Option<&ResourceRequirements>,
+) -> Option<ResourceRequirements> {
+    let mut resources = resources.cloned();
+    if let Some(r) = resources.as_mut() {
+        for (field, map) in [("limits", r.limits.as_mut()), ("requests", r.requests.as_mut())] {
+            for (name, q) in map.into_iter().flatten() {
+                match super::quantity::canonical(&q.0) {
+                    Ok(c) => q.0 = c,
+                    Err(e) => {
+                        errs.push(format!("{path}.{field}[{name}]"), format!("Invalid value: {:?}: {e}", q.0))
+                    }
+                }
+            }
+        }
+    }
+    resources
+}
+
+/// A stream duration (`0s`, `90s`, `30m`, `1h30m`), in seconds.
+pub fn parse_stream_duration(text: &str) -> Option<i64> {
+    if text.is_empty() {
+        return None;
+    }
+    let mut total: i64 = 0;
+    let mut digits = String::new();
+    let mut last_unit = 0;
+    for c in text.chars() {
+        if c.is_ascii_digit() {
+            digits.push(c);
+            continue;
+        }
+        let (rank, factor) = match c {
+            'h' => (1, 3600),
+            'm' => (2, 60),
+            's' => (3, 1),
+            _ => return None,
+        };
+        if digits.is_empty() || rank <= last_unit {
+            return None;
+        }
+        total = total.checked_add(digits.parse::<i64>().ok()?.checked_mul(factor)?)?;
+        digits.clear();
+        last_unit = rank;
+    }
+    digits.is_empty().then_some(total)
+}
+
+fn check_grpc_web(
+    errs: &mut Errors,
+    spec: &crate::api::GrpcServiceSpec,
+    web: &crate::api::GrpcWeb,
+    tls: &ValidTls,
+) -> ValidGrpcWeb {
+    let mode = web.mode.unwrap_or(GrpcWebMode::Sidecar);
+    let mut list = Vec::with_capacity(web.allowed_origins.len());
+    let mut seen = BTreeSet::new();
+    for (i, origin) in web.allowed_origins.iter().enumerate() {
+        let path = format!("spec.grpcWeb.allowedOrigins[{i}]");
+        if origin == "*" {
+            if !web.allow_any_origin {
+                errs.push(
+                    path,
+                    "Forbidden: * lets every web site call the service: it needs allowAnyOrigin: true",
+                );
+            }
+        } else if let Err(e) = grpc_contract::web::check_origin_pattern(origin) {
+            errs.push(path, format!("Invalid value: {origin:?}: {}", e.reason()));
+        } else if !seen.insert(origin.to_ascii_lowercase()) {
+            errs.push(path, format!("Duplicate value: {origin:?}"));
+        } else {
+            list.push(origin.clone());
+        }
+    }
+    if web.allowed_origins.is_empty() && !web.allow_any_origin {
+        errs.push(
+            "spec.grpcWeb.allowedOrigins",
+            "Required value: at least one origin when gRPC-Web is enabled (or allowAnyOrigin: true)",
+        );
+    }
+    let origins = if web.allow_any_origin { Origins::Any } else { Origins::List(list) };
+    let port = web.port.unwrap_or(crate::api::v1alpha1::DEFAULT_GRPC_WEB_PORT);
+    check_port(errs, "spec.grpcWeb.port", port);
+    if port == spec.port || port == spec.admin_port {
+        errs.push(
+            "spec.grpcWeb.port",
+            format!("Invalid value: {port}: must differ from port and adminPort: all three are ports of the Service"),
+        );
+    }
+    if mode == GrpcWebMode::Sidecar {
+        for (path, p) in
+            [("spec.port", spec.port), ("spec.adminPort", spec.admin_port), ("spec.grpcWeb.port", port)]
+        {
+            if p == ENVOY_ADMIN_PORT || p == ENVOY_METRICS_PORT {
+                errs.push(
+                    path,
+                    format!("Invalid value: {p}: the gRPC-Web sidecar uses {ENVOY_ADMIN_PORT} (Envoy admin) and {ENVOY_METRICS_PORT} (envoy-metrics)"),
+                );
+            }
+        }
+    }
+    if mode == GrpcWebMode::Native && tls.mode == TlsMode::Mutual {
+        errs.push(
+            "spec.grpcWeb.mode",
+            "Forbidden: native needs tls.mode server or disabled: browsers present no client certificate (or use mode sidecar)",
+        );
+    }
+    let max_stream_duration_seconds = match &web.max_stream_duration {
+        None => 0,
+        Some(text) => parse_stream_duration(text).unwrap_or_else(|| {
+            errs.push(
+                "spec.grpcWeb.maxStreamDuration",
+                format!("Invalid value: {text:?}: must be hours, minutes and seconds such as 0s, 90s, 30m or 1h30m"),
+            );
+            0
+        }),
+    };
+    let envoy = web.envoy.as_ref();
+    if mode == GrpcWebMode::Native {
+        if envoy.is_some() {
+            errs.push("spec.grpcWeb.envoy", "Forbidden: envoy configures the sidecar: it needs mode sidecar");
+        }
+        if web.browser_tls.is_some() {
+            errs.push(
+                "spec.grpcWeb.browserTLS",
+                "Forbidden: browserTLS terminates TLS at the Envoy sidecar: it needs mode sidecar",
+            );
+        }
+    }
+    let envoy_image = envoy.and_then(|e| e.image.clone());
+    if let Some(image) = &envoy_image
+        && (image.trim().is_empty() || image.chars().any(char::is_whitespace) || image.len() > 1024)
+    {
+        errs.push(
+            "spec.grpcWeb.envoy.image",
+            format!("Invalid value: {image:?}: must be a non-empty image reference without whitespace"),
+        );
+    }
+    let envoy_resources =
+        canonical_resources(errs, "spec.grpcWeb.envoy.resources", envoy.and_then(|e| e.resources.as_ref()));
+    let browser_tls_secret = web.browser_tls.as_ref().map(|b| b.secret_name.clone());
+    if let Some(name) = &browser_tls_secret
+        && (name.len() > 253 || !DNS1123_SUBDOMAIN.is_match(name))
+    {
+        errs.push(
+            "spec.grpcWeb.browserTLS.secretName",
+            format!("Invalid value: {name:?}: must be the name of a Secret (a DNS-1123 subdomain)"),
+        );
+    }
+    ValidGrpcWeb {
+        mode,
+        origins,
+        port,
+        max_stream_duration_seconds,
+        envoy_image,
+        envoy_resources,
+        browser_tls_secret,
+    }
+}
+
 fn check_port(errs: &mut Errors, path: &str, port: i32) {
     if !(1..=65535).contains(&port) {
         errs.push(path, format!("Invalid value: {port}: must be between 1 and 65535"));
@@ -761,6 +946,7 @@ pub(crate) mod tests {
                 env: vec![],
                 resources: None,
                 tls: None,
+                grpc_web: None,
                 service_account_name: None,
                 pod_annotations: BTreeMap::new(),
                 pod_labels: BTreeMap::new(),

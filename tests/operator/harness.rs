@@ -322,6 +322,7 @@ pub fn sample(name: &str) -> GrpcService {
             env: vec![],
             resources: None,
             tls: None,
+            grpc_web: None,
             service_account_name: None,
             pod_annotations: Default::default(),
             pod_labels: Default::default(),
