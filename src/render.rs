@@ -85,10 +85,29 @@ pub enum RenderError {
     Serialize(#[source] Box<dyn std::error::Error + Send + Sync>),
 }
 
+/// The operator settings `render` needs: the PKI domains (`--trust-domain`,
+/// `--cluster-domain`) and the sidecar image (`--envoy-image`).
+#[derive(Clone, Debug)]
+pub struct RenderSettings {
+    /// Trust and cluster domains.
+    pub pki: PkiSettings,
+    /// The gRPC-Web sidecar's default image.
+    pub envoy_image: String,
+}
+
+impl Default for RenderSettings {
+    fn default() -> Self {
+        Self {
+            pki: PkiSettings::default(),
+            envoy_image: crate::children::envoy_config::DEFAULT_ENVOY_IMAGE.to_owned(),
+        }
+    }
+}
+
 /// Renders every GrpcService in `sources` into a multi-document YAML stream
 /// of its children. Either every manifest is valid and the whole stream is
 /// returned, or nothing is and every problem is reported.
-pub fn render(sources: &[Source], pki: &PkiSettings) -> Result<String, RenderError> {
+pub fn render(sources: &[Source], settings: &RenderSettings) -> Result<String, RenderError> {
     let mut inputs = Vec::new();
     for source in sources {
         match source {
@@ -108,19 +127,22 @@ pub fn render(sources: &[Source], pki: &PkiSettings) -> Result<String, RenderErr
             }
         }
     }
-    render_texts_with(&inputs, pki)
+    render_texts_with(&inputs, settings)
 }
 
 /// Renders `(file name, content)` pairs; see [`render`].
 pub fn render_texts(inputs: &[(String, String)]) -> Result<String, RenderError> {
-    render_texts_with(inputs, &PkiSettings::default())
+    render_texts_with(inputs, &RenderSettings::default())
 }
 
 /// [`render_texts`] for an operator run with `pki`'s trust and cluster
 /// domains (`--trust-domain`, `--cluster-domain`).
-pub fn render_texts_with(inputs: &[(String, String)], pki: &PkiSettings) -> Result<String, RenderError> {
-    let trust = Trust::offline(pki.clone());
-    let registry = Registry::with_trust(std::sync::Arc::clone(&trust));
+pub fn render_texts_with(
+    inputs: &[(String, String)],
+    settings: &RenderSettings,
+) -> Result<String, RenderError> {
+    let trust = Trust::offline(settings.pki.clone());
+    let registry = Registry::configured(std::sync::Arc::clone(&trust), settings.envoy_image.clone());
     let mut problems = Vec::new();
     let mut objects = Vec::new();
     let mut parsed = Vec::new();
@@ -284,14 +306,14 @@ mod tests {
 
     #[test]
     fn sample_renders_to_a_deployment_a_service_and_a_disruption_budget() {
-        let out = render(&[Source::Path(sample_file().into())], &PkiSettings::default()).expect("renders");
+        let out = render(&[Source::Path(sample_file().into())], &RenderSettings::default()).expect("renders");
         insta::assert_snapshot!(out);
     }
 
     #[test]
     fn rendering_is_deterministic() {
-        let a = render(&[Source::Path(sample_file().into())], &PkiSettings::default()).expect("renders");
-        let b = render(&[Source::Path(sample_file().into())], &PkiSettings::default()).expect("renders");
+        let a = render(&[Source::Path(sample_file().into())], &RenderSettings::default()).expect("renders");
+        let b = render(&[Source::Path(sample_file().into())], &RenderSettings::default()).expect("renders");
         assert_eq!(a, b);
     }
 

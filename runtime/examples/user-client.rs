@@ -30,7 +30,7 @@ async fn main() -> Result<(), Box<dyn std::error::Error>> {
     let echoed =
         response.metadata().get("x-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_string();
     println!("CreateUser = {:?} (x-request-id echoed: {echoed})", response.into_inner());
-    let mut stream = client.list_users(ListUsersRequest {}).await?.into_inner();
+    let mut stream = client.list_users(ListUsersRequest::default()).await?.into_inner();
     while let Some(user) = stream.message().await? {
         println!("ListUsers: {user:?}");
     }

@@ -303,8 +303,15 @@ fn sds_file(secret: Secret) -> DiscoveryResponse {
     DiscoveryResponse { resources: vec![any(&secret)], ..DiscoveryResponse::default() }
 }
 
+/// TLS 1.3 only, as the runtime's server. Both bounds: an Envoy client's
+/// default maximum is TLS 1.2, which a TLS 1.3 minimum alone turns into "no
+/// supported versions".
 fn tls13() -> TlsParameters {
-    TlsParameters { tls_minimum_protocol_version: TlsProtocol::TlSv13 as i32, ..TlsParameters::default() }
+    TlsParameters {
+        tls_minimum_protocol_version: TlsProtocol::TlSv13 as i32,
+        tls_maximum_protocol_version: TlsProtocol::TlSv13 as i32,
+        ..TlsParameters::default()
+    }
 }
 
 fn web_listener(input: &SidecarInput) -> Listener {
@@ -797,6 +804,10 @@ pub(crate) mod tests {
         assert!(options["explicit_http_config"]["http2_protocol_options"].is_object(), "{options}");
         let tls = &workload["transport_socket"]["typed_config"]["common_tls_context"];
         assert_eq!(tls["alpn_protocols"], serde_json::json!(["h2"]));
+        assert_eq!(
+            tls["tls_params"],
+            serde_json::json!({"tls_minimum_protocol_version": "TLSv1_3", "tls_maximum_protocol_version": "TLSv1_3"})
+        );
         let combined = &tls["combined_validation_context"];
         assert_eq!(
             combined["default_validation_context"]["match_typed_subject_alt_names"][0],

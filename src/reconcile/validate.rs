@@ -1197,4 +1197,90 @@ pub(crate) mod tests {
         assert!(QUALIFIED_NAME.is_match("a_b.c-d"));
         assert!(LABEL_VALUE.is_match(""));
     }
+
+    fn web(origins: &[&str]) -> crate::api::GrpcWeb {
+        crate::api::GrpcWeb {
+            enabled: true,
+            allowed_origins: origins.iter().map(|o| (*o).to_owned()).collect(),
+            ..Default::default()
+        }
+    }
+
+    #[test]
+    fn grpc_web_defaults_to_a_sidecar_on_8080_without_a_stream_limit() {
+        let mut obj = sample();
+        obj.spec.grpc_web = Some(web(&["https://app.example.com"]));
+        let v = validate(&obj, Origin::Cluster).expect("valid").grpc_web.expect("enabled");
+        assert_eq!((v.mode, v.port, v.max_stream_duration_seconds), (GrpcWebMode::Sidecar, 8080, 0));
+        assert_eq!(v.origins, Origins::List(vec!["https://app.example.com".into()]));
+        obj.spec.grpc_web = Some(crate::api::GrpcWeb { enabled: false, ..web(&[]) });
+        assert_eq!(validate(&obj, Origin::Cluster).expect("valid").grpc_web, None, "disabled");
+    }
+
+    #[test]
+    fn grpc_web_origins_ports_and_modes_are_checked_with_their_paths() {
+        let mut obj = sample();
+        obj.spec.grpc_web = Some(web(&[
+            "*",
+            "https://a.example.com/app",
+            "https://a.*.com",
+            "https://X.com",
+            "https://x.com",
+        ]));
+        let err = validate(&obj, Origin::Cluster).expect_err("invalid");
+        assert_eq!(
+            paths(&err),
+            [
+                "spec.grpcWeb.allowedOrigins[0]",
+                "spec.grpcWeb.allowedOrigins[1]",
+                "spec.grpcWeb.allowedOrigins[2]",
+                "spec.grpcWeb.allowedOrigins[4]",
+            ],
+            "{err}"
+        );
+        assert!(err.errors[0].reason.contains("allowAnyOrigin"), "{err}");
+        assert!(err.errors[3].reason.starts_with("Duplicate"), "origins compare without case: {err}");
+
+        obj.spec.grpc_web = Some(web(&[]));
+        let err = validate(&obj, Origin::Cluster).expect_err("no origin");
+        assert_eq!(paths(&err), ["spec.grpcWeb.allowedOrigins"]);
+        obj.spec.grpc_web = Some(crate::api::GrpcWeb { allow_any_origin: true, ..web(&[]) });
+        let v = validate(&obj, Origin::Cluster).expect("any origin");
+        assert_eq!(v.grpc_web.map(|w| w.origins), Some(Origins::Any));
+
+        obj.spec.admin_port = 9902;
+        obj.spec.grpc_web = Some(crate::api::GrpcWeb { port: Some(50051), ..web(&["https://x.com"]) });
+        let err = validate(&obj, Origin::Cluster).expect_err("ports");
+        assert_eq!(paths(&err), ["spec.grpcWeb.port", "spec.adminPort"], "{err}");
+
+        obj.spec.admin_port = 9090;
+        obj.spec.grpc_web = Some(crate::api::GrpcWeb {
+            mode: Some(GrpcWebMode::Native),
+            max_stream_duration: Some("1d".into()),
+            browser_tls: Some(crate::api::BrowserTls { secret_name: "web".into() }),
+            ..web(&["https://x.com"])
+        });
+        let err = validate(&obj, Origin::Cluster).expect_err("native with mutual TLS");
+        assert_eq!(
+            paths(&err),
+            ["spec.grpcWeb.mode", "spec.grpcWeb.maxStreamDuration", "spec.grpcWeb.browserTLS"],
+            "{err}"
+        );
+    }
+
+    #[test]
+    fn stream_durations_parse_hours_minutes_and_seconds_in_order() {
+        for (text, want) in [
+            ("0s", Some(0)),
+            ("90s", Some(90)),
+            ("30m", Some(1800)),
+            ("1h30m", Some(5400)),
+            ("1h5s", Some(3605)),
+        ] {
+            assert_eq!(parse_stream_duration(text), want, "{text}");
+        }
+        for text in ["", "5", "1d", "30m1h", "h", "1h1h"] {
+            assert_eq!(parse_stream_duration(text), None, "{text}");
+        }
+    }
 }

@@ -255,6 +255,84 @@ fn cases() -> Vec<(&'static str, Value, &'static str, &'static str)> {
             "spec.shutdown.drainDelay",
             "should match",
         ),
+        (
+            "gRPC-Web enabled without an origin",
+            manifest("a", with("grpcWeb", json!({"enabled": true}))),
+            "spec.grpcWeb.allowedOrigins",
+            "at least one origin",
+        ),
+        (
+            "a * origin without allowAnyOrigin",
+            manifest("a", with("grpcWeb", json!({"enabled": true, "allowedOrigins": ["*"]}))),
+            "spec.grpcWeb.allowedOrigins",
+            "allowAnyOrigin",
+        ),
+        (
+            "an origin with a path",
+            manifest(
+                "a",
+                with("grpcWeb", json!({"enabled": true, "allowedOrigins": ["https://a.example.com/app"]})),
+            ),
+            "spec.grpcWeb.allowedOrigins[0]",
+            "should match",
+        ),
+        (
+            "native gRPC-Web with mutual TLS",
+            manifest(
+                "a",
+                with(
+                    "grpcWeb",
+                    json!({"enabled": true, "mode": "native", "allowedOrigins": ["https://a.example.com"]}),
+                ),
+            ),
+            "spec.grpcWeb.mode",
+            "browsers present no client certificate",
+        ),
+        (
+            "the gRPC-Web port on the admin port",
+            manifest(
+                "a",
+                with(
+                    "grpcWeb",
+                    json!({"enabled": true, "port": 9090, "allowedOrigins": ["https://a.example.com"]}),
+                ),
+            ),
+            "spec.grpcWeb.port",
+            "must differ from port and adminPort",
+        ),
+        (
+            "the sidecar's metrics port taken by the workload",
+            manifest(
+                "a",
+                json!({"image": "i:1", "services": ["a.v1.A"], "adminPort": 9902,
+                       "grpcWeb": {"enabled": true, "allowedOrigins": ["https://a.example.com"]}}),
+            ),
+            "spec.grpcWeb.port",
+            "9901 or 9902",
+        ),
+        (
+            "browserTLS in native mode",
+            manifest(
+                "a",
+                json!({"image": "i:1", "services": ["a.v1.A"], "tls": {"mode": "server"},
+                       "grpcWeb": {"enabled": true, "mode": "native", "allowedOrigins": ["https://a.example.com"],
+                                   "browserTLS": {"secretName": "web"}}}),
+            ),
+            "spec.grpcWeb.browserTLS",
+            "needs mode sidecar",
+        ),
+        (
+            "a stream duration in days",
+            manifest(
+                "a",
+                with(
+                    "grpcWeb",
+                    json!({"enabled": true, "allowedOrigins": ["https://a.example.com"], "maxStreamDuration": "1d"}),
+                ),
+            ),
+            "spec.grpcWeb.maxStreamDuration",
+            "should match",
+        ),
         // A rule on the root names no field; kube-apiserver prints "<nil>".
         ("name not a DNS-1035 label", manifest("1user", Value::Object(base())), "<nil>", "DNS-1035 label"),
     ]

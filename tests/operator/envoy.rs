@@ -6,6 +6,7 @@ use std::path::{Path, PathBuf};
 use std::process::Stdio;
 use std::time::{Duration, Instant};
 
+use serde_json::Value;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn envoy() -> PathBuf {
@@ -161,4 +162,130 @@ async fn envoy_validates_its_config_and_proxies_a_request_on_loopback() {
     );
 
     child.kill().await.expect("envoy stops");
+}
+
+/// Real certificates for the mounted Secrets' paths: a validation that finds
+/// the files reads them as Envoy in a pod would.
+fn write_certificates(dir: &Path) {
+    use grpc_operator::pki::{authority, leaf};
+    let now = jiff::Timestamp::now().as_second();
+    let ca = authority::generate_root("cluster.local", 86_400, now).expect("a CA");
+    let names = vec!["web".to_owned()];
+    let request = leaf::LeafRequest {
+        dns_names: &names,
+        spiffe_id: "spiffe://cluster.local/ns/shop/sa/web",
+        duration_seconds: 3600,
+        renew_before_seconds: 600,
+        key_pem: None,
+    };
+    let issued = leaf::issue(&ca, &request, now, 0.0).expect("a leaf");
+    std::fs::create_dir_all(dir).expect("dir");
+    std::fs::write(dir.join("tls.crt"), &issued.cert_pem).expect("tls.crt");
+    std::fs::write(dir.join("tls.key"), &issued.key_pem).expect("tls.key");
+    std::fs::write(dir.join("ca.crt"), ca.cert.pem()).expect("ca.crt");
+}
+
+/// Writes a rendered ConfigMap's files into `dir` with the pod's mount
+/// paths moved under `dir` (Envoy checks that SDS paths exist); returns the
+/// bootstrap's path.
+fn materialize(config_map: &Value, dir: &Path) -> PathBuf {
+    use grpc_operator::children::{envoy_config, tls_secret};
+    let config_dir = dir.join("config");
+    let tls_dir = dir.join("tls");
+    let browser_dir = dir.join("browser-tls");
+    write_certificates(&tls_dir);
+    write_certificates(&browser_dir);
+    std::fs::create_dir_all(&config_dir).expect("config dir");
+    for (file, content) in config_map["data"].as_object().expect("data") {
+        let text = content
+            .as_str()
+            .expect("text")
+            .replace(envoy_config::CONFIG_DIR, &config_dir.display().to_string())
+            .replace(envoy_config::BROWSER_TLS_DIR, &browser_dir.display().to_string())
+            .replace(tls_secret::MOUNT_PATH, &tls_dir.display().to_string());
+        std::fs::write(config_dir.join(file), text).expect("write");
+    }
+    config_dir.join(grpc_operator::envoy::bootstrap::BOOTSTRAP_FILE)
+}
+
+/// The sample and every variant the snapshots cover, rendered.
+fn rendered_config_maps() -> Vec<(String, Value)> {
+    let samples = grpc_operator_testkit::repo_root().join("config/samples");
+    let mut inputs = Vec::new();
+    for entry in std::fs::read_dir(&samples).expect("samples") {
+        let path = entry.expect("entry").path();
+        if path.file_name().is_some_and(|n| n != "kustomization.yaml") {
+            inputs.push((path.display().to_string(), std::fs::read_to_string(&path).expect("sample")));
+        }
+    }
+    let variant = |name: &str, spec: &str| {
+        (
+            format!("variant {name}"),
+            format!(
+                "apiVersion: grpcoperator.io/v1alpha1\nkind: GrpcService\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  image: i:1\n  services: [a.v1.A]\n{spec}"
+            ),
+        )
+    };
+    inputs.push(variant(
+        "browser-tls",
+        "  grpcWeb: {enabled: true, allowedOrigins: ['https://a.example.com'], browserTLS: {secretName: web-cert}, port: 8443}\n",
+    ));
+    inputs.push(variant(
+        "plaintext-upstream",
+        "  tls: {mode: disabled}\n  grpcWeb: {enabled: true, allowAnyOrigin: true, maxStreamDuration: 1h30m}\n",
+    ));
+    inputs.push(variant(
+        "server-tls",
+        "  port: 9000\n  adminPort: 9100\n  tls: {mode: server}\n  grpcWeb: {enabled: true, allowedOrigins: ['https://*.example.com:8443', 'http://localhost:3000']}\n",
+    ));
+    let mut out = Vec::new();
+    for (file, text) in &inputs {
+        let yaml = grpc_operator::render::render_texts(&[(file.clone(), text.clone())]).expect("renders");
+        let docs: Vec<Value> = serde_saphyr::from_multiple(&yaml).expect("YAML");
+        for doc in docs.into_iter().filter(|d| d["kind"] == "ConfigMap") {
+            out.push((format!("{file}: {}", doc["metadata"]["name"].as_str().unwrap_or_default()), doc));
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn envoy_accepts_the_bootstrap_of_every_sample_and_variant_and_refuses_an_unknown_field() {
+    let envoy = envoy();
+    let cases = rendered_config_maps();
+    assert!(
+        cases.len() >= 4,
+        "the sample and three variants: {:?}",
+        cases.iter().map(|c| &c.0).collect::<Vec<_>>()
+    );
+    let dir = tempfile::tempdir().expect("tempdir");
+    for (i, (case, config_map)) in cases.iter().enumerate() {
+        let bootstrap = materialize(config_map, &dir.path().join(i.to_string()));
+        let out = validate(&envoy, &bootstrap).await;
+        let log = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "{case}: envoy --mode validate refused it:\n{log}");
+        // Nothing Envoy would warn about: a deprecated field, a missing
+        // connection limit, a certificate file it cannot read.
+        let warnings: Vec<&str> =
+            log.lines().filter(|l| l.contains("][warning][") || l.contains("][error][")).collect();
+        assert!(warnings.is_empty(), "{case}: {warnings:#?}");
+    }
+
+    // The check is real: a field Envoy does not know is refused, by name.
+    let (case, config_map) = &cases[0];
+    let bootstrap = materialize(config_map, &dir.path().join("broken"));
+    let text = std::fs::read_to_string(&bootstrap).expect("bootstrap");
+    std::fs::write(
+        &bootstrap,
+        text.replacen(
+            "\"stat_prefix\": \"grpc_web\"",
+            "\"stat_prefix\": \"grpc_web\", \"no_such_field\": 1",
+            1,
+        ),
+    )
+    .expect("write");
+    let out = validate(&envoy, &bootstrap).await;
+    assert!(!out.status.success(), "{case}: an unknown field passed validation");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("no_such_field"), "{err}");
 }

@@ -7,6 +7,7 @@ mod children;
 mod cli;
 mod crd_validation;
 mod envoy;
+mod grpc_web;
 mod harness;
 mod mtls;
 mod rbac;

@@ -12,7 +12,7 @@ use grpc_operator_testkit::audit::{self, Permission};
 use grpc_operator_testkit::{Fault, FaultKind, OPERATOR_ACCOUNT, Verb};
 use k8s_openapi::api::apps::v1::Deployment;
 use k8s_openapi::api::autoscaling::v2::HorizontalPodAutoscaler;
-use k8s_openapi::api::core::v1::{Secret, ServiceAccount};
+use k8s_openapi::api::core::v1::{ConfigMap, Secret, ServiceAccount};
 use k8s_openapi::api::policy::v1::PodDisruptionBudget;
 use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
@@ -229,6 +229,24 @@ async fn run_lifecycle_and_compare(h: Harness, role_file: &str) {
         let cert = certificates.get_opt("user-service").await.ok()?;
         let secret = h.api::<Secret>().get_opt("user-service-tls").await.ok()?;
         (cert.is_none() && secret.is_some()).then_some(())
+    })
+    .await;
+
+    // The gRPC-Web sidecar on (its ConfigMap is created, the browser
+    // certificate Secret it names is read), then off (the ConfigMap pruned).
+    let web = json!({"grpcWeb": {"enabled": true, "allowedOrigins": ["https://app.example.com"],
+                                 "browserTLS": {"secretName": "browser-certificate"}}});
+    let on = spec(web);
+    grpc.patch("user-service", &PatchParams::default(), &merge(&on)).await.expect("gRPC-Web on");
+    let config_maps = h.api::<ConfigMap>();
+    eventually("the sidecar's ConfigMap", || async {
+        config_maps.get_opt("user-service-envoy").await.ok()?.map(|_| ())
+    })
+    .await;
+    let off = spec(json!({"grpcWeb": null}));
+    grpc.patch("user-service", &PatchParams::default(), &merge(&off)).await.expect("gRPC-Web off");
+    eventually("the sidecar's ConfigMap pruned", || async {
+        config_maps.get_opt("user-service-envoy").await.ok()?.is_none().then_some(())
     })
     .await;
 

@@ -82,9 +82,29 @@ impl UserService for Users {
 
     type ListUsersStream = UserStream;
 
-    async fn list_users(&self, _request: Request<ListUsersRequest>) -> Result<Response<UserStream>, Status> {
+    async fn list_users(&self, request: Request<ListUsersRequest>) -> Result<Response<UserStream>, Status> {
+        let ListUsersRequest { repeat, interval_ms } = request.into_inner();
+        if !(0..=1000).contains(&repeat) {
+            return Err(Status::invalid_argument("repeat: must be between 0 and 1000"));
+        }
+        if !(0..=60_000).contains(&interval_ms) {
+            return Err(Status::invalid_argument("interval_ms: must be between 0 and 60000"));
+        }
         let users: Vec<User> =
             self.store.lock().unwrap_or_else(PoisonError::into_inner).users.values().cloned().collect();
-        Ok(Response::new(Box::pin(futures::stream::iter(users.into_iter().map(Ok)))))
+        let count = users.len() * usize::try_from(repeat.max(1)).unwrap_or(1);
+        let all = users.into_iter().cycle().take(count);
+        if interval_ms == 0 {
+            return Ok(Response::new(Box::pin(futures::stream::iter(all.map(Ok)))));
+        }
+        let pause = std::time::Duration::from_millis(u64::from(interval_ms.unsigned_abs()));
+        let paced = futures::stream::unfold((all, true), move |(mut rest, first)| async move {
+            let user = rest.next()?;
+            if !first {
+                tokio::time::sleep(pause).await;
+            }
+            Some((Ok(user), (rest, false)))
+        });
+        Ok(Response::new(Box::pin(paced)))
     }
 }

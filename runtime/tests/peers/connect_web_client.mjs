@@ -13,12 +13,18 @@
 //        [--origin http://app.example] [--header 'k: v']...
 //        [--transport web|node-grpcweb|node-grpc] [--http-version 1.1|2]
 //        [--json] [--timeout-ms 5000] [--proto PATH] [--proto-root DIR] [--strict]
+//        [--list-repeat N] [--list-interval-ms MS]
+//        [--loop-seconds S] [--interval-ms MS]   (calls: loop)
 //
 // Prints one JSON line on stdout:
 //   {"transport":"web","baseUrl":"..","origin":"..",
 //    "get":   {"ok":true,"user":{"id":1,"name":"..","tags":[]},"headers":{..}},
 //    "create":{"ok":true,"user":{..},"headers":{..}},
-//    "list":  {"ok":true,"users":[{..},..],"headers":{..}}}
+//    "list":  {"ok":true,"users":[{..},..],"arrivalsMs":[..],"headers":{..}}}
+// (arrivalsMs: when each streamed message arrived, ms after the call began)
+//    "loop":  {"ok":true,"calls":N,"failures":0,"errors":[..]}
+// (GetUser over and over for --loop-seconds, --interval-ms apart; ok when
+// no call failed; errors holds the first 10 failures)
 // a failed call is {"ok":false,"code":"NotFound","codeNumber":5,
 //                   "message":"..","metadata":{..}}
 // (code is the Connect Code name; codeNumber the gRPC status number;
@@ -68,6 +74,10 @@ try {
       "proto-root": { type: "string" },
       service: { type: "string", default: "user.v1.UserService" },
       strict: { type: "boolean", default: false },
+      "list-repeat": { type: "string", default: "0" },
+      "list-interval-ms": { type: "string", default: "0" },
+      "loop-seconds": { type: "string", default: "10" },
+      "interval-ms": { type: "string", default: "20" },
     },
     strict: true,
   }).values;
@@ -76,7 +86,7 @@ try {
 }
 const baseUrl = args["base-url"] ?? usage("--base-url is required");
 const calls = args.calls.split(",").map((c) => c.trim()).filter(Boolean);
-for (const c of calls) if (!["get", "create", "list"].includes(c)) usage(`unknown call ${c}`);
+for (const c of calls) if (!["get", "create", "list", "loop"].includes(c)) usage(`unknown call ${c}`);
 if (!["web", "node-grpcweb", "node-grpc"].includes(args.transport)) usage(`unknown transport ${args.transport}`);
 const httpVersion = args["http-version"] ?? (args.transport === "node-grpc" ? "2" : "1.1");
 if (!["1.1", "2"].includes(httpVersion)) usage(`--http-version is 1.1 or 2`);
@@ -184,7 +194,22 @@ async function main() {
     if (args.origin) result.origin = args.origin;
     for (const call of calls) {
       try {
-        if (call === "get") {
+        if (call === "loop") {
+          const end = Date.now() + Number(args["loop-seconds"]) * 1000;
+          const pause = Number(args["interval-ms"]);
+          const out = { calls: 0, failures: 0, errors: [] };
+          while (Date.now() < end) {
+            out.calls += 1;
+            try {
+              await client.getUser({ userId: BigInt(args["user-id"]) }, { timeoutMs });
+            } catch (e) {
+              out.failures += 1;
+              if (out.errors.length < 10) out.errors.push(errorJson(e));
+            }
+            await new Promise((r) => setTimeout(r, pause));
+          }
+          result.loop = { ok: out.failures === 0, ...out };
+        } else if (call === "get") {
           const u = await client.getUser({ userId: BigInt(args["user-id"]) }, { timeoutMs });
           result.get = { ok: true, user: userJson(u), headers: headersOf(seen.GetUser) };
         } else if (call === "create") {
@@ -192,13 +217,19 @@ async function main() {
           result.create = { ok: true, user: userJson(u), headers: headersOf(seen.CreateUser) };
         } else {
           const users = [];
+          const arrivalsMs = [];
+          const started = Date.now();
+          const request = { repeat: Number(args["list-repeat"]), intervalMs: Number(args["list-interval-ms"]) };
           try {
-            for await (const u of client.listUsers({}, { timeoutMs })) users.push(userJson(u));
+            for await (const u of client.listUsers(request, { timeoutMs })) {
+              users.push(userJson(u));
+              arrivalsMs.push(Date.now() - started);
+            }
           } catch (e) {
-            result.list = { ...errorJson(e), users };
+            result.list = { ...errorJson(e), users, arrivalsMs };
             continue;
           }
-          result.list = { ok: true, users, headers: headersOf(seen.ListUsers) };
+          result.list = { ok: true, users, arrivalsMs, headers: headersOf(seen.ListUsers) };
         }
       } catch (e) {
         result[call] = errorJson(e);

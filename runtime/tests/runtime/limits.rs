@@ -64,7 +64,7 @@ async fn the_server_default_deadline_applies_when_the_client_sends_none() {
 async fn a_deadline_cuts_a_response_stream_with_deadline_exceeded() {
     let server = TestServer::start(misbehaving_server()).await;
     let mut client = server.client().await;
-    let mut request = tonic::Request::new(ListUsersRequest {});
+    let mut request = tonic::Request::new(ListUsersRequest::default());
     request.set_timeout(Duration::from_millis(450));
     let mut stream = client.list_users(request).await.expect("stream starts").into_inner();
     let mut received = 0;
@@ -135,7 +135,7 @@ async fn a_panicking_handler_answers_internal_and_is_counted() {
     assert_eq!(status.code(), Code::Internal, "{status:?}");
     assert_eq!(status.message(), "internal error", "the panic text stays in the server log");
 
-    let mut request = tonic::Request::new(ListUsersRequest {});
+    let mut request = tonic::Request::new(ListUsersRequest::default());
     request.metadata_mut().insert("x-panic-stream", "1".parse().expect("value"));
     let mut stream = client.list_users(request).await.expect("stream starts").into_inner();
     let mut received = 0;

@@ -74,7 +74,7 @@ async fn promtool_accepts_the_metrics_output() {
     assert_eq!(alice.name, "alice");
     let missing = client.get_user(GetUserRequest { user_id: 404 }).await.expect_err("GetUser 404");
     assert_eq!(missing.code(), tonic::Code::NotFound);
-    let mut stream = client.list_users(ListUsersRequest {}).await.expect("ListUsers").into_inner();
+    let mut stream = client.list_users(ListUsersRequest::default()).await.expect("ListUsers").into_inner();
     let mut listed = 0;
     while let Some(user) = stream.message().await.expect("stream message") {
         assert!(!user.name.is_empty());

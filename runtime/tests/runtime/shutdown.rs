@@ -96,7 +96,7 @@ async fn the_server_stops_at_the_shutdown_timeout_even_with_a_stream_held_open()
     let server = misbehaving_server().configure(|c| c.shutdown.timeout = Duration::from_millis(800));
     let mut server = TestServer::start(server).await;
     let mut client = server.client().await;
-    let mut stream = client.list_users(ListUsersRequest {}).await.expect("stream").into_inner();
+    let mut stream = client.list_users(ListUsersRequest::default()).await.expect("stream").into_inner();
     stream.message().await.expect("first message").expect("some");
     let started = Instant::now();
     let serving = server.begin_shutdown();
@@ -225,7 +225,7 @@ async fn a_long_lived_stream_ends_cleanly_when_shutdown_begins() {
     let server = misbehaving_server().configure(|c| c.shutdown.timeout = Duration::from_secs(10));
     let mut server = TestServer::start(server).await;
     let mut client = server.client().await;
-    let mut request = tonic::Request::new(ListUsersRequest {});
+    let mut request = tonic::Request::new(ListUsersRequest::default());
     request.metadata_mut().insert("x-end-on-shutdown", "1".parse().expect("value"));
     let mut stream = client.list_users(request).await.expect("stream").into_inner();
     stream.message().await.expect("first message").expect("some");

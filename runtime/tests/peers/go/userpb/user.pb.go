@@ -189,9 +189,14 @@ func (x *CreateUserRequest) GetTags() []string {
 	return nil
 }
 
-// Request of ListUsers: no filter.
+// Request of ListUsers: every user, optionally repeated and paced.
 type ListUsersRequest struct {
-	state         protoimpl.MessageState `protogen:"open.v1"`
+	state protoimpl.MessageState `protogen:"open.v1"`
+	// Send the users this many times over (0 and 1: once; at most 1000).
+	Repeat int32 `protobuf:"varint,1,opt,name=repeat,proto3" json:"repeat,omitempty"`
+	// Pause before every message after the first, in milliseconds (at most
+	// 60000): a slow stream, for tests of long-lived streams through proxies.
+	IntervalMs    int32 `protobuf:"varint,2,opt,name=interval_ms,json=intervalMs,proto3" json:"interval_ms,omitempty"`
 	unknownFields protoimpl.UnknownFields
 	sizeCache     protoimpl.SizeCache
 }
@@ -226,6 +231,20 @@ func (*ListUsersRequest) Descriptor() ([]byte, []int) {
 	return file_user_v1_user_proto_rawDescGZIP(), []int{3}
 }
 
+func (x *ListUsersRequest) GetRepeat() int32 {
+	if x != nil {
+		return x.Repeat
+	}
+	return 0
+}
+
+func (x *ListUsersRequest) GetIntervalMs() int32 {
+	if x != nil {
+		return x.IntervalMs
+	}
+	return 0
+}
+
 var File_user_v1_user_proto protoreflect.FileDescriptor
 
 const file_user_v1_user_proto_rawDesc = "" +
@@ -239,8 +258,11 @@ const file_user_v1_user_proto_rawDesc = "" +
 	"\auser_id\x18\x01 \x01(\x03R\x06userId\";\n" +
 	"\x11CreateUserRequest\x12\x12\n" +
 	"\x04name\x18\x01 \x01(\tR\x04name\x12\x12\n" +
-	"\x04tags\x18\x02 \x03(\tR\x04tags\"\x12\n" +
-	"\x10ListUsersRequest2\xb2\x01\n" +
+	"\x04tags\x18\x02 \x03(\tR\x04tags\"K\n" +
+	"\x10ListUsersRequest\x12\x16\n" +
+	"\x06repeat\x18\x01 \x01(\x05R\x06repeat\x12\x1f\n" +
+	"\vinterval_ms\x18\x02 \x01(\x05R\n" +
+	"intervalMs2\xb2\x01\n" +
 	"\vUserService\x121\n" +
 	"\aGetUser\x12\x17.user.v1.GetUserRequest\x1a\r.user.v1.User\x127\n" +
 	"\n" +
