@@ -410,7 +410,12 @@ async fn browsers_and_grpc_web_clients_reach_the_mtls_workload_through_the_sidec
     assert!(String::from_utf8_lossy(&not_found.stderr).contains("not_found"), "{}", describe(&not_found));
     assert!(long_stream.status.success(), "{}", describe(&long_stream));
     let streamed = String::from_utf8_lossy(&long_stream.stdout).matches("\"name\"").count();
-    assert_eq!(streamed, 18, "every message of the 32 s stream: {}", describe(&long_stream));
+    // 9 rounds of the users: 2, or 3 when connect-web's create came first.
+    assert!(
+        streamed >= 18 && streamed.is_multiple_of(9),
+        "every message of the stream: {}",
+        describe(&long_stream)
+    );
     assert_eq!(connect["get"]["ok"], true, "{connect}");
     assert_eq!(connect["create"]["ok"], true, "{connect}");
     let headers = &connect["get"]["headers"];
@@ -420,9 +425,12 @@ async fn browsers_and_grpc_web_clients_reach_the_mtls_workload_through_the_sidec
         "{connect}"
     );
     assert_eq!(connect_stream["list"]["ok"], true, "{connect_stream}");
-    let arrivals = connect_stream["list"]["arrivalsMs"].as_array().map(Vec::len);
-    assert_eq!(arrivals, Some(18), "{connect_stream}");
-    let last = connect_stream["list"]["arrivalsMs"][17].as_f64().unwrap_or_default();
+    let arrivals: Vec<f64> = connect_stream["list"]["arrivalsMs"]
+        .as_array()
+        .map(|a| a.iter().filter_map(Value::as_f64).collect())
+        .unwrap_or_default();
+    assert!(arrivals.len() >= 18 && arrivals.len().is_multiple_of(9), "{connect_stream}");
+    let last = arrivals.last().copied().unwrap_or_default();
     assert!(last >= 30_000.0, "the stream lasted {last} ms, more than Envoy's 15 s route default");
     let not_found = connect_web(&base, &origin(allowed_page), &["--calls", "get", "--user-id", "99"]).await;
     assert_eq!(not_found["get"]["code"], "NotFound", "{not_found}");
