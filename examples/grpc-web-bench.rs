@@ -25,7 +25,7 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context as _;
 use bytes::Bytes;
-use grpc_operator::envoy::bootstrap::{self, Origins, SidecarInput, UpstreamTls};
+use grpc_operator::envoy::bootstrap::{self, Origins, SidecarInput, UpstreamTls, Writer};
 use grpc_operator::pki::authority::generate_root;
 use grpc_operator::pki::leaf::{LeafRequest, issue};
 use http_body_util::{BodyExt, Full};
@@ -83,32 +83,63 @@ fn pod_input() -> SidecarInput {
     }
 }
 
+/// Per-build times of `writer`, µs, sorted; and the mean.
+fn time_builds(input: &SidecarInput, writer: Writer, builds: usize) -> anyhow::Result<(Vec<f64>, f64)> {
+    for _ in 0..builds / 10 {
+        std::hint::black_box(bootstrap::build_with(std::hint::black_box(input), writer)?);
+    }
+    let mut times = Vec::with_capacity(builds);
+    let all = Instant::now();
+    for _ in 0..builds {
+        let t = Instant::now();
+        std::hint::black_box(bootstrap::build_with(std::hint::black_box(input), writer)?);
+        times.push(t.elapsed().as_secs_f64() * 1e6);
+    }
+    let mean = all.elapsed().as_secs_f64() * 1e6 / builds as f64;
+    times.sort_by(f64::total_cmp);
+    Ok((times, mean))
+}
+
 fn bench_build(builds: usize) -> anyhow::Result<()> {
     let input = pod_input();
     let first = Instant::now();
     let files = bootstrap::build(&input)?;
     let first = first.elapsed();
     let bytes: usize = files.values().map(String::len).sum();
-    // Warm-up, then timed builds one by one.
-    for _ in 0..1000 {
-        std::hint::black_box(bootstrap::build(std::hint::black_box(&input))?);
+    anyhow::ensure!(
+        bootstrap::build_with(&input, Writer::Strict)? == bootstrap::build_with(&input, Writer::Reference)?,
+        "the two writers disagree"
+    );
+    // Alternating halves, so that both writers see the same machine.
+    let mut rows = Vec::new();
+    for writer in [Writer::Strict, Writer::Reference, Writer::Strict, Writer::Reference] {
+        rows.push((writer, time_builds(&input, writer, builds / 2)?));
     }
-    let mut times = Vec::with_capacity(builds);
-    let all = Instant::now();
-    for _ in 0..builds {
-        let t = Instant::now();
-        std::hint::black_box(bootstrap::build(std::hint::black_box(&input))?);
-        times.push(t.elapsed().as_secs_f64() * 1e6);
-    }
-    let mean = all.elapsed().as_secs_f64() * 1e6 / builds as f64;
-    times.sort_by(f64::total_cmp);
     println!("## Building the sidecar's configuration ({} files, {bytes} bytes)\n", files.len());
-    println!("| | µs |");
-    println!("|---|---|");
-    println!("| first build (decodes the descriptor pool once) | {:.0} |", first.as_secs_f64() * 1e6);
-    println!("| mean of {builds} | {mean:.1} |");
-    println!("| p50 | {:.1} |", percentile(&times, 0.50));
-    println!("| p99 | {:.1} |", percentile(&times, 0.99));
+    println!("first build, which decodes the descriptor pool once: {:.0} µs\n", first.as_secs_f64() * 1e6);
+    println!("| JSON writer | builds | mean µs | p50 µs | p99 µs |");
+    println!("|---|---|---|---|---|");
+    for target in [Writer::Strict, Writer::Reference] {
+        let mut times: Vec<f64> = Vec::new();
+        let mut mean = 0.0;
+        for (w, (t, m)) in &rows {
+            if *w == target {
+                times.extend(t);
+                mean += m / 2.0;
+            }
+        }
+        times.sort_by(f64::total_cmp);
+        let name = match target {
+            Writer::Reference => "prost-reflect DynamicMessage (reference)",
+            _ => "wire walker over the descriptor pool (used)",
+        };
+        println!(
+            "| {name} | {} | {mean:.1} | {:.1} | {:.1} |",
+            times.len(),
+            percentile(&times, 0.50),
+            percentile(&times, 0.99)
+        );
+    }
     println!();
     Ok(())
 }

@@ -158,13 +158,46 @@ pub struct EncodeError {
     pub reason: String,
 }
 
+/// How a message becomes JSON.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Writer {
+    /// From the wire bytes, falling back to the reference ([`to_json`]).
+    Fast,
+    /// From the wire bytes, failing instead of falling back (tests).
+    Strict,
+    /// prost-reflect's `DynamicMessage` serializer ([`to_json_reference`]).
+    Reference,
+}
+
+fn write<M: Message + Name>(message: &M, writer: Writer) -> Result<String, EncodeError> {
+    match writer {
+        Writer::Fast => to_json(message),
+        Writer::Strict => {
+            let fail = |reason: String| EncodeError { message: M::full_name(), reason };
+            let descriptor = POOL
+                .get_message_by_name(&M::full_name())
+                .ok_or_else(|| fail("not in the descriptor set".to_owned()))?;
+            let bytes = message.encode_to_vec();
+            write_compact(&super::json::Wire { desc: descriptor, bytes: &bytes })
+                .map_err(|e| fail(e.to_string()))
+        }
+        Writer::Reference => to_json_reference(message),
+    }
+}
+
 /// Builds the bootstrap and the SDS files it references.
 pub fn build(input: &SidecarInput) -> Result<Files, EncodeError> {
+    build_with(input, Writer::Fast)
+}
+
+/// [`build`] with a chosen JSON writer.
+pub fn build_with(input: &SidecarInput, writer: Writer) -> Result<Files, EncodeError> {
+    let to_json = |m: &dyn Fn(Writer) -> Result<String, EncodeError>| m(writer);
     let mut files = Files::new();
-    files.insert(BOOTSTRAP_FILE, to_json(&bootstrap(input))?);
+    files.insert(BOOTSTRAP_FILE, to_json(&|w| write(&bootstrap(input), w))?);
     if let Some(tls) = &input.upstream_tls {
         let certificate = certificate_secret(WORKLOAD_CERTIFICATE_SECRET, &tls.dir);
-        files.insert(SDS_WORKLOAD_CERTIFICATE_FILE, to_json(&sds_file(certificate))?);
+        files.insert(SDS_WORKLOAD_CERTIFICATE_FILE, to_json(&|w| write(&sds_file(certificate.clone()), w))?);
         let ca = Secret {
             name: WORKLOAD_CA_SECRET.to_owned(),
             r#type: Some(secret::Type::ValidationContext(CertificateValidationContext {
@@ -173,11 +206,11 @@ pub fn build(input: &SidecarInput) -> Result<Files, EncodeError> {
                 ..CertificateValidationContext::default()
             })),
         };
-        files.insert(SDS_WORKLOAD_CA_FILE, to_json(&sds_file(ca))?);
+        files.insert(SDS_WORKLOAD_CA_FILE, to_json(&|w| write(&sds_file(ca.clone()), w))?);
     }
     if let Some(dir) = &input.browser_tls_dir {
         let certificate = certificate_secret(BROWSER_CERTIFICATE_SECRET, dir);
-        files.insert(SDS_BROWSER_CERTIFICATE_FILE, to_json(&sds_file(certificate))?);
+        files.insert(SDS_BROWSER_CERTIFICATE_FILE, to_json(&|w| write(&sds_file(certificate.clone()), w))?);
     }
     Ok(files)
 }
@@ -186,22 +219,48 @@ const WORKLOAD_CERTIFICATE_SECRET: &str = "workload_certificate";
 const WORKLOAD_CA_SECRET: &str = "workload_ca";
 const BROWSER_CERTIFICATE_SECRET: &str = "browser_certificate";
 
-/// Writes `message` as proto3 JSON through the descriptor pool: field names
-/// as in Envoy's docs (snake_case), `Any` with its `@type`, defaults left out.
+/// Writes `message` as compact proto3 JSON through the descriptor pool: field
+/// names as in Envoy's docs (snake_case), `Any` with its `@type`, defaults
+/// left out, one line and a newline (compact is a fifth cheaper to write
+/// than indented; `jq` shows it indented).
+/// [`super::json`] writes it from the wire bytes; should it meet something
+/// it does not handle, prost-reflect's serializer (the reference) does.
 pub fn to_json<M: Message + Name>(message: &M) -> Result<String, EncodeError> {
+    let fail = |reason: String| EncodeError { message: M::full_name(), reason };
+    let descriptor = POOL
+        .get_message_by_name(&M::full_name())
+        .ok_or_else(|| fail("not in the descriptor set".to_owned()))?;
+    let bytes = message.encode_to_vec();
+    match write_compact(&super::json::Wire { desc: descriptor, bytes: &bytes }) {
+        Ok(text) => Ok(text),
+        Err(_) => to_json_reference(message),
+    }
+}
+
+/// [`to_json`] through prost-reflect's `DynamicMessage` serializer: slower,
+/// and the reference the fast path is tested against.
+pub fn to_json_reference<M: Message + Name>(message: &M) -> Result<String, EncodeError> {
     let fail = |reason: String| EncodeError { message: M::full_name(), reason };
     let descriptor = POOL
         .get_message_by_name(&M::full_name())
         .ok_or_else(|| fail("not in the descriptor set".to_owned()))?;
     let dynamic = DynamicMessage::decode(descriptor, message.encode_to_vec().as_slice())
         .map_err(|e| fail(e.to_string()))?;
-    let mut out = Vec::with_capacity(8 << 10);
-    let mut serializer =
-        serde_json::Serializer::with_formatter(&mut out, serde_json::ser::PrettyFormatter::new());
     let options = SerializeOptions::new().use_proto_field_name(true).stringify_64_bit_integers(false);
+    let mut out = Vec::with_capacity(16 << 10);
+    let mut serializer = serde_json::Serializer::new(&mut out);
     dynamic.serialize_with_options(&mut serializer, &options).map_err(|e| fail(e.to_string()))?;
     out.push(b'\n');
     String::from_utf8(out).map_err(|e| fail(e.to_string()))
+}
+
+fn write_compact<T: serde::Serialize>(value: &T) -> Result<String, serde_json::Error> {
+    let mut out = Vec::with_capacity(16 << 10);
+    let mut serializer = serde_json::Serializer::new(&mut out);
+    value.serialize(&mut serializer)?;
+    out.push(b'\n');
+    // serde_json writes UTF-8 only.
+    String::from_utf8(out).map_err(<serde_json::Error as serde::ser::Error>::custom)
 }
 
 fn any<M: Message + Name>(message: &M) -> Any {
@@ -705,9 +764,76 @@ pub(crate) mod tests {
     #[test]
     fn the_pods_bootstrap_matches_snapshot() {
         let files = build(&pod_input()).expect("builds");
-        insta::assert_snapshot!("envoy_json", files[BOOTSTRAP_FILE]);
-        insta::assert_snapshot!("sds_workload_certificate", files[SDS_WORKLOAD_CERTIFICATE_FILE]);
-        insta::assert_snapshot!("sds_workload_ca", files[SDS_WORKLOAD_CA_FILE]);
+        // The files are compact JSON; the snapshots re-indent them to be read.
+        let pretty = |text: &str| {
+            let value: serde_json::Value = serde_json::from_str(text).expect("JSON");
+            serde_json::to_string_pretty(&value).expect("JSON")
+        };
+        insta::assert_snapshot!("envoy_json", pretty(&files[BOOTSTRAP_FILE]));
+        insta::assert_snapshot!("sds_workload_certificate", pretty(&files[SDS_WORKLOAD_CERTIFICATE_FILE]));
+        insta::assert_snapshot!("sds_workload_ca", pretty(&files[SDS_WORKLOAD_CA_FILE]));
+    }
+
+    /// The pod input and variants covering every optional part.
+    fn inputs() -> Vec<SidecarInput> {
+        let mut plain = pod_input();
+        plain.upstream_tls = None;
+        plain.origins = Origins::Any;
+        plain.max_stream_duration_seconds = 5400;
+        let mut browser = pod_input();
+        browser.browser_tls_dir = Some("/var/run/secrets/grpcoperator.io/browser-tls".to_owned());
+        browser.web_port = 8443;
+        vec![pod_input(), plain, browser]
+    }
+
+    #[test]
+    fn the_wire_walker_writes_exactly_what_prost_reflect_writes() {
+        for input in inputs() {
+            let fast = build_with(&input, Writer::Strict).expect("the wire walker handles every part");
+            let reference = build_with(&input, Writer::Reference).expect("prost-reflect writes it");
+            assert_eq!(fast, reference, "{input:?}");
+        }
+    }
+
+    #[test]
+    fn the_wire_walker_matches_prost_reflect_on_packed_numbers_fractions_and_json_values() {
+        use envoy_types::pb::envoy::config::route::v3::RetryPolicy;
+        let retry = RetryPolicy {
+            retry_on: "5xx,reset".to_owned(),
+            num_retries: Some(u32_value(3)),
+            per_try_timeout: Some(ProtoDuration { seconds: 2, nanos: 500_000_000 }),
+            retriable_status_codes: vec![503, 504, 429],
+            ..RetryPolicy::default()
+        };
+        assert_eq!(
+            write(&retry, Writer::Strict).expect("strict"),
+            write(&retry, Writer::Reference).expect("reference")
+        );
+        let nested = Struct {
+            fields: [
+                ("n".to_owned(), ProtoValue { kind: Some(value::Kind::NumberValue(-1.25)) }),
+                ("b".to_owned(), ProtoValue { kind: Some(value::Kind::BoolValue(true)) }),
+                ("z".to_owned(), ProtoValue { kind: Some(value::Kind::NullValue(0)) }),
+                (
+                    "l".to_owned(),
+                    ProtoValue {
+                        kind: Some(value::Kind::ListValue(envoy_types::pb::google::protobuf::ListValue {
+                            values: vec![ProtoValue { kind: Some(value::Kind::StringValue("x".to_owned())) }],
+                        })),
+                    },
+                ),
+            ]
+            .into_iter()
+            .collect(),
+        };
+        let log = SubstitutionFormatString {
+            format: Some(substitution_format_string::Format::JsonFormat(nested)),
+            ..SubstitutionFormatString::default()
+        };
+        assert_eq!(
+            write(&log, Writer::Strict).expect("strict"),
+            write(&log, Writer::Reference).expect("reference")
+        );
     }
 
     #[test]

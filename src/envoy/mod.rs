@@ -3,3 +3,4 @@
 
 pub mod bootstrap;
 pub mod descriptors;
+pub mod json;

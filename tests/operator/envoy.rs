@@ -277,11 +277,7 @@ async fn envoy_accepts_the_bootstrap_of_every_sample_and_variant_and_refuses_an_
     let text = std::fs::read_to_string(&bootstrap).expect("bootstrap");
     std::fs::write(
         &bootstrap,
-        text.replacen(
-            "\"stat_prefix\": \"grpc_web\"",
-            "\"stat_prefix\": \"grpc_web\", \"no_such_field\": 1",
-            1,
-        ),
+        text.replacen("\"stat_prefix\":\"grpc_web\"", "\"stat_prefix\":\"grpc_web\",\"no_such_field\":1", 1),
     )
     .expect("write");
     let out = validate(&envoy, &bootstrap).await;

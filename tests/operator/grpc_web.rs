@@ -128,8 +128,8 @@ impl Sidecar {
                     .replace("\"0.0.0.0\"", "\"127.0.0.1\"");
                 for (pod_port, local) in ports {
                     text = text.replace(
-                        &format!("\"port_value\": {pod_port}\n"),
-                        &format!("\"port_value\": {local}\n"),
+                        &format!("\"port_value\":{pod_port}}}"),
+                        &format!("\"port_value\":{local}}}"),
                     );
                 }
                 (k, text.into_bytes())
