@@ -5,7 +5,7 @@
 CARGO ?= cargo
 CRD_FILE := crds/grpcservices.grpcoperator.io.yaml
 
-.PHONY: all build test lint fmt crds render-sample test-all test-infra test-cluster e2e bench bench-tls bench-runtime bench-vs-go bench-h2-abuse run-example
+.PHONY: all build test lint fmt crds envoy-descriptors render-sample test-all test-infra test-cluster e2e bench bench-tls bench-grpc-web bench-runtime bench-vs-go bench-h2-abuse run-example
 
 all: build
 
@@ -28,6 +28,10 @@ fmt:
 crds:
 	$(CARGO) run --quiet --bin grpc-operator -- crd > $(CRD_FILE)
 	cp $(CRD_FILE) config/crd/bases/
+
+## Regenerate src/envoy/envoy.binpb, Envoy's descriptor set, from the locked envoy-types.
+envoy-descriptors:
+	UPDATE_ENVOY_DESCRIPTORS=1 $(CARGO) test --lib envoy::descriptors::tests::the_committed_envoy_descriptor_set_is_current
 
 ## The main job with no cluster: render the sample into the objects the controller applies.
 render-sample:
@@ -61,6 +65,11 @@ bench-tls:
 	$(CARGO) build --release -p grpc-runtime --example user-service
 	$(CARGO) run --release -p grpc-operator --example pki-bench -- --leaves 1000
 	$(CARGO) run --release -p grpc-operator --example tls-reload-bench -- --swaps 20
+
+## gRPC-Web: building the sidecar's bootstrap, and unary calls native vs through the sidecar.
+bench-grpc-web:
+	$(CARGO) build --release -p grpc-runtime --example user-service
+	$(CARGO) run --release -p grpc-operator --example grpc-web-bench -- --builds 20000 --seconds 8 --rounds 3
 
 ## Runtime benchmark: the user service with the full chain vs bare tonic (see docs/benchmarks.md).
 bench-runtime:

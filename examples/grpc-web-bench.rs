@@ -406,6 +406,17 @@ async fn bench_modes(seconds: u64, rounds: usize) -> anyhow::Result<()> {
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     let (mut builds, mut seconds, mut rounds) = (20_000usize, 8u64, 3usize);
+    // `--only-builds N`: N builds and nothing else, for callgrind's
+    // instruction count per build ((I(N) - I(0)) / N).
+    if let [flag, n] = std::env::args().skip(1).collect::<Vec<_>>().as_slice()
+        && flag == "--only-builds"
+    {
+        let input = pod_input();
+        for _ in 0..n.parse::<usize>()? {
+            std::hint::black_box(bootstrap::build(std::hint::black_box(&input))?);
+        }
+        return Ok(());
+    }
     let mut args = std::env::args().skip(1);
     while let Some(a) = args.next() {
         let value = args.next().unwrap_or_default();

@@ -250,6 +250,13 @@ async fn run_operator(args: RunArgs) -> Result<(), BoxError> {
         let _ = stop_tx.send(true);
     });
 
+    if args.envoy_image.trim().is_empty() || args.envoy_image.chars().any(char::is_whitespace) {
+        return Err(format!(
+            "--envoy-image {:?}: must be an image reference without whitespace",
+            args.envoy_image
+        )
+        .into());
+    }
     grpc_contract::spiffe::check_id(&format!("spiffe://{}", args.trust_domain))
         .map_err(|e| format!("--trust-domain {:?}: {}", args.trust_domain, e.reason()))?;
     let trust = Trust::new(PkiSettings {
