@@ -62,25 +62,7 @@ fn percentile(sorted: &[f64], p: f64) -> f64 {
 }
 
 fn pod_input() -> SidecarInput {
-    SidecarInput {
-        node: "shop/user-service".to_owned(),
-        config_dir: "/etc/envoy".to_owned(),
-        listen_address: "0.0.0.0".to_owned(),
-        web_port: 8080,
-        metrics_port: 9902,
-        admin_port: 9901,
-        upstream_port: 50051,
-        origins: Origins::List(vec![
-            "https://app.example.com".to_owned(),
-            "https://*.example.org".to_owned(),
-        ]),
-        max_stream_duration_seconds: 0,
-        upstream_tls: Some(UpstreamTls {
-            dir: "/var/run/secrets/grpcoperator.io/tls".to_owned(),
-            server_spiffe_id: "spiffe://cluster.local/ns/shop/sa/user-service".to_owned(),
-        }),
-        browser_tls_dir: None,
-    }
+    bootstrap::example_input()
 }
 
 /// Per-build times of `writer`, µs, sorted; and the mean.

@@ -211,16 +211,9 @@ fn container(svc: &ValidatedService, workload: &Workload) -> Container {
         resources: svc.resources.clone(),
         // HTTP probes on the admin port rather than gRPC probes: once mTLS is on,
         // the kubelet cannot present a client certificate to the gRPC port.
-        liveness_probe: Some(http_probe(LIVENESS_PATH, 10, 3)),
-        readiness_probe: Some(http_probe(READINESS_PATH, 5, 2)),
-        security_context: Some(SecurityContext {
-            run_as_non_root: Some(true),
-            allow_privilege_escalation: Some(false),
-            read_only_root_filesystem: Some(true),
-            capabilities: Some(Capabilities { drop: Some(vec!["ALL".to_owned()]), add: None }),
-            seccomp_profile: Some(runtime_default_seccomp()),
-            ..SecurityContext::default()
-        }),
+        liveness_probe: Some(http_probe(LIVENESS_PATH, ADMIN_PORT_NAME, 10, 3)),
+        readiness_probe: Some(http_probe(READINESS_PATH, ADMIN_PORT_NAME, 5, 2)),
+        security_context: Some(restricted_security_context()),
         volume_mounts: Some(volume_mounts),
         ..Container::default()
     }
@@ -272,11 +265,12 @@ fn field_var(name: &str, field_path: &str) -> EnvVar {
     }
 }
 
-fn http_probe(path: &str, period_seconds: i32, failure_threshold: i32) -> Probe {
+/// An HTTP GET probe of `path` on the container port named `port`.
+pub fn http_probe(path: &str, port: &str, period_seconds: i32, failure_threshold: i32) -> Probe {
     Probe {
         http_get: Some(HTTPGetAction {
             path: Some(path.to_owned()),
-            port: IntOrString::String(ADMIN_PORT_NAME.to_owned()),
+            port: IntOrString::String(port.to_owned()),
             scheme: Some("HTTP".to_owned()),
             ..HTTPGetAction::default()
         }),
@@ -285,6 +279,19 @@ fn http_probe(path: &str, period_seconds: i32, failure_threshold: i32) -> Probe 
         failure_threshold: Some(failure_threshold),
         success_threshold: Some(1),
         ..Probe::default()
+    }
+}
+
+/// A container's part of Pod Security "restricted", with a read-only root
+/// filesystem.
+pub fn restricted_security_context() -> SecurityContext {
+    SecurityContext {
+        run_as_non_root: Some(true),
+        allow_privilege_escalation: Some(false),
+        read_only_root_filesystem: Some(true),
+        capabilities: Some(Capabilities { drop: Some(vec!["ALL".to_owned()]), add: None }),
+        seccomp_profile: Some(runtime_default_seccomp()),
+        ..SecurityContext::default()
     }
 }
 

@@ -21,9 +21,8 @@ use std::sync::Arc;
 use futures::future::BoxFuture;
 use grpc_contract::admin::GRPC_PORT_NAME;
 use k8s_openapi::api::core::v1::{
-    Capabilities, ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, HTTPGetAction, Probe,
-    ResourceRequirements, SeccompProfile, Secret, SecretVolumeSource, SecurityContext, ServicePort, Volume,
-    VolumeMount,
+    ConfigMap, ConfigMapVolumeSource, Container, ContainerPort, Probe, ResourceRequirements, Secret,
+    SecretVolumeSource, SecurityContext, ServicePort, Volume, VolumeMount,
 };
 use k8s_openapi::apimachinery::pkg::api::resource::Quantity;
 use k8s_openapi::apimachinery::pkg::util::intstr::IntOrString;
@@ -148,33 +147,17 @@ pub fn config_hash(files: &bootstrap::Files) -> String {
     crate::pki::hex(&ctx.finish().as_ref()[..16])
 }
 
+/// Restricted, as the workload's container, as the image's `nonroot` user.
 fn restricted() -> SecurityContext {
     SecurityContext {
-        run_as_non_root: Some(true),
         run_as_user: Some(ENVOY_UID),
         run_as_group: Some(ENVOY_UID),
-        allow_privilege_escalation: Some(false),
-        read_only_root_filesystem: Some(true),
-        capabilities: Some(Capabilities { drop: Some(vec!["ALL".to_owned()]), add: None }),
-        seccomp_profile: Some(SeccompProfile { type_: "RuntimeDefault".to_owned(), localhost_profile: None }),
-        ..SecurityContext::default()
+        ..super::deployment::restricted_security_context()
     }
 }
 
 fn ready_probe(period_seconds: i32, failure_threshold: i32) -> Probe {
-    Probe {
-        http_get: Some(HTTPGetAction {
-            path: Some("/ready".to_owned()),
-            port: IntOrString::String(METRICS_PORT_NAME.to_owned()),
-            scheme: Some("HTTP".to_owned()),
-            ..HTTPGetAction::default()
-        }),
-        period_seconds: Some(period_seconds),
-        timeout_seconds: Some(1),
-        failure_threshold: Some(failure_threshold),
-        success_threshold: Some(1),
-        ..Probe::default()
-    }
+    super::deployment::http_probe("/ready", METRICS_PORT_NAME, period_seconds, failure_threshold)
 }
 
 fn default_resources() -> ResourceRequirements {

@@ -144,6 +144,30 @@ pub struct SidecarInput {
     pub browser_tls_dir: Option<String>,
 }
 
+/// A typical pod's input: mutual TLS upstream, an exact and a wildcard
+/// origin, the default ports (the tests' and the benchmark's case).
+pub fn example_input() -> SidecarInput {
+    SidecarInput {
+        node: "shop/user-service".to_owned(),
+        config_dir: "/etc/envoy".to_owned(),
+        listen_address: "0.0.0.0".to_owned(),
+        web_port: 8080,
+        metrics_port: 9902,
+        admin_port: 9901,
+        upstream_port: 50051,
+        origins: Origins::List(vec![
+            "https://app.example.com".to_owned(),
+            "https://*.example.org".to_owned(),
+        ]),
+        max_stream_duration_seconds: 0,
+        upstream_tls: Some(UpstreamTls {
+            dir: "/var/run/secrets/grpcoperator.io/tls".to_owned(),
+            server_spiffe_id: "spiffe://cluster.local/ns/shop/sa/user-service".to_owned(),
+        }),
+        browser_tls_dir: None,
+    }
+}
+
 /// The generated files: ConfigMap key → content.
 pub type Files = BTreeMap<&'static str, String>;
 
@@ -729,27 +753,8 @@ fn metrics_listener(input: &SidecarInput) -> Listener {
 pub(crate) mod tests {
     use super::*;
 
-    /// A pod's input: mutual TLS, a wildcard and an exact origin.
     pub(crate) fn pod_input() -> SidecarInput {
-        SidecarInput {
-            node: "shop/user-service".to_owned(),
-            config_dir: "/etc/envoy".to_owned(),
-            listen_address: "0.0.0.0".to_owned(),
-            web_port: 8080,
-            metrics_port: 9902,
-            admin_port: 9901,
-            upstream_port: 50051,
-            origins: Origins::List(vec![
-                "https://app.example.com".to_owned(),
-                "https://*.example.org".to_owned(),
-            ]),
-            max_stream_duration_seconds: 0,
-            upstream_tls: Some(UpstreamTls {
-                dir: "/var/run/secrets/grpcoperator.io/tls".to_owned(),
-                server_spiffe_id: "spiffe://cluster.local/ns/shop/sa/user-service".to_owned(),
-            }),
-            browser_tls_dir: None,
-        }
+        example_input()
     }
 
     fn bootstrap_json(input: &SidecarInput) -> serde_json::Value {

@@ -357,27 +357,30 @@ struct Scalar<'b> {
     raw: Raw<'b>,
 }
 
-fn float64<S: Serializer>(v: f64, s: S) -> Result<S::Ok, S::Error> {
+/// The proto3 JSON spelling of a non-finite number.
+fn non_finite(v: f64) -> Option<&'static str> {
     if v.is_finite() {
-        s.serialize_f64(v)
+        None
     } else if v.is_nan() {
-        s.serialize_str("NaN")
+        Some("NaN")
     } else if v > 0.0 {
-        s.serialize_str("Infinity")
+        Some("Infinity")
     } else {
-        s.serialize_str("-Infinity")
+        Some("-Infinity")
+    }
+}
+
+fn float64<S: Serializer>(v: f64, s: S) -> Result<S::Ok, S::Error> {
+    match non_finite(v) {
+        Some(text) => s.serialize_str(text),
+        None => s.serialize_f64(v),
     }
 }
 
 fn float32<S: Serializer>(v: f32, s: S) -> Result<S::Ok, S::Error> {
-    if v.is_finite() {
-        s.serialize_f32(v)
-    } else if v.is_nan() {
-        s.serialize_str("NaN")
-    } else if v > 0.0 {
-        s.serialize_str("Infinity")
-    } else {
-        s.serialize_str("-Infinity")
+    match non_finite(f64::from(v)) {
+        Some(text) => s.serialize_str(text),
+        None => s.serialize_f32(v),
     }
 }
 
