@@ -342,7 +342,7 @@ pub mod web {
                 OriginError::Scheme => "the scheme must be http or https",
                 OriginError::HasPath => "an origin has no path, query or fragment",
                 OriginError::Wildcard => {
-                    "a * may only be the whole leftmost host label (https://*.example.com)"
+                    "a * may only be the whole leftmost host label, above at least two more (https://*.example.com)"
                 }
             }
         }
@@ -371,7 +371,9 @@ pub mod web {
             Some((first, others)) => (first, others),
             None => (host, ""),
         };
-        if others.contains('*') || (first.contains('*') && (first != "*" || others.is_empty())) {
+        // A wildcard needs two labels under it: `*.com` would admit every
+        // site of a top-level domain, `allowAnyOrigin` in disguise.
+        if others.contains('*') || (first.contains('*') && (first != "*" || !others.contains('.'))) {
             return Err(OriginError::Wildcard);
         }
         let valid = |c: char| c.is_ascii_alphanumeric() || matches!(c, '-' | '.' | '[' | ']' | ':' | '*');
@@ -603,6 +605,12 @@ mod tests {
         assert_eq!(check_origin_pattern("https://a.*.com"), Err(OriginError::Wildcard));
         assert_eq!(check_origin_pattern("https://*"), Err(OriginError::Wildcard));
         assert_eq!(check_origin_pattern("https://x*.a.com"), Err(OriginError::Wildcard));
+        assert_eq!(
+            check_origin_pattern("https://*.com"),
+            Err(OriginError::Wildcard),
+            "a whole top-level domain"
+        );
+        assert_eq!(check_origin_pattern("https://*.com:443"), Err(OriginError::Wildcard));
 
         assert!(origin_matches("https://*.example.com", "https://app.example.com"));
         assert!(origin_matches("https://*.example.com", "HTTPS://App.Example.COM"));

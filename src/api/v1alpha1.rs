@@ -224,9 +224,9 @@ pub struct Tls {
 }
 
 /// Pattern of an allowed browser origin: `*`, an exact origin, or one whose
-/// leftmost host label is `*` (`https://*.example.com`).
-pub const ORIGIN_PATTERN: &str =
-    r"^(\*|https?://(\*\.)?([A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?)$";
+/// leftmost host label is `*` above at least two more (`https://*.example.com`,
+/// not `https://*.com`).
+pub const ORIGIN_PATTERN: &str = r"^(\*|https?://(\*\.[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+|[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?)$";
 
 /// Pattern of a stream duration: hours, minutes and seconds (`0s`, `30m`,
 /// `1h30m`, `90s`).

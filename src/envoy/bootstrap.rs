@@ -12,14 +12,14 @@
 //!   the workload (Envoy's default forwards it);
 //! - the route timeout is 0 and `stream_idle_timeout` is long, so server
 //!   streams are not cut at Envoy's 15 s route or 5 min idle defaults;
-//!   `grpc-timeout` is honoured (`grpc_timeout_header_max: 0s`);
+//!   `grpc-timeout` is honoured, within `maxStreamDuration` when set;
 //! - no filter buffers bodies, which would break streaming.
 
 use std::collections::{BTreeMap, HashMap};
 
 use envoy_types::pb::envoy::config::accesslog::v3::{AccessLog, access_log};
 use envoy_types::pb::envoy::config::bootstrap::v3::{Admin, Bootstrap, bootstrap::StaticResources};
-use envoy_types::pb::envoy::config::cluster::v3::{Cluster, cluster};
+use envoy_types::pb::envoy::config::cluster::v3::{CircuitBreakers, Cluster, circuit_breakers, cluster};
 use envoy_types::pb::envoy::config::core::v3::{
     Address, ApiVersion, ConfigSource, DataSource, Http1ProtocolOptions, Http2ProtocolOptions,
     HttpProtocolOptions as CommonHttpProtocolOptions, Node, PathConfigSource, SocketAddress,
@@ -90,6 +90,9 @@ pub const STREAM_IDLE_TIMEOUT_SECONDS: i64 = 3600;
 /// global limit; without one Envoy warns at start-up and accepts without
 /// bound).
 pub const MAX_DOWNSTREAM_CONNECTIONS: u64 = 10_000;
+/// Requests, pending requests and connections Envoy lets through to the
+/// workload at once: as many as downstream connections it accepts.
+pub const UPSTREAM_MAX_REQUESTS: u32 = 10_000;
 /// Read and write buffer per connection: the HTTP/2 connection window of the
 /// runtime's server (1 MiB), so Envoy never holds more of a stream than the
 /// workload would.
@@ -330,7 +333,13 @@ fn bootstrap(input: &SidecarInput) -> Bootstrap {
             clusters,
             ..StaticResources::default()
         }),
-        admin: Some(Admin { address: Some(socket("127.0.0.1", input.admin_port)), ..Admin::default() }),
+        // Probes and scrapes must get through when browsers use every
+        // connection the global limit allows.
+        admin: Some(Admin {
+            address: Some(socket("127.0.0.1", input.admin_port)),
+            ignore_global_conn_limit: true,
+            ..Admin::default()
+        }),
         overload_manager: Some(OverloadManager {
             resource_monitors: vec![ResourceMonitor {
                 name: "envoy.resource_monitors.global_downstream_max_connections".to_owned(),
@@ -490,8 +499,11 @@ fn web_routes(input: &SidecarInput) -> RouteConfiguration {
             max_stream_duration: Some(route_action::MaxStreamDuration {
                 max_stream_duration: (input.max_stream_duration_seconds > 0)
                     .then(|| seconds(input.max_stream_duration_seconds)),
-                // 0s: the client's `grpc-timeout` applies, without a cap.
-                grpc_timeout_header_max: Some(seconds(0)),
+                // The client's `grpc-timeout` applies, capped by the
+                // maximum when one is set: a `grpc-timeout` replaces
+                // `max_stream_duration`, so an uncapped header (0s) would
+                // let any client escape the limit.
+                grpc_timeout_header_max: Some(seconds(input.max_stream_duration_seconds.max(0))),
                 ..route_action::MaxStreamDuration::default()
             }),
             ..RouteAction::default()
@@ -645,6 +657,18 @@ fn workload_cluster(input: &SidecarInput) -> Cluster {
     c.typed_extension_protocol_options
         .insert("envoy.extensions.upstreams.http.v3.HttpProtocolOptions".to_owned(), any(&http2));
     c.per_connection_buffer_limit_bytes = Some(u32_value(PER_CONNECTION_BUFFER_LIMIT_BYTES));
+    // Envoy's defaults (1,024 requests in flight) would cap long-lived
+    // browser streams below what the runtime admits; the runtime's own
+    // budgets answer RESOURCE_EXHAUSTED when it is full.
+    c.circuit_breakers = Some(CircuitBreakers {
+        thresholds: vec![circuit_breakers::Thresholds {
+            max_connections: Some(u32_value(UPSTREAM_MAX_REQUESTS)),
+            max_pending_requests: Some(u32_value(UPSTREAM_MAX_REQUESTS)),
+            max_requests: Some(u32_value(UPSTREAM_MAX_REQUESTS)),
+            ..circuit_breakers::Thresholds::default()
+        }],
+        ..CircuitBreakers::default()
+    });
     c.transport_socket = input.upstream_tls.as_ref().map(|tls| TransportSocket {
         name: "envoy.transport_sockets.tls".to_owned(),
         config_type: Some(transport_socket::ConfigType::TypedConfig(any(&UpstreamTlsContext {
@@ -741,6 +765,7 @@ fn metrics_listener(input: &SidecarInput) -> Listener {
     Listener {
         name: "envoy_metrics".to_owned(),
         address: Some(socket(&input.listen_address, input.metrics_port)),
+        ignore_global_conn_limit: true,
         filter_chains: vec![FilterChain {
             filters: vec![network_filter(any(&hcm))],
             ..FilterChain::default()
@@ -880,7 +905,11 @@ pub(crate) mod tests {
         input.max_stream_duration_seconds = 1800;
         let b = bootstrap_json(&input);
         let route = &web_hcm(&b)["route_config"]["virtual_hosts"][0]["routes"][0];
-        assert_eq!(route["route"]["max_stream_duration"]["max_stream_duration"], "1800s");
+        assert_eq!(
+            route["route"]["max_stream_duration"],
+            serde_json::json!({"max_stream_duration": "1800s", "grpc_timeout_header_max": "1800s"}),
+            "a client's grpc-timeout may shorten the limit, never lift it"
+        );
     }
 
     #[test]

@@ -340,8 +340,13 @@ pub fn validate(obj: &GrpcService, origin: Origin) -> Result<ValidatedService, I
     let disruption = check_disruption(&mut errs, spec, autoscaling.as_ref());
     let shutdown = check_shutdown(&mut errs, spec.shutdown.as_ref());
     let tls = check_tls(&mut errs, spec.tls.as_ref(), &namespace);
-    let grpc_web =
-        spec.grpc_web.as_ref().filter(|w| w.enabled).map(|w| check_grpc_web(&mut errs, spec, w, &tls));
+    // Checked also when disabled, as the CRD's rules are: a section that
+    // `render` accepts is one the API server accepts.
+    let grpc_web = spec
+        .grpc_web
+        .as_ref()
+        .map(|w| (w.enabled, check_grpc_web(&mut errs, spec, w, &tls)))
+        .and_then(|(enabled, w)| enabled.then_some(w));
     check_port(&mut errs, "spec.port", spec.port);
     check_port(&mut errs, "spec.adminPort", spec.admin_port);
     if spec.port == spec.admin_port {
@@ -797,7 +802,7 @@ fn check_grpc_web(
             list.push(origin.clone());
         }
     }
-    if web.allowed_origins.is_empty() && !web.allow_any_origin {
+    if web.enabled && web.allowed_origins.is_empty() && !web.allow_any_origin {
         errs.push(
             "spec.grpcWeb.allowedOrigins",
             "Required value: at least one origin when gRPC-Web is enabled (or allowAnyOrigin: true)",
@@ -806,13 +811,13 @@ fn check_grpc_web(
     let origins = if web.allow_any_origin { Origins::Any } else { Origins::List(list) };
     let port = web.port.unwrap_or(crate::api::v1alpha1::DEFAULT_GRPC_WEB_PORT);
     check_port(errs, "spec.grpcWeb.port", port);
-    if port == spec.port || port == spec.admin_port {
+    if web.enabled && (port == spec.port || port == spec.admin_port) {
         errs.push(
             "spec.grpcWeb.port",
             format!("Invalid value: {port}: must differ from port and adminPort: all three are ports of the Service"),
         );
     }
-    if mode == GrpcWebMode::Sidecar {
+    if web.enabled && mode == GrpcWebMode::Sidecar {
         for (path, p) in
             [("spec.port", spec.port), ("spec.adminPort", spec.admin_port), ("spec.grpcWeb.port", port)]
         {
@@ -824,7 +829,7 @@ fn check_grpc_web(
             }
         }
     }
-    if mode == GrpcWebMode::Native && tls.mode == TlsMode::Mutual {
+    if web.enabled && mode == GrpcWebMode::Native && tls.mode == TlsMode::Mutual {
         errs.push(
             "spec.grpcWeb.mode",
             "Forbidden: native needs tls.mode server or disabled: browsers present no client certificate (or use mode sidecar)",
@@ -1215,6 +1220,9 @@ pub(crate) mod tests {
         assert_eq!(v.origins, Origins::List(vec!["https://app.example.com".into()]));
         obj.spec.grpc_web = Some(crate::api::GrpcWeb { enabled: false, ..web(&[]) });
         assert_eq!(validate(&obj, Origin::Cluster).expect("valid").grpc_web, None, "disabled");
+        obj.spec.grpc_web = Some(crate::api::GrpcWeb { enabled: false, ..web(&["*"]) });
+        let err = validate(&obj, Origin::Cluster).expect_err("checked when disabled too, as the CRD does");
+        assert_eq!(paths(&err), ["spec.grpcWeb.allowedOrigins[0]"]);
     }
 
     #[test]

@@ -277,6 +277,12 @@ fn cases() -> Vec<(&'static str, Value, &'static str, &'static str)> {
             "should match",
         ),
         (
+            "a wildcard over a whole top-level domain",
+            manifest("a", with("grpcWeb", json!({"enabled": true, "allowedOrigins": ["https://*.com"]}))),
+            "spec.grpcWeb.allowedOrigins[0]",
+            "should match",
+        ),
+        (
             "native gRPC-Web with mutual TLS",
             manifest(
                 "a",

@@ -285,3 +285,116 @@ async fn envoy_accepts_the_bootstrap_of_every_sample_and_variant_and_refuses_an_
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("no_such_field"), "{err}");
 }
+
+/// Envoy from the operator's bootstrap, plaintext to the runtime example;
+/// the runtime and Envoy are stopped when the returned guard drops.
+struct Pair {
+    envoy: tokio::process::Child,
+    runtime: tokio::process::Child,
+    web: u16,
+}
+
+impl Drop for Pair {
+    fn drop(&mut self) {
+        let _ = self.envoy.start_kill();
+        let _ = self.runtime.start_kill();
+    }
+}
+
+async fn wait_ready(port: u16, path: &str) {
+    let deadline = Instant::now() + Duration::from_secs(30);
+    loop {
+        if let Ok(mut s) = tokio::net::TcpStream::connect(("127.0.0.1", port)).await {
+            let _ = s
+                .write_all(format!("GET {path} HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n").as_bytes())
+                .await;
+            let mut out = String::new();
+            let _ = s.read_to_string(&mut out).await;
+            if out.starts_with("HTTP/1.1 200") {
+                return;
+            }
+        }
+        assert!(Instant::now() < deadline, "127.0.0.1:{port}{path} never answered 200");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+async fn plaintext_pair(dir: &Path, max_stream_duration_seconds: i64) -> Pair {
+    use grpc_operator::envoy::bootstrap;
+    let port = crate::workload::free_port;
+    let (grpc, admin, web, metrics, envoy_admin) = (port(), port(), port(), port(), port());
+    let runtime = tokio::process::Command::new(crate::workload::example_binary())
+        .env_clear()
+        .env("GRPC_PORT", grpc.to_string())
+        .env("ADMIN_PORT", admin.to_string())
+        .env("RUST_LOG", "warn")
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("runtime starts");
+    let input = bootstrap::SidecarInput {
+        node: "test/web".to_owned(),
+        config_dir: dir.display().to_string(),
+        listen_address: "127.0.0.1".to_owned(),
+        web_port: web,
+        metrics_port: metrics,
+        admin_port: envoy_admin,
+        upstream_port: grpc,
+        origins: bootstrap::Origins::Any,
+        max_stream_duration_seconds,
+        upstream_tls: None,
+        browser_tls_dir: None,
+    };
+    for (name, content) in bootstrap::build(&input).expect("builds") {
+        std::fs::write(dir.join(name), content).expect("write");
+    }
+    let envoy = tokio::process::Command::new(envoy())
+        .arg("--config-path")
+        .arg(dir.join(bootstrap::BOOTSTRAP_FILE))
+        .args(["--disable-hot-restart", "--log-level", "warning"])
+        .stdout(Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("envoy starts");
+    wait_ready(admin, "/readyz").await;
+    wait_ready(metrics, "/ready").await;
+    Pair { envoy, runtime, web }
+}
+
+#[tokio::test]
+async fn max_stream_duration_caps_streams_even_against_a_longer_grpc_timeout() {
+    let dir = tempfile::tempdir().expect("tempdir");
+    let pair = plaintext_pair(dir.path(), 3).await;
+    let script = grpc_operator_testkit::repo_root().join("runtime/tests/peers/connect_web_client.mjs");
+    let base = format!("http://127.0.0.1:{}", pair.web);
+    // connect-web sends `grpc-timeout` from --timeout-ms.
+    let stream =
+        |timeout_ms: &str| {
+            let mut cmd = tokio::process::Command::new(crate::workload::tool("node"));
+            cmd.arg(&script)
+                .args(["--base-url", &base, "--calls", "list", "--timeout-ms", timeout_ms])
+                .args(["--list-repeat", "20", "--list-interval-ms", "500"]);
+            async move {
+                let started = Instant::now();
+                let out = cmd.output().await.expect("node runs");
+                assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+                let result: Value = serde_json::from_slice(&out.stdout).unwrap_or_default();
+                (started.elapsed(), result)
+            }
+        };
+    let last_arrival =
+        |r: &Value| r["list"]["arrivalsMs"].as_array().and_then(|a| a.last()).and_then(Value::as_f64);
+    // A client asking for an hour is cut at the 3 s maximum, after the
+    // messages of its first 3 s (a 20 s stream otherwise)...
+    let (took, capped) = stream("3600000").await;
+    assert_eq!(capped["list"]["ok"], false, "a 20 s stream outlived maxStreamDuration 3s: {capped}");
+    let last = last_arrival(&capped).unwrap_or_default();
+    assert!((2000.0..3500.0).contains(&last), "messages until {last} ms: {capped}");
+    assert!(took < Duration::from_secs(10), "cut after {took:?}: {capped}");
+    // ...and one asking for 1 s at 1 s: grpc-timeout applies within the maximum.
+    let (_, short) = stream("1000").await;
+    assert_eq!(short["list"]["code"], "DeadlineExceeded", "{short}");
+    let last = last_arrival(&short).unwrap_or_default();
+    assert!(last < 1200.0, "a 1 s deadline ran to {last} ms: {short}");
+    drop(pair);
+}

@@ -11,7 +11,7 @@
 //
 // Prints one JSON line: {"origin":"http://127.0.0.1:N","result":{get,notFound,stream},
 // "console":[...]} where each call is what the page saw (grpcStatus, user,
-// messages, arrival and render times) or {"error":"TypeError: Failed to fetch"}
+// messages, arrival times) or {"error":"TypeError: Failed to fetch"}
 // when the browser blocked it. Exit 0 once printed; 2 usage; 1 crash.
 
 import { readFileSync } from "node:fs";
