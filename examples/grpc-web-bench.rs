@@ -200,6 +200,7 @@ async fn sidecar(work: &Path, tls_dir: &Path, upstream: SocketAddr) -> anyhow::R
         admin_port: admin,
         upstream_port: upstream.port(),
         origins: Origins::List(vec![ORIGIN.to_owned()]),
+        extra_allow_headers: Vec::new(),
         max_stream_duration_seconds: 0,
         upstream_tls: Some(UpstreamTls {
             dir: tls_dir.display().to_string(),

@@ -228,6 +228,9 @@ pub struct Tls {
 /// not `https://*.com`).
 pub const ORIGIN_PATTERN: &str = r"^(\*|https?://(\*\.[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)+|[A-Za-z0-9-]+(\.[A-Za-z0-9-]+)*|\[[0-9A-Fa-f:.]+\])(:[0-9]{1,5})?)$";
 
+/// Pattern of a lower-case HTTP header name (an RFC 9110 token).
+pub const HEADER_NAME_PATTERN: &str = r"^[a-z0-9!#$%&'*+.^_`|~-]+$";
+
 /// Pattern of a stream duration: hours, minutes and seconds (`0s`, `30m`,
 /// `1h30m`, `90s`).
 pub const STREAM_DURATION_PATTERN: &str = r"^([0-9]{1,4}h)?([0-9]{1,6}m)?([0-9]{1,7}s)?$";
@@ -250,6 +253,7 @@ pub const DEFAULT_GRPC_WEB_PORT: i32 = 8080;
 #[x_kube(validation = Rule::new("!has(self.enabled) || !self.enabled || (has(self.allowAnyOrigin) && self.allowAnyOrigin) || (has(self.allowedOrigins) && size(self.allowedOrigins) > 0)").message("allowedOrigins needs at least one origin when gRPC-Web is enabled (or allowAnyOrigin: true)").field_path(".allowedOrigins").reason(Reason::FieldValueRequired))]
 #[x_kube(validation = Rule::new("!has(self.allowedOrigins) || !self.allowedOrigins.exists(o, o == '*') || (has(self.allowAnyOrigin) && self.allowAnyOrigin)").message("* in allowedOrigins lets every web site call the service: it needs allowAnyOrigin: true").field_path(".allowedOrigins").reason(Reason::FieldValueForbidden))]
 #[x_kube(validation = Rule::new("!has(self.browserTLS) || !has(self.mode) || self.mode == 'sidecar'").message("browserTLS terminates TLS at the Envoy sidecar: it needs mode sidecar").field_path(".browserTLS").reason(Reason::FieldValueForbidden))]
+#[x_kube(validation = Rule::new("!has(self.allowedHeaders) || size(self.allowedHeaders) == 0 || !has(self.mode) || self.mode == 'sidecar'").message("allowedHeaders configures the sidecar's CORS policy: it needs mode sidecar (native mode allows the runtime's list)").field_path(".allowedHeaders").reason(Reason::FieldValueForbidden))]
 #[x_kube(validation = Rule::new("!has(self.envoy) || !has(self.mode) || self.mode == 'sidecar'").message("envoy configures the sidecar: it needs mode sidecar").field_path(".envoy").reason(Reason::FieldValueForbidden))]
 pub struct GrpcWeb {
     /// Serve gRPC-Web. Default false.
@@ -272,6 +276,15 @@ pub struct GrpcWeb {
     /// alone (bearer tokens, never cookies).
     #[serde(default, skip_serializing_if = "std::ops::Not::not")]
     pub allow_any_origin: bool,
+    /// Request headers browsers may send besides the runtime's own list
+    /// (`content-type`, `x-grpc-web`, `x-user-agent`, `grpc-timeout`,
+    /// `authorization`, `x-request-id`, `x-tenant-id`, `traceparent`):
+    /// lower-case header names, added to the CORS policy's
+    /// `Access-Control-Allow-Headers`. Sidecar mode.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    #[schemars(length(max = 32), inner(length(min = 1, max = 128), pattern(HEADER_NAME_PATTERN)))]
+    #[schemars(extend("x-kubernetes-list-type" = "set"))]
+    pub allowed_headers: Vec<String>,
     /// Browser-facing port: the Service port `grpc-web`. Default 8080. With
     /// `mode: native` it maps to the gRPC port.
     #[serde(default, skip_serializing_if = "Option::is_none")]

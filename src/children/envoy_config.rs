@@ -117,6 +117,7 @@ pub fn sidecar_input(svc: &ValidatedService, trust: &Trust) -> Option<SidecarInp
         admin_port: port(ENVOY_ADMIN_PORT),
         upstream_port: port(svc.port),
         origins: web.origins.clone(),
+        extra_allow_headers: web.allowed_headers.clone(),
         max_stream_duration_seconds: web.max_stream_duration_seconds,
         upstream_tls: (svc.tls.mode != TlsMode::Disabled).then(|| UpstreamTls {
             dir: super::tls_secret::MOUNT_PATH.to_owned(),

@@ -138,6 +138,8 @@ pub struct SidecarInput {
     pub upstream_port: u16,
     /// Allowed browser origins.
     pub origins: Origins,
+    /// Request headers allowed besides the contract's list.
+    pub extra_allow_headers: Vec<String>,
     /// Longest a stream may last, in seconds; 0 is no limit.
     pub max_stream_duration_seconds: i64,
     /// mTLS to the workload, unless its TLS is disabled.
@@ -162,6 +164,7 @@ pub fn example_input() -> SidecarInput {
             "https://app.example.com".to_owned(),
             "https://*.example.org".to_owned(),
         ]),
+        extra_allow_headers: Vec::new(),
         max_stream_duration_seconds: 0,
         upstream_tls: Some(UpstreamTls {
             dir: "/var/run/secrets/grpcoperator.io/tls".to_owned(),
@@ -511,7 +514,10 @@ fn web_routes(input: &SidecarInput) -> RouteConfiguration {
         ..Route::default()
     };
     let mut per_filter = HashMap::new();
-    per_filter.insert("envoy.filters.http.cors".to_owned(), any(&cors_policy(&input.origins)));
+    per_filter.insert(
+        "envoy.filters.http.cors".to_owned(),
+        any(&cors_policy(&input.origins, &input.extra_allow_headers)),
+    );
     RouteConfiguration {
         name: "grpc_web".to_owned(),
         virtual_hosts: vec![VirtualHost {
@@ -526,8 +532,15 @@ fn web_routes(input: &SidecarInput) -> RouteConfiguration {
 }
 
 /// The CORS policy: the contract's header lists (the same as the runtime's
-/// native gRPC-Web), and refused preflights answered by Envoy.
-pub fn cors_policy(origins: &Origins) -> CorsPolicy {
+/// native gRPC-Web) plus `extra` allowed request headers, and refused
+/// preflights answered by Envoy.
+pub fn cors_policy(origins: &Origins, extra: &[String]) -> CorsPolicy {
+    let mut allow_headers: Vec<&str> = ALLOW_HEADERS.to_vec();
+    for h in extra {
+        if !allow_headers.contains(&h.as_str()) {
+            allow_headers.push(h);
+        }
+    }
     let allow_origin_string_match = match origins {
         Origins::Any => vec![StringMatcher {
             match_pattern: Some(string_matcher::MatchPattern::SafeRegex(RegexMatcher {
@@ -541,7 +554,7 @@ pub fn cors_policy(origins: &Origins) -> CorsPolicy {
     CorsPolicy {
         allow_origin_string_match,
         allow_methods: "POST, GET, OPTIONS".to_owned(),
-        allow_headers: ALLOW_HEADERS.join(", "),
+        allow_headers: allow_headers.join(", "),
         expose_headers: EXPOSE_HEADERS.join(", "),
         max_age: PREFLIGHT_MAX_AGE_SECONDS.to_string(),
         forward_not_matching_preflights: Some(BoolValue { value: false }),
@@ -811,6 +824,7 @@ pub(crate) mod tests {
         plain.origins = Origins::Any;
         plain.max_stream_duration_seconds = 5400;
         let mut browser = pod_input();
+        browser.extra_allow_headers = vec!["x-csrf-token".to_owned(), "authorization".to_owned()];
         browser.browser_tls_dir = Some("/var/run/secrets/grpcoperator.io/browser-tls".to_owned());
         browser.web_port = 8443;
         vec![pod_input(), plain, browser]
@@ -920,6 +934,15 @@ pub(crate) mod tests {
         assert_eq!(policy["allow_methods"], "POST, GET, OPTIONS");
         assert_eq!(policy["allow_headers"], ALLOW_HEADERS.join(", "));
         assert_eq!(policy["expose_headers"], EXPOSE_HEADERS.join(", "));
+        let mut input = pod_input();
+        input.extra_allow_headers = vec!["x-csrf-token".to_owned(), "authorization".to_owned()];
+        let b = bootstrap_json(&input);
+        let policy = &web_hcm(&b)["route_config"]["virtual_hosts"][0]["typed_per_filter_config"]["envoy.filters.http.cors"];
+        assert_eq!(
+            policy["allow_headers"],
+            format!("{}, x-csrf-token", ALLOW_HEADERS.join(", ")),
+            "configured headers follow the contract's, once each"
+        );
         for header in ["content-type", "x-grpc-web", "x-user-agent", "grpc-timeout", "authorization"] {
             assert!(ALLOW_HEADERS.contains(&header), "{header}");
         }

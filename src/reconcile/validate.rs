@@ -151,6 +151,8 @@ pub struct ValidGrpcWeb {
     pub envoy_resources: Option<ResourceRequirements>,
     /// The browser-facing certificate's Secret.
     pub browser_tls_secret: Option<String>,
+    /// Extra CORS request headers (sidecar mode).
+    pub allowed_headers: Vec<String>,
 }
 
 impl ValidGrpcWeb {
@@ -265,6 +267,7 @@ static DNS_NAME: LazyLock<Regex> = LazyLock::new(|| compile(crate::api::v1alpha1
 static DNS1123_SUBDOMAIN: LazyLock<Regex> = LazyLock::new(|| compile(DNS1123_SUBDOMAIN_PATTERN));
 static QUALIFIED_NAME: LazyLock<Regex> =
     LazyLock::new(|| compile(r"^([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9]$"));
+static HEADER_NAME: LazyLock<Regex> = LazyLock::new(|| compile(crate::api::v1alpha1::HEADER_NAME_PATTERN));
 static LABEL_VALUE: LazyLock<Regex> =
     LazyLock::new(|| compile(r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$"));
 
@@ -868,6 +871,21 @@ fn check_grpc_web(
     }
     let envoy_resources =
         canonical_resources(errs, "spec.grpcWeb.envoy.resources", envoy.and_then(|e| e.resources.as_ref()));
+    let mut headers = BTreeSet::new();
+    for (i, h) in web.allowed_headers.iter().enumerate() {
+        let path = format!("spec.grpcWeb.allowedHeaders[{i}]");
+        if h.is_empty() || h.len() > 128 || !HEADER_NAME.is_match(h) {
+            errs.push(path, format!("Invalid value: {h:?}: must be a lower-case HTTP header name"));
+        } else if !headers.insert(h.as_str()) {
+            errs.push(path, format!("Duplicate value: {h:?}"));
+        }
+    }
+    if !web.allowed_headers.is_empty() && mode == GrpcWebMode::Native {
+        errs.push(
+            "spec.grpcWeb.allowedHeaders",
+            "Forbidden: allowedHeaders configures the sidecar's CORS policy: it needs mode sidecar",
+        );
+    }
     let browser_tls_secret = web.browser_tls.as_ref().map(|b| b.secret_name.clone());
     if let Some(name) = &browser_tls_secret
         && (name.len() > 253 || !DNS1123_SUBDOMAIN.is_match(name))
@@ -885,6 +903,7 @@ fn check_grpc_web(
         envoy_image,
         envoy_resources,
         browser_tls_secret,
+        allowed_headers: web.allowed_headers.clone(),
     }
 }
 
@@ -1255,6 +1274,17 @@ pub(crate) mod tests {
         obj.spec.grpc_web = Some(crate::api::GrpcWeb { allow_any_origin: true, ..web(&[]) });
         let v = validate(&obj, Origin::Cluster).expect("any origin");
         assert_eq!(v.grpc_web.map(|w| w.origins), Some(Origins::Any));
+
+        obj.spec.grpc_web = Some(crate::api::GrpcWeb {
+            allowed_headers: vec!["x-csrf-token".into(), "X-Upper".into(), "x-csrf-token".into()],
+            ..web(&["https://x.com"])
+        });
+        let err = validate(&obj, Origin::Cluster).expect_err("headers");
+        assert_eq!(
+            paths(&err),
+            ["spec.grpcWeb.allowedHeaders[1]", "spec.grpcWeb.allowedHeaders[2]"],
+            "{err}"
+        );
 
         obj.spec.admin_port = 9902;
         obj.spec.grpc_web = Some(crate::api::GrpcWeb { port: Some(50051), ..web(&["https://x.com"]) });

@@ -328,6 +328,18 @@ fn cases() -> Vec<(&'static str, Value, &'static str, &'static str)> {
             "needs mode sidecar",
         ),
         (
+            "an upper-case extra header",
+            manifest(
+                "a",
+                with(
+                    "grpcWeb",
+                    json!({"enabled": true, "allowedOrigins": ["https://a.example.com"], "allowedHeaders": ["X-Csrf"]}),
+                ),
+            ),
+            "spec.grpcWeb.allowedHeaders[0]",
+            "should match",
+        ),
+        (
             "a stream duration in days",
             manifest(
                 "a",

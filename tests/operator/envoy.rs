@@ -228,7 +228,7 @@ fn rendered_config_maps() -> Vec<(String, Value)> {
     };
     inputs.push(variant(
         "browser-tls",
-        "  grpcWeb: {enabled: true, allowedOrigins: ['https://a.example.com'], browserTLS: {secretName: web-cert}, port: 8443}\n",
+        "  grpcWeb: {enabled: true, allowedOrigins: ['https://a.example.com'], browserTLS: {secretName: web-cert}, port: 8443, allowedHeaders: [x-csrf-token]}\n",
     ));
     inputs.push(variant(
         "plaintext-upstream",
@@ -341,6 +341,7 @@ async fn plaintext_pair(dir: &Path, max_stream_duration_seconds: i64) -> Pair {
         admin_port: envoy_admin,
         upstream_port: grpc,
         origins: bootstrap::Origins::Any,
+        extra_allow_headers: Vec::new(),
         max_stream_duration_seconds,
         upstream_tls: None,
         browser_tls_dir: None,
