@@ -202,15 +202,7 @@ pub enum Writer {
 fn write<M: Message + Name>(message: &M, writer: Writer) -> Result<String, EncodeError> {
     match writer {
         Writer::Fast => to_json(message),
-        Writer::Strict => {
-            let fail = |reason: String| EncodeError { message: M::full_name(), reason };
-            let descriptor = POOL
-                .get_message_by_name(&M::full_name())
-                .ok_or_else(|| fail("not in the descriptor set".to_owned()))?;
-            let bytes = message.encode_to_vec();
-            write_compact(&super::json::Wire { desc: descriptor, bytes: &bytes })
-                .map_err(|e| fail(e.to_string()))
-        }
+        Writer::Strict => to_json_strict(message),
         Writer::Reference => to_json_reference(message),
     }
 }
@@ -256,15 +248,17 @@ const BROWSER_CERTIFICATE_SECRET: &str = "browser_certificate";
 /// [`super::json`] writes it from the wire bytes; should it meet something
 /// it does not handle, prost-reflect's serializer (the reference) does.
 pub fn to_json<M: Message + Name>(message: &M) -> Result<String, EncodeError> {
+    to_json_strict(message).or_else(|_| to_json_reference(message))
+}
+
+/// [`to_json`] without the fallback: the wire walker's result or its error.
+fn to_json_strict<M: Message + Name>(message: &M) -> Result<String, EncodeError> {
     let fail = |reason: String| EncodeError { message: M::full_name(), reason };
     let descriptor = POOL
         .get_message_by_name(&M::full_name())
         .ok_or_else(|| fail("not in the descriptor set".to_owned()))?;
     let bytes = message.encode_to_vec();
-    match write_compact(&super::json::Wire { desc: descriptor, bytes: &bytes }) {
-        Ok(text) => Ok(text),
-        Err(_) => to_json_reference(message),
-    }
+    write_compact(&super::json::Wire { desc: descriptor, bytes: &bytes }).map_err(|e| fail(e.to_string()))
 }
 
 /// [`to_json`] through prost-reflect's `DynamicMessage` serializer: slower,
