@@ -8,6 +8,7 @@
 //! - [`FaultProxy`]: sits between the operator under test and the API server,
 //!   records requests and injects faults.
 //! - [`audit`]: reads the API server's audit log.
+//! - [`ports`]: loopback ports for child processes, outside the ephemeral range.
 //!
 //! Test infrastructure, never product.
 
@@ -15,6 +16,7 @@ pub mod audit;
 pub mod cluster;
 pub mod components;
 mod faults;
+pub mod ports;
 pub mod proxy;
 mod request_log;
 

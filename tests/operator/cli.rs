@@ -84,7 +84,7 @@ fn render_reads_standard_input() {
 fn run_without_a_reachable_cluster_exits_with_a_clear_message() {
     let dir = tempfile::tempdir().expect("tempdir");
     let kubeconfig = dir.path().join("kubeconfig");
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let port = grpc_operator_testkit::ports::free_port();
     // Nothing listens on `port` once the listener above is dropped.
     std::fs::write(
         &kubeconfig,
@@ -154,7 +154,7 @@ async fn run_reports_a_missing_crd_then_serves_admin_endpoints_and_stops_on_sigt
     assert!(String::from_utf8_lossy(&out.stderr).contains("kubectl apply -f crds/"));
     restored.expect("CRD re-created");
 
-    let port = std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port();
+    let port = grpc_operator_testkit::ports::free_port();
     let child = tokio::process::Command::new(BIN)
         .args(["run", "--namespace", &ns.name, "--admin-addr", &format!("127.0.0.1:{port}")])
         .env("KUBECONFIG", &kubeconfig)

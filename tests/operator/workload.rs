@@ -44,9 +44,7 @@ pub fn example_binary() -> PathBuf {
     path
 }
 
-pub fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
+pub use grpc_operator_testkit::ports::free_port;
 
 /// The data of Secret `name`.
 pub async fn secret_data(h: &Harness, name: &str) -> BTreeMap<String, Vec<u8>> {

@@ -1,6 +1,7 @@
 //! `/metrics` against the real Prometheus tooling: `promtool check metrics` lints the exposition,
 //! and a real `prometheus` server scrapes the admin port and answers PromQL over its HTTP API.
 
+use grpc_operator_testkit::ports::free_port;
 use std::net::SocketAddr;
 use std::process::Stdio;
 use std::time::Duration;
@@ -50,11 +51,6 @@ fn url_encode(s: &str) -> String {
             _ => format!("%{b:02X}"),
         })
         .collect()
-}
-
-/// A port free at the time of the call (bound on 127.0.0.1:0, then released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().expect("addr").port()
 }
 
 /// The `/metrics` exposition of a server.

@@ -2,16 +2,13 @@
 //! completing, a hard stop at the timeout even when a client holds a stream open, and the
 //! example process exiting 0 on SIGTERM.
 
+use grpc_operator_testkit::ports::free_port;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 
 use crate::harness::{TestServer, admin_get, example_binary, misbehaving_server};
 use crate::service::pb::{GetUserRequest, ListUsersRequest};
-
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind").local_addr().expect("addr").port()
-}
 
 /// The example binary with a clean environment, the contract ports and `env`, ready (its
 /// `/readyz` answers 200); returns the child, the gRPC port and the admin address.

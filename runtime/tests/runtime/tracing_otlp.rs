@@ -4,6 +4,7 @@
 //! OTLP/HTTP with protobuf bodies; the caller's trace arrives as W3C `traceparent`, B3 or
 //! Jaeger headers, as `OTEL_PROPAGATORS` selects.
 
+use grpc_operator_testkit::ports::free_port;
 use std::process::Stdio;
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::Duration;
@@ -59,11 +60,6 @@ impl Collector {
         }
         spans
     }
-}
-
-/// A port free at the time of the call (bound on 127.0.0.1:0, then released).
-fn free_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0").expect("bind 127.0.0.1:0").local_addr().expect("addr").port()
 }
 
 fn hex(bytes: &[u8]) -> String {
@@ -173,7 +169,7 @@ struct Exported {
 async fn export_one_call(transport: Transport, env: &[(&str, &str)], metadata: &[(&str, &str)]) -> Exported {
     let running = start_collector(transport).await;
     let grpc_port = free_port();
-    let admin_port = std::iter::repeat_with(free_port).find(|&p| p != grpc_port).expect("a second port");
+    let admin_port = free_port();
     let mut command = tokio::process::Command::new(example_binary());
     command
         .env("GRPC_PORT", grpc_port.to_string())
