@@ -15,6 +15,7 @@ pub mod crd;
 pub mod envoy;
 pub mod health;
 pub mod metrics;
+pub mod monitoring;
 pub mod pki;
 pub mod reconcile;
 pub mod render;

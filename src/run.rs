@@ -21,7 +21,7 @@ use tracing::{debug, info, warn};
 
 use crate::api::GrpcService;
 use crate::children::Registry;
-use crate::children::labels::{MANAGED_BY_LABEL, MANAGER, SERVICE_LABEL};
+use crate::children::labels::{MANAGER, SERVICE_LABEL};
 use crate::health::{self, Health};
 use crate::metrics::Metrics;
 use crate::pki::trust::Trust;
@@ -482,7 +482,7 @@ async fn watch_kind(
     let slimmer = Arc::clone(&cache.kind);
     let writer = reflector::store::Writer::new(cache.api.clone());
     let store = writer.as_reader();
-    let config = watcher::Config::default().labels(&format!("{MANAGED_BY_LABEL}={MANAGER}"));
+    let config = watcher::Config::default().labels(&ctx.registry.watch_selector(index));
     let mut stream = std::pin::pin!(
         watcher(api, config).default_backoff().modify(move |o| slimmer.slim(o)).reflect(writer)
     );

@@ -260,14 +260,15 @@ pub mod metrics {
         "Unauthenticated",
     ];
 
-    /// Codes that mean the caller was wrong: they do not count against the
-    /// service's availability SLO.
+    /// Codes that mean the caller was wrong (or over its quota): they do not
+    /// count against the service's availability SLO.
     pub const CLIENT_ERROR_CODES: &[&str] = &[
         "Canceled",
         "InvalidArgument",
         "NotFound",
         "AlreadyExists",
         "PermissionDenied",
+        "ResourceExhausted",
         "FailedPrecondition",
         "Aborted",
         "OutOfRange",
@@ -275,15 +276,19 @@ pub mod metrics {
     ];
 
     /// Codes that mean the service failed: they count against its
-    /// availability SLO.
-    pub const SERVER_ERROR_CODES: &[&str] = &[
-        "Unknown",
-        "DeadlineExceeded",
-        "ResourceExhausted",
-        "Unimplemented",
-        "Internal",
-        "Unavailable",
-        "DataLoss",
+    /// availability SLO and its error-rate alert. The OpenTelemetry
+    /// convention for gRPC server spans: exactly these six mark a server
+    /// span as an error.
+    pub const SERVER_ERROR_CODES: &[&str] =
+        &["Unknown", "DeadlineExceeded", "Unimplemented", "Internal", "Unavailable", "DataLoss"];
+
+    /// gRPC services the runtime serves itself, left out of error-rate and
+    /// latency alerts: health `Watch` streams last for hours, and neither
+    /// says anything about the application.
+    pub const INFRASTRUCTURE_SERVICES: &[&str] = &[
+        "grpc.health.v1.Health",
+        "grpc.reflection.v1.ServerReflection",
+        "grpc.reflection.v1alpha.ServerReflection",
     ];
 
     /// A `grpc_code` regex matching [`SERVER_ERROR_CODES`], for PromQL

@@ -5,9 +5,10 @@
 pub mod v1alpha1;
 
 pub use v1alpha1::{
-    AllowedClient, Autoscaling, BrowserTls, CertificateStatus, Disruption, EnvoySidecar, GrpcService,
-    GrpcServiceSpec, GrpcServiceStatus, GrpcWeb, GrpcWebMode, ImagePullPolicy, IssuerKind, IssuerRef,
-    PrivateKeyRotation, Shutdown, Tls, TlsMode,
+    AlertSeverity, Alerts, AllowedClient, Autoscaling, BrowserTls, CertificateStatus, Dashboard, Disruption,
+    EnvoySidecar, GrpcService, GrpcServiceSpec, GrpcServiceStatus, GrpcWeb, GrpcWebMode, ImagePullPolicy,
+    IssuerKind, IssuerRef, Monitoring, PrivateKeyRotation, ServiceMonitorSettings, Shutdown, Slo, Tls,
+    TlsMode,
 };
 
 /// API group of every grpc-operator resource.

@@ -139,6 +139,13 @@ pub struct GrpcServiceSpec {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub grpc_web: Option<GrpcWeb>,
 
+    /// Monitoring with prometheus-operator and Grafana: a ServiceMonitor,
+    /// a PrometheusRule with alerts (and SLO burn-rate alerts) built from the
+    /// runtime's metric names, and a dashboard. A missing section means the
+    /// ServiceMonitor and the alerts on, the dashboard off.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub monitoring: Option<Monitoring>,
+
     /// Service account the pods run as; their SPIFFE ID
     /// (`spiffe://<trust-domain>/ns/<namespace>/sa/<serviceAccount>`) is
     /// their identity for `tls.allowedClients`. When unset, the operator
@@ -336,6 +343,169 @@ pub struct BrowserTls {
     /// Its name.
     #[schemars(length(min = 1, max = 253), pattern(DNS1123_SUBDOMAIN_PATTERN))]
     pub secret_name: String,
+}
+
+/// Pattern of a Prometheus duration as the monitoring settings take it:
+/// hours, minutes and seconds (`30s`, `5m`, `1h30m`), which CEL's
+/// `duration()` parses too.
+pub const PROMETHEUS_DURATION_PATTERN: &str = r"^([0-9]{1,4}h)?([0-9]{1,4}m)?([0-9]{1,5}s)?$";
+/// Pattern of an SLO window: whole days, 7 to 90.
+pub const SLO_WINDOW_PATTERN: &str = r"^([7-9]|[1-8][0-9]|90)d$";
+/// Pattern of a label value (at most 63 characters; may be empty).
+pub const LABEL_VALUE_PATTERN: &str = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$";
+/// Pattern of a runbook base URL.
+pub const RUNBOOK_URL_PATTERN: &str = r"^https?://[^\s]+$";
+/// The largest finite bucket of `grpc_server_handling_seconds`: a p99 above
+/// it cannot be told apart from `+Inf`.
+pub const MAX_LATENCY_P99_SECONDS: f64 = 10.0;
+
+/// Monitoring with prometheus-operator (ServiceMonitor, PrometheusRule) and
+/// Grafana (a dashboard ConfigMap for the Grafana chart's sidecar).
+///
+/// The condition `MonitoringReady` says whether a Prometheus in the cluster
+/// selects the ServiceMonitor and the rules, and which labels would make
+/// one do so.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.slo) || !has(self.alerts) || !has(self.alerts.enabled) || self.alerts.enabled").message("slo needs alerts: its burn-rate alerts are part of the PrometheusRule").field_path(".slo").reason(Reason::FieldValueForbidden))]
+pub struct Monitoring {
+    /// Labels added to every monitoring object (ServiceMonitor,
+    /// PrometheusRule, dashboard ConfigMap). kube-prometheus-stack, for
+    /// example, selects only objects labelled `release: <its release>`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32))]
+    #[x_kube(validation = Rule::new("!('app.kubernetes.io/name' in self) && !('app.kubernetes.io/managed-by' in self) && !('grpcoperator.io/service' in self)").message("monitoring labels may not set the operator's labels app.kubernetes.io/name, app.kubernetes.io/managed-by or grpcoperator.io/service"))]
+    pub labels: BTreeMap<String, String>,
+    /// The ServiceMonitor.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub service_monitor: Option<ServiceMonitorSettings>,
+    /// The alerts of the PrometheusRule.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub alerts: Option<Alerts>,
+    /// An availability SLO: multi-window, multi-burn-rate alerts (Google SRE
+    /// workbook) and recording rules `grpcservice:sli_errors:ratio_rate<window>`.
+    /// Needs `alerts` enabled.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub slo: Option<Slo>,
+    /// A Grafana dashboard.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub dashboard: Option<Dashboard>,
+}
+
+/// The ServiceMonitor (monitoring.coreos.com/v1): the Service's `admin`
+/// port `/metrics`, and the `envoy-metrics` port with the gRPC-Web sidecar.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("!has(self.interval) || duration(self.interval) >= duration('1s')").message("interval must be at least 1s").field_path(".interval").reason(Reason::FieldValueInvalid))]
+#[x_kube(validation = Rule::new("!has(self.scrapeTimeout) || (duration(self.scrapeTimeout) >= duration('1s') && duration(self.scrapeTimeout) <= duration(has(self.interval) ? self.interval : '30s'))").message("scrapeTimeout must be at least 1s and at most interval: Prometheus refuses a timeout longer than the interval").field_path(".scrapeTimeout").reason(Reason::FieldValueInvalid))]
+pub struct ServiceMonitorSettings {
+    /// Create the ServiceMonitor. Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Scrape interval (`30s`, `1m`). Default `30s`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 16), pattern(PROMETHEUS_DURATION_PATTERN))]
+    pub interval: Option<String>,
+    /// Scrape timeout, at most `interval`. Default: Prometheus's (10s, or the
+    /// interval when shorter).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 16), pattern(PROMETHEUS_DURATION_PATTERN))]
+    pub scrape_timeout: Option<String>,
+    /// Labels of the ServiceMonitor only, besides `monitoring.labels`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32))]
+    #[x_kube(validation = Rule::new("!('app.kubernetes.io/name' in self) && !('app.kubernetes.io/managed-by' in self) && !('grpcoperator.io/service' in self)").message("monitoring labels may not set the operator's labels app.kubernetes.io/name, app.kubernetes.io/managed-by or grpcoperator.io/service"))]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// Alerts on the runtime's metrics. Error rates count server errors only
+/// (`Unknown`, `DeadlineExceeded`, `Unimplemented`, `Internal`,
+/// `Unavailable`, `DataLoss`); `NotFound`, `InvalidArgument` and the other
+/// codes are the caller's.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Alerts {
+    /// Create the PrometheusRule. Default true.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub enabled: Option<bool>,
+    /// Alert when more than this percentage of a method's calls end in a
+    /// server error over 5 minutes (and it has at least 0.1 calls/s).
+    /// Default 5.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.01, max = 100.0))]
+    pub error_rate_percent: Option<f64>,
+    /// Alert when a method's p99 latency over 5 minutes is above this many
+    /// seconds. Unary calls only, without `grpc.health.v1.Health`. Default 1,
+    /// at most 10 (the largest finite histogram bucket).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 0.005, max = 10.0))]
+    pub latency_p99_seconds: Option<f64>,
+    /// How long a condition must hold before its alert fires (`5m`,
+    /// `30s`). Default `5m`.
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "for")]
+    #[schemars(length(min = 2, max = 16), pattern(PROMETHEUS_DURATION_PATTERN))]
+    pub for_: Option<String>,
+    /// The `severity` label values of the alerts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub severity: Option<AlertSeverity>,
+    /// Base of each alert's `runbook_url` (`<base>/<alertname>`). Default:
+    /// the operator's runbooks (docs/runbooks.md).
+    #[serde(default, skip_serializing_if = "Option::is_none", rename = "runbookBaseURL")]
+    #[schemars(length(min = 8, max = 512), pattern(RUNBOOK_URL_PATTERN))]
+    pub runbook_base_url: Option<String>,
+    /// Labels of the PrometheusRule only, besides `monitoring.labels`.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    #[schemars(extend("maxProperties" = 32))]
+    #[x_kube(validation = Rule::new("!('app.kubernetes.io/name' in self) && !('app.kubernetes.io/managed-by' in self) && !('grpcoperator.io/service' in self)").message("monitoring labels may not set the operator's labels app.kubernetes.io/name, app.kubernetes.io/managed-by or grpcoperator.io/service"))]
+    pub labels: BTreeMap<String, String>,
+}
+
+/// The `severity` label values.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct AlertSeverity {
+    /// Alerts that need someone now (error rate, latency, a target down,
+    /// fast SLO burn). Default `critical`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), pattern(LABEL_VALUE_PATTERN))]
+    pub page: Option<String>,
+    /// Alerts that need someone this week (panics, an expiring
+    /// certificate, slow SLO burn). Default `warning`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 63), pattern(LABEL_VALUE_PATTERN))]
+    pub ticket: Option<String>,
+}
+
+/// An availability SLO over server errors.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+#[x_kube(validation = Rule::new("0.02 * 24.0 * double(int((has(self.window) ? self.window : '30d').replace('d', ''))) * (100.0 - (has(self.objective) ? self.objective : 99.9)) / 100.0 < 1.0").message("objective is too low for window: the 1h page alert (2% of the error budget in an hour) would need more than 100% errors and could never fire; raise objective or shorten window").field_path(".objective").reason(Reason::FieldValueInvalid))]
+pub struct Slo {
+    /// Percentage of calls that must not end in a server error. Default 99.9.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(range(min = 90.0, max = 99.999))]
+    pub objective: Option<f64>,
+    /// The SLO window, in days (`7d` to `90d`). Default `30d`. The burn-rate
+    /// factors (14.4, 6, 3, 1 at 30d) scale with it, so each alert still
+    /// means the same share of the budget.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 2, max = 3), pattern(SLO_WINDOW_PATTERN))]
+    pub window: Option<String>,
+}
+
+/// A Grafana dashboard in a ConfigMap labelled `grafana_dashboard: "1"`,
+/// the Grafana Helm chart's sidecar convention.
+#[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Eq, Default, KubeSchema)]
+#[serde(rename_all = "camelCase")]
+pub struct Dashboard {
+    /// Create the dashboard. Default false.
+    #[serde(default)]
+    pub enabled: bool,
+    /// Grafana folder (the `grafana_folder` annotation). Default: the
+    /// namespace.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    #[schemars(length(min = 1, max = 128))]
+    pub folder: Option<String>,
 }
 
 /// Pattern of a DNS name of a certificate (a `*.` wildcard allowed).

@@ -10,6 +10,9 @@ use crate::reconcile::validate::ValidatedService;
 pub const NAME_LABEL: &str = "app.kubernetes.io/name";
 /// `app.kubernetes.io/managed-by`: always [`MANAGER`].
 pub const MANAGED_BY_LABEL: &str = "app.kubernetes.io/managed-by";
+/// `app.kubernetes.io/component`: set on the children of a kind that shares
+/// its API with another kind (see `ChildKind::component`).
+pub const COMPONENT_LABEL: &str = "app.kubernetes.io/component";
 /// `grpcoperator.io/service`: the GrpcService name; the operator's own key.
 pub const SERVICE_LABEL: &str = "grpcoperator.io/service";
 /// Value of [`MANAGED_BY_LABEL`], and the server-side apply field manager.

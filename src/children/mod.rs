@@ -16,11 +16,14 @@ pub mod certificate;
 pub mod deployment;
 pub mod drift;
 pub mod envoy_config;
+pub mod grafana_dashboard;
 pub mod horizontal_pod_autoscaler;
 pub mod labels;
 pub mod pod_disruption_budget;
+pub mod prometheus_rule;
 pub mod service;
 pub mod service_account;
+pub mod service_monitor;
 pub mod tls_secret;
 
 use std::any::Any;
@@ -202,6 +205,15 @@ pub trait ChildKind: Send + Sync + 'static {
         false
     }
 
+    /// The `app.kubernetes.io/component` label of this kind's children, for
+    /// a kind that shares its API with another (two ConfigMap kinds): each
+    /// kind's cache then holds only its own children, so neither prunes the
+    /// other's. A kind without one owns the API's children that carry no
+    /// component another kind claims (see [`Registry::watch_selector`]).
+    fn component(&self) -> Option<&'static str> {
+        None
+    }
+
     /// Name of the child for `svc`.
     fn name(&self, svc: &ValidatedService) -> String {
         svc.name.clone()
@@ -364,6 +376,9 @@ impl Registry {
                 Arc::new(service::ServiceKind),
                 Arc::new(horizontal_pod_autoscaler::HorizontalPodAutoscalerKind),
                 Arc::new(pod_disruption_budget::PodDisruptionBudgetKind),
+                Arc::new(service_monitor::ServiceMonitorKind),
+                Arc::new(prometheus_rule::PrometheusRuleKind),
+                Arc::new(grafana_dashboard::GrafanaDashboardKind),
             ],
         }
     }
@@ -378,6 +393,28 @@ impl Registry {
     /// The kinds, in apply order.
     pub fn kinds(&self) -> &[Arc<dyn ChildKind>] {
         &self.kinds
+    }
+
+    /// The label selector of the watch (and so the cache) of the kind at
+    /// `index`: the operator's children, narrowed by component where kinds
+    /// share an API (see [`ChildKind::component`]).
+    pub fn watch_selector(&self, index: usize) -> String {
+        let mut selector = format!("{}={}", labels::MANAGED_BY_LABEL, labels::MANAGER);
+        let Some(kind) = self.kinds.get(index) else { return selector };
+        match kind.component() {
+            Some(c) => selector.push_str(&format!(",{}={c}", labels::COMPONENT_LABEL)),
+            None => {
+                let api = kind.api_resource();
+                for other in &self.kinds {
+                    if let Some(c) = other.component()
+                        && other.api_resource() == api
+                    {
+                        selector.push_str(&format!(",{}!={c}", labels::COMPONENT_LABEL));
+                    }
+                }
+            }
+        }
+        selector
     }
 
     /// Condition types that `Ready` follows.
@@ -545,8 +582,16 @@ pub(crate) mod tests {
         let kinds: Vec<&str> = d.children.iter().map(|c| registry.kinds()[c.kind].kind()).collect();
         assert_eq!(
             kinds,
-            ["ServiceAccount", "Secret", "Deployment", "Service", "PodDisruptionBudget"],
-            "mutual TLS by default, an own identity, and 2 replicas: a default budget"
+            [
+                "ServiceAccount",
+                "Secret",
+                "Deployment",
+                "Service",
+                "PodDisruptionBudget",
+                "ServiceMonitor",
+                "PrometheusRule"
+            ],
+            "mutual TLS by default, an own identity, 2 replicas (a default budget), and monitoring by default"
         );
         for c in &d.children {
             let object = c.object.as_ref().expect("built");

@@ -512,8 +512,12 @@ async fn pipeline(obj: &GrpcService, ctx: &Context) -> Result<(Outcome, Option<D
         };
         if let (Some(role), Some(verdict)) = (role, verdict) {
             match conditions.iter_mut().find(|c| c.type_ == role.type_) {
-                // Several kinds share a condition: the first failure wins.
+                // Several kinds share a condition: the first failure wins;
+                // when all are fine, every kind's message is kept.
                 Some(c) if c.verdict.ok && !verdict.ok => c.verdict = verdict,
+                Some(c) if c.verdict.ok && verdict.ok && !verdict.message.is_empty() => {
+                    c.verdict.message = format!("{}; {}", c.verdict.message, verdict.message);
+                }
                 Some(_) => {}
                 None => conditions.push(KindCondition { type_: role.type_, verdict }),
             }

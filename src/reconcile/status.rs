@@ -70,6 +70,16 @@ pub mod reason {
     pub const ALLOWED_CLIENT_UNRESOLVED: &str = "AllowedClientUnresolved";
     /// cert-manager has not issued the Secret yet.
     pub const CERTIFICATE_PENDING: &str = "CertificatePending";
+    /// A monitoring object is applied; no Prometheus reported on it.
+    pub const APPLIED: &str = "Applied";
+    /// A Prometheus selects the monitoring objects.
+    pub const SELECTED: &str = "Selected";
+    /// A Prometheus reported a monitoring object invalid.
+    pub const REJECTED_BY_PROMETHEUS: &str = "RejectedByPrometheus";
+    /// No Prometheus selects a monitoring object.
+    pub const NOT_SELECTED_BY_ANY_PROMETHEUS: &str = "NotSelectedByAnyPrometheus";
+    /// Whether a Prometheus selects the monitoring objects cannot be told.
+    pub const SELECTION_UNKNOWN: &str = "SelectionUnknown";
 }
 
 /// Writing the status failed.
@@ -224,6 +234,11 @@ fn static_reason(r: &str) -> &'static str {
         CA_PENDING,
         ALLOWED_CLIENT_UNRESOLVED,
         CERTIFICATE_PENDING,
+        APPLIED,
+        SELECTED,
+        REJECTED_BY_PROMETHEUS,
+        NOT_SELECTED_BY_ANY_PROMETHEUS,
+        SELECTION_UNKNOWN,
     ]
     .into_iter()
     .find(|k| *k == r)

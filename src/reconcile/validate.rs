@@ -71,6 +71,8 @@ pub struct ValidatedService {
     pub tls: ValidTls,
     /// gRPC-Web, when enabled.
     pub grpc_web: Option<ValidGrpcWeb>,
+    /// Monitoring, with defaults applied.
+    pub monitoring: crate::monitoring::ValidMonitoring,
     /// Extra pod template annotations.
     pub pod_annotations: BTreeMap<String, String>,
     /// Extra pod template labels (none of them reserved).
@@ -350,6 +352,7 @@ pub fn validate(obj: &GrpcService, origin: Origin) -> Result<ValidatedService, I
         .as_ref()
         .map(|w| (w.enabled, check_grpc_web(&mut errs, spec, w, &tls)))
         .and_then(|(enabled, w)| enabled.then_some(w));
+    let monitoring = check_monitoring(&mut errs, spec.monitoring.as_ref(), &namespace);
     check_port(&mut errs, "spec.port", spec.port);
     check_port(&mut errs, "spec.adminPort", spec.admin_port);
     if spec.port == spec.admin_port {
@@ -463,6 +466,7 @@ pub fn validate(obj: &GrpcService, origin: Origin) -> Result<ValidatedService, I
         creates_service_account: spec.service_account_name.is_none(),
         tls,
         grpc_web,
+        monitoring,
         pod_annotations: spec.pod_annotations.clone(),
         pod_labels: spec.pod_labels.clone(),
     })
@@ -907,6 +911,185 @@ fn check_grpc_web(
     }
 }
 
+/// Labels the operator sets on every child; monitoring labels may not
+/// replace them.
+const OPERATOR_LABELS: [&str; 3] = [
+    crate::children::labels::NAME_LABEL,
+    crate::children::labels::MANAGED_BY_LABEL,
+    crate::children::labels::SERVICE_LABEL,
+];
+
+fn check_labels(errs: &mut Errors, path: &str, labels: &BTreeMap<String, String>) {
+    for (key, value) in labels {
+        let path = format!("{path}[{key}]");
+        check_qualified_key(errs, &path, key);
+        if OPERATOR_LABELS.contains(&key.as_str()) {
+            errs.push(path.clone(), format!("Forbidden: {key:?} is set by the operator"));
+        }
+        if value.len() > 63 || !LABEL_VALUE.is_match(value) {
+            errs.push(
+                path,
+                format!(
+                    "Invalid value: {value:?}: a label value must be at most 63 characters: letters, digits, '-', '_' or '.', starting and ending with a letter or digit"
+                ),
+            );
+        }
+    }
+}
+
+/// A monitoring duration (`30s`, `5m`, `1h30m`) in seconds.
+pub fn parse_prometheus_duration(text: &str) -> Option<i64> {
+    static PATTERN: LazyLock<Regex> =
+        LazyLock::new(|| compile(crate::api::v1alpha1::PROMETHEUS_DURATION_PATTERN));
+    if text.len() < 2 || !PATTERN.is_match(text) {
+        return None;
+    }
+    parse_stream_duration(text)
+}
+
+fn check_monitoring(
+    errs: &mut Errors,
+    spec: Option<&crate::api::Monitoring>,
+    namespace: &str,
+) -> crate::monitoring::ValidMonitoring {
+    use crate::monitoring::{
+        self as mon, ValidAlerts, ValidDashboard, ValidMonitoring, ValidServiceMonitor, ValidSlo,
+    };
+    let Some(spec) = spec else { return ValidMonitoring::default() };
+    check_labels(errs, "spec.monitoring.labels", &spec.labels);
+    let with = |own: &BTreeMap<String, String>| {
+        let mut all = spec.labels.clone();
+        all.extend(own.iter().map(|(k, v)| (k.clone(), v.clone())));
+        all
+    };
+    let duration = |errs: &mut Errors, path: &str, value: &str| {
+        let seconds = parse_prometheus_duration(value);
+        if seconds.is_none() {
+            errs.push(
+                path,
+                format!("Invalid value: {value:?}: must be hours, minutes and seconds in that order, such as 30s, 5m or 1h30m"),
+            );
+        }
+        seconds
+    };
+
+    let sm = spec.service_monitor.clone().unwrap_or_default();
+    check_labels(errs, "spec.monitoring.serviceMonitor.labels", &sm.labels);
+    let interval = sm.interval.clone().unwrap_or_else(|| mon::DEFAULT_INTERVAL.to_owned());
+    let interval_seconds = duration(errs, "spec.monitoring.serviceMonitor.interval", &interval);
+    if interval_seconds.is_some_and(|s| s < 1) {
+        errs.push("spec.monitoring.serviceMonitor.interval", "Invalid value: must be at least 1s");
+    }
+    if let Some(timeout) = &sm.scrape_timeout {
+        let t = duration(errs, "spec.monitoring.serviceMonitor.scrapeTimeout", timeout);
+        if let (Some(t), Some(i)) = (t, interval_seconds)
+            && (t < 1 || t > i)
+        {
+            errs.push(
+                "spec.monitoring.serviceMonitor.scrapeTimeout",
+                format!("Invalid value: {timeout:?}: must be at least 1s and at most interval ({interval}): Prometheus refuses a timeout longer than the interval"),
+            );
+        }
+    }
+    let service_monitor = sm.enabled.unwrap_or(true).then(|| ValidServiceMonitor {
+        interval: interval.clone(),
+        scrape_timeout: sm.scrape_timeout.clone(),
+        labels: with(&sm.labels),
+    });
+
+    let a = spec.alerts.clone().unwrap_or_default();
+    check_labels(errs, "spec.monitoring.alerts.labels", &a.labels);
+    let error_rate_percent = a.error_rate_percent.unwrap_or(mon::DEFAULT_ERROR_RATE_PERCENT);
+    if !(0.01..=100.0).contains(&error_rate_percent) {
+        errs.push(
+            "spec.monitoring.alerts.errorRatePercent",
+            format!("Invalid value: {error_rate_percent}: must be between 0.01 and 100"),
+        );
+    }
+    let latency = a.latency_p99_seconds.unwrap_or(mon::DEFAULT_LATENCY_P99_SECONDS);
+    if !(0.005..=crate::api::v1alpha1::MAX_LATENCY_P99_SECONDS).contains(&latency) {
+        errs.push(
+            "spec.monitoring.alerts.latencyP99Seconds",
+            format!("Invalid value: {latency}: must be between 0.005 and 10, the largest finite bucket of grpc_server_handling_seconds"),
+        );
+    }
+    let for_ = a.for_.clone().unwrap_or_else(|| mon::DEFAULT_FOR.to_owned());
+    duration(errs, "spec.monitoring.alerts.for", &for_);
+    let severity = a.severity.clone().unwrap_or_default();
+    let page = severity.page.unwrap_or_else(|| mon::DEFAULT_PAGE_SEVERITY.to_owned());
+    let ticket = severity.ticket.unwrap_or_else(|| mon::DEFAULT_TICKET_SEVERITY.to_owned());
+    for (path, value) in [("page", &page), ("ticket", &ticket)] {
+        if value.is_empty() || value.len() > 63 || !LABEL_VALUE.is_match(value) {
+            errs.push(
+                format!("spec.monitoring.alerts.severity.{path}"),
+                format!("Invalid value: {value:?}: must be a label value (letters, digits, '-', '_' or '.')"),
+            );
+        }
+    }
+    let runbook = a.runbook_base_url.clone().unwrap_or_else(|| mon::DEFAULT_RUNBOOK_BASE_URL.to_owned());
+    if !(runbook.starts_with("https://") || runbook.starts_with("http://"))
+        || runbook.chars().any(char::is_whitespace)
+        || runbook.len() > 512
+    {
+        errs.push(
+            "spec.monitoring.alerts.runbookBaseURL",
+            format!("Invalid value: {runbook:?}: must be an http(s) URL without spaces"),
+        );
+    }
+    let alerts_enabled = a.enabled.unwrap_or(true);
+    let slo = spec.slo.as_ref().map(|slo| {
+        let objective = slo.objective.unwrap_or(mon::DEFAULT_SLO_OBJECTIVE);
+        if !(90.0..=99.999).contains(&objective) {
+            errs.push(
+                "spec.monitoring.slo.objective",
+                format!("Invalid value: {objective}: must be between 90 and 99.999"),
+            );
+        }
+        let window = slo.window.clone().unwrap_or_else(|| format!("{}d", mon::DEFAULT_SLO_WINDOW_DAYS));
+        let window_days = window
+            .strip_suffix('d')
+            .and_then(|d| d.parse::<u32>().ok())
+            .filter(|d| (7..=90).contains(d) && !window.starts_with('0'));
+        if window_days.is_none() {
+            errs.push(
+                "spec.monitoring.slo.window",
+                format!("Invalid value: {window:?}: must be whole days from 7d to 90d"),
+            );
+        }
+        let v = ValidSlo { objective, window_days: window_days.unwrap_or(mon::DEFAULT_SLO_WINDOW_DAYS) };
+        let fastest = mon::BURN_WINDOWS[0].factor(v.window_days) * v.budget();
+        if window_days.is_some() && fastest >= 1.0 {
+            errs.push(
+                "spec.monitoring.slo.objective",
+                format!(
+                    "Invalid value: {objective}: too low for window {window}: the 1h page alert (2% of the error budget in an hour) would need {}% errors and could never fire; raise objective or shorten window",
+                    mon::number(fastest * 100.0)
+                ),
+            );
+        }
+        if !alerts_enabled {
+            errs.push("spec.monitoring.slo", "Forbidden: slo needs alerts: its burn-rate alerts are part of the PrometheusRule");
+        }
+        v
+    });
+    let alerts = alerts_enabled.then(|| ValidAlerts {
+        error_rate_percent,
+        latency_p99_seconds: latency,
+        for_,
+        page_severity: page,
+        ticket_severity: ticket,
+        runbook_base_url: runbook,
+        labels: with(&a.labels),
+        slo,
+    });
+    let dashboard = spec
+        .dashboard
+        .as_ref()
+        .filter(|d| d.enabled)
+        .map(|d| ValidDashboard { folder: d.folder.clone().unwrap_or_else(|| namespace.to_owned()) });
+    ValidMonitoring { labels: spec.labels.clone(), service_monitor, alerts, dashboard }
+}
+
 fn check_port(errs: &mut Errors, path: &str, port: i32) {
     if !(1..=65535).contains(&port) {
         errs.push(path, format!("Invalid value: {port}: must be between 1 and 65535"));
@@ -971,6 +1154,7 @@ pub(crate) mod tests {
                 resources: None,
                 tls: None,
                 grpc_web: None,
+                monitoring: None,
                 service_account_name: None,
                 pod_annotations: BTreeMap::new(),
                 pod_labels: BTreeMap::new(),

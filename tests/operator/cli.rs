@@ -28,15 +28,16 @@ fn crd_command_prints_exactly_the_committed_crd() {
 }
 
 #[test]
-fn render_of_the_sample_prints_its_identity_its_redacted_certificate_its_sidecar_config_and_its_workload() {
+fn render_of_the_sample_prints_its_identity_its_redacted_certificate_its_sidecar_config_its_workload_and_its_monitoring() {
     let out = run(&["render", "-f", &repo("config/samples/user-service.yaml")]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let yaml = String::from_utf8_lossy(&out.stdout);
-    assert_eq!(yaml.matches("\n---\n").count() + usize::from(yaml.starts_with("---\n")), 6);
-    for kind in ["ServiceAccount", "Secret", "ConfigMap", "Deployment", "Service"] {
+    assert_eq!(yaml.matches("\n---\n").count() + usize::from(yaml.starts_with("---\n")), 9);
+    for kind in ["ServiceAccount", "Secret", "ConfigMap", "Deployment", "Service", "ServiceMonitor", "PrometheusRule"] {
         assert!(yaml.contains(&format!("kind: {kind}\n")), "{kind}: {yaml}");
     }
     assert!(yaml.contains("kind: PodDisruptionBudget"), "2 replicas get a default budget");
+    assert!(yaml.contains("name: user-service-dashboard"), "the sample enables the dashboard");
     assert!(!yaml.contains("BEGIN"), "no key or certificate material in a GitOps preview: {yaml}");
     assert!(yaml.contains("tls.key: \"<redacted"), "{yaml}");
     assert!(yaml.contains("name: GRPC_ALLOWED_PEERS"), "the wiring as applied: {yaml}");

@@ -323,6 +323,7 @@ pub fn sample(name: &str) -> GrpcService {
             resources: None,
             tls: None,
             grpc_web: None,
+            monitoring: None,
             service_account_name: None,
             pod_annotations: Default::default(),
             pod_labels: Default::default(),

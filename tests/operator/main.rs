@@ -9,6 +9,7 @@ mod crd_validation;
 mod envoy;
 mod grpc_web;
 mod harness;
+mod monitoring;
 mod mtls;
 mod rbac;
 mod scenarios;

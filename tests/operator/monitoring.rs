@@ -1,0 +1,341 @@
+//! The monitoring objects against the real Prometheus tools (Debian's
+//! `promtool`): every generated rule group passes `promtool check rules`,
+//! and `promtool test rules` shows each alert firing when it should (every
+//! burn-rate window pair included) and staying quiet when it should not.
+
+use std::fmt::Write as _;
+use std::path::Path;
+
+use grpc_operator::monitoring::rules::{
+    CERTIFICATE_EXPIRING, ERROR_BUDGET_BURN, ERROR_RATE_HIGH, LATENCY_HIGH, PANICS_RECOVERED, TARGET_DOWN,
+};
+use serde_json::{Value, json};
+
+use crate::workload::tool;
+
+/// The rendered documents of `yaml`.
+fn render(yaml: &str) -> Vec<Value> {
+    let text =
+        grpc_operator::render::render_texts(&[("input".to_owned(), yaml.to_owned())]).expect("renders");
+    serde_saphyr::from_multiple::<Value>(&text).expect("yaml").into_iter().filter(|d| !d.is_null()).collect()
+}
+
+fn prometheus_rule(docs: &[Value]) -> Option<Value> {
+    docs.iter().find(|d| d["kind"] == "PrometheusRule").cloned()
+}
+
+/// A GrpcService manifest with `spec` lines added.
+fn service(name: &str, spec: &str) -> String {
+    format!(
+        "apiVersion: grpcoperator.io/v1alpha1\nkind: GrpcService\nmetadata: {{name: {name}, namespace: shop}}\nspec:\n  image: i:1\n  services: [user.v1.UserService]\n{spec}"
+    )
+}
+
+/// Every sample, and variants covering each rule: TLS off (no certificate
+/// rule), an SLO over 7 and 90 days, custom severities and thresholds.
+fn rule_inputs() -> Vec<(String, String)> {
+    let mut inputs = Vec::new();
+    let samples = grpc_operator_testkit::repo_root().join("config/samples");
+    for entry in std::fs::read_dir(&samples).expect("samples") {
+        let path = entry.expect("entry").path();
+        if path.file_name().is_some_and(|n| n != "kustomization.yaml") {
+            inputs.push((path.display().to_string(), std::fs::read_to_string(&path).expect("sample")));
+        }
+    }
+    inputs.push(("defaults".into(), service("defaults", "")));
+    inputs.push(("no-tls".into(), service("no-tls", "  tls: {mode: disabled}\n")));
+    inputs.push((
+        "slo-7d".into(),
+        service(
+            "slo-7d",
+            "  monitoring: {slo: {objective: 99, window: 7d}, alerts: {for: 30s, errorRatePercent: 0.5}}\n",
+        ),
+    ));
+    inputs.push((
+        "slo-90d".into(),
+        service(
+            "slo-90d",
+            "  monitoring: {slo: {objective: 99.99, window: 90d}, alerts: {severity: {page: sev1, ticket: sev3}, latencyP99Seconds: 10}}\n",
+        ),
+    ));
+    inputs
+}
+
+fn write_rules(dir: &Path, file: &str, rule: &Value) -> std::path::PathBuf {
+    let path = dir.join(file);
+    let groups = json!({"groups": rule["spec"]["groups"]});
+    std::fs::write(&path, serde_json::to_string_pretty(&groups).expect("json")).expect("write");
+    path
+}
+
+#[test]
+fn generated_rules_of_every_sample_pass_promtool_check_rules() {
+    let promtool = tool("promtool");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let mut files = Vec::new();
+    for (i, (name, yaml)) in rule_inputs().into_iter().enumerate() {
+        let rule =
+            prometheus_rule(&render(&yaml)).unwrap_or_else(|| Value::String(format!("{name}: no rule")));
+        assert!(rule.is_object(), "{rule}");
+        files.push(write_rules(dir.path(), &format!("rules-{i}.json"), &rule));
+    }
+    let out = std::process::Command::new(&promtool)
+        .arg("check")
+        .arg("rules")
+        .args(&files)
+        .output()
+        .expect("promtool");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "promtool check rules failed:\n{text}");
+    assert_eq!(text.matches("SUCCESS").count(), files.len(), "{text}");
+    assert!(!text.contains("WARNING"), "{text}");
+}
+
+/// A counter's samples, one per minute: `(minutes, increase per minute)`
+/// segments, written in promtool's expanding notation.
+fn counter(segments: &[(u32, f64)]) -> String {
+    let mut out = String::new();
+    let mut value = 0.0;
+    for (i, (minutes, per_minute)) in segments.iter().enumerate() {
+        // The first segment starts at 0; later ones continue from the last value.
+        let (start, count) = if i == 0 { (0.0, *minutes) } else { (value + per_minute, minutes - 1) };
+        let _ = write!(out, "{start}+{per_minute}x{count} ");
+        value = start + per_minute * f64::from(count);
+    }
+    out.trim_end().to_owned()
+}
+
+/// `grpc_server_handled_total` of GetUser with `code`.
+fn handled(code: &str) -> String {
+    format!(
+        r#"grpc_server_handled_total{{namespace="shop", job="svc", pod="svc-0", grpc_type="unary", grpc_service="user.v1.UserService", grpc_method="GetUser", grpc_code="{code}"}}"#
+    )
+}
+
+fn series(name: String, values: String) -> Value {
+    json!({"series": name, "values": values})
+}
+
+fn method_labels(severity: &str) -> Value {
+    json!({"severity": severity, "namespace": "shop", "job": "svc", "grpc_service": "user.v1.UserService", "grpc_method": "GetUser"})
+}
+
+/// One `promtool test rules` case: input series and the alerts expected at
+/// `eval_minutes` (an empty list: the alert must be quiet).
+fn case(name: &str, input: Vec<Value>, checks: Vec<(u32, &str, Vec<Value>)>) -> Value {
+    let alerts: Vec<Value> = checks
+        .into_iter()
+        .map(|(minutes, alert, expected)| {
+            json!({
+                "eval_time": format!("{minutes}m"),
+                "alertname": alert,
+                "exp_alerts": expected.into_iter().map(|l| json!({"exp_labels": l})).collect::<Vec<_>>(),
+            })
+        })
+        .collect();
+    json!({"name": name, "interval": "1m", "input_series": input, "alert_rule_test": alerts})
+}
+
+fn burn(long: &str, short: &str, page: bool) -> Value {
+    json!({"severity": if page { "critical" } else { "warning" }, "namespace": "shop", "job": "svc", "long_window": long, "short_window": short})
+}
+
+/// Three days (4320 minutes) of clean traffic at 600 calls a minute, then
+/// `minutes` at `error_share` server errors: the history the long windows
+/// need.
+fn after_clean_history(minutes: u32, error_share: f64) -> Vec<Value> {
+    let per_minute = 600.0;
+    let errors = per_minute * error_share;
+    vec![
+        series(handled("OK"), counter(&[(4320, per_minute), (minutes, per_minute - errors)])),
+        series(handled("Unavailable"), counter(&[(4320, 0.0), (minutes, errors)])),
+    ]
+}
+
+#[test]
+fn every_alert_fires_when_it_should_and_stays_quiet_when_it_should_not() {
+    let promtool = tool("promtool");
+    let dir = tempfile::tempdir().expect("tempdir");
+    let yaml = service("svc", "  monitoring: {slo: {objective: 99.9, window: 30d}}\n");
+    let mut rule = prometheus_rule(&render(&yaml)).expect("rule");
+    // Annotations are templates rendered with the firing value; promtool
+    // compares them verbatim, so the unit tests check expressions, labels
+    // and `for` on a copy without them (`promtool check rules` parses the
+    // templates, and the live Prometheus test renders them).
+    if let Some(rules) = rule.pointer_mut("/spec/groups/0/rules").and_then(Value::as_array_mut) {
+        for r in rules {
+            if let Some(obj) = r.as_object_mut() {
+                obj.remove("annotations");
+            }
+        }
+    }
+    write_rules(dir.path(), "rules.json", &rule);
+
+    let per_minute = |per_second: f64| per_second * 60.0;
+    let mut tests = vec![
+        case(
+            "9% Unavailable at 10 calls/s fires after `for` (5m)",
+            vec![
+                series(handled("OK"), counter(&[(30, per_minute(9.1))])),
+                series(handled("Unavailable"), counter(&[(30, per_minute(0.9))])),
+            ],
+            vec![(4, ERROR_RATE_HIGH, vec![]), (15, ERROR_RATE_HIGH, vec![method_labels("critical")])],
+        ),
+        case(
+            "1% server errors at errorRatePercent 5 stay quiet",
+            vec![
+                series(handled("OK"), counter(&[(30, per_minute(9.9))])),
+                series(handled("Internal"), counter(&[(30, per_minute(0.1))])),
+            ],
+            vec![(20, ERROR_RATE_HIGH, vec![])],
+        ),
+        case(
+            "a NotFound storm is the callers' error: no error-rate or burn alert",
+            vec![
+                series(handled("OK"), counter(&[(120, per_minute(5.0))])),
+                series(handled("NotFound"), counter(&[(120, per_minute(5.0))])),
+                series(handled("InvalidArgument"), counter(&[(120, per_minute(2.0))])),
+            ],
+            vec![(100, ERROR_RATE_HIGH, vec![]), (100, ERROR_BUDGET_BURN, vec![])],
+        ),
+        case(
+            "all calls failing below 0.1 calls/s stay quiet (the traffic guard)",
+            vec![series(handled("Internal"), counter(&[(30, per_minute(0.05))]))],
+            vec![(20, ERROR_RATE_HIGH, vec![])],
+        ),
+    ];
+
+    // Latency: unary GetUser, every call in the 2.5 s bucket (p99 > 1 s),
+    // and health Watch streams of an hour, which never count.
+    let bucket = |service: &str, method: &str, typ: &str, le: &str| {
+        format!(
+            r#"grpc_server_handling_seconds_bucket{{namespace="shop", job="svc", pod="svc-0", grpc_type="{typ}", grpc_service="{service}", grpc_method="{method}", le="{le}"}}"#
+        )
+    };
+    let count = |service: &str, method: &str, typ: &str| {
+        format!(
+            r#"grpc_server_handling_seconds_count{{namespace="shop", job="svc", pod="svc-0", grpc_type="{typ}", grpc_service="{service}", grpc_method="{method}"}}"#
+        )
+    };
+    let mut slow = Vec::new();
+    for (svc, method, typ, fast_le) in [
+        ("user.v1.UserService", "GetUser", "unary", "1"),
+        ("grpc.health.v1.Health", "Check", "unary", "1"),
+        ("user.v1.UserService", "ListUsers", "server_stream", "1"),
+    ] {
+        slow.push(series(bucket(svc, method, typ, fast_le), counter(&[(30, 0.0)])));
+        slow.push(series(bucket(svc, method, typ, "2.5"), counter(&[(30, 600.0)])));
+        slow.push(series(bucket(svc, method, typ, "+Inf"), counter(&[(30, 600.0)])));
+        slow.push(series(count(svc, method, typ), counter(&[(30, 600.0)])));
+    }
+    tests.push(case(
+        "p99 above 1 s on unary GetUser fires; health checks and streams never do",
+        slow,
+        vec![(3, LATENCY_HIGH, vec![]), (15, LATENCY_HIGH, vec![method_labels("critical")])],
+    ));
+    let fast = vec![
+        series(bucket("user.v1.UserService", "GetUser", "unary", "0.25"), counter(&[(30, 600.0)])),
+        series(bucket("user.v1.UserService", "GetUser", "unary", "1"), counter(&[(30, 600.0)])),
+        series(bucket("user.v1.UserService", "GetUser", "unary", "+Inf"), counter(&[(30, 600.0)])),
+        series(count("user.v1.UserService", "GetUser", "unary"), counter(&[(30, 600.0)])),
+    ];
+    tests.push(case("p99 under 0.25 s stays quiet", fast, vec![(20, LATENCY_HIGH, vec![])]));
+
+    let up = r#"up{namespace="shop", job="svc", instance="10.0.0.1:9090", endpoint="admin"}"#;
+    tests.push(case(
+        "a target down for `for` fires",
+        vec![series(up.to_owned(), "1x5 0x20".to_owned())],
+        vec![
+            (8, TARGET_DOWN, vec![]),
+            (
+                15,
+                TARGET_DOWN,
+                vec![json!({"severity": "critical", "namespace": "shop", "job": "svc", "instance": "10.0.0.1:9090", "endpoint": "admin"})],
+            ),
+        ],
+    ));
+    let panics = r#"grpc_req_panics_recovered_total{namespace="shop", job="svc", pod="svc-0"}"#;
+    tests.push(case(
+        "a recovered panic alerts at once, and stops five minutes after the last",
+        vec![series(panics.to_owned(), "0x10 1 1x30".to_owned())],
+        vec![
+            (9, PANICS_RECOVERED, vec![]),
+            (
+                12,
+                PANICS_RECOVERED,
+                vec![json!({"severity": "warning", "namespace": "shop", "job": "svc", "pod": "svc-0"})],
+            ),
+            (25, PANICS_RECOVERED, vec![]),
+        ],
+    ));
+    // renewBefore defaults to a third of 720h (240h): the alert fires below
+    // 120h (432000 s) left. promtool's clock starts at 0.
+    let expiry = |pod: &str| {
+        format!(
+            r#"grpc_runtime_tls_certificate_expiry_timestamp_seconds{{namespace="shop", job="svc", pod="{pod}"}}"#
+        )
+    };
+    tests.push(case(
+        "a certificate with less than half of renewBefore left fires; a fresh one and TLS off (0) do not",
+        vec![
+            series(expiry("svc-0"), "400000x30".to_owned()),
+            series(expiry("svc-1"), "10000000x30".to_owned()),
+            series(expiry("svc-2"), "0x30".to_owned()),
+        ],
+        vec![(
+            20,
+            CERTIFICATE_EXPIRING,
+            vec![json!({"severity": "warning", "namespace": "shop", "job": "svc", "pod": "svc-0"})],
+        )],
+    ));
+
+    // The burn-rate pairs at 99.9% over 30 days: thresholds 1.44%, 0.6%,
+    // 0.3% and 0.1% of server errors.
+    tests.push(case(
+        "1h of 3% errors after clean days pages on the 1h/5m pair only",
+        after_clean_history(60, 0.03),
+        vec![(4380, ERROR_BUDGET_BURN, vec![burn("1h", "5m", true)])],
+    ));
+    tests.push(case(
+        "6h of 1% errors pages on the 6h/30m pair only",
+        after_clean_history(360, 0.01),
+        vec![(4680, ERROR_BUDGET_BURN, vec![burn("6h", "30m", true)])],
+    ));
+    tests.push(case(
+        "a day of 0.5% errors opens the 1d/2h ticket (and the 3d/6h one: a third of it is over 0.1%)",
+        after_clean_history(1440, 0.005),
+        vec![(5760, ERROR_BUDGET_BURN, vec![burn("1d", "2h", false), burn("3d", "6h", false)])],
+    ));
+    tests.push(case(
+        "three days of 0.15% errors open the 3d/6h ticket only",
+        vec![
+            series(handled("OK"), counter(&[(4380, 600.0 * 0.9985)])),
+            series(handled("Unavailable"), counter(&[(4380, 600.0 * 0.0015)])),
+        ],
+        vec![(4370, ERROR_BUDGET_BURN, vec![burn("3d", "6h", false)])],
+    ));
+    tests.push(case(
+        "errors that stopped 10 minutes ago no longer page: the short window resets the alert",
+        {
+            let mut s = after_clean_history(50, 0.03);
+            // Ten clean minutes after the burst.
+            s[0] = series(handled("OK"), counter(&[(4320, 600.0), (50, 582.0), (10, 600.0)]));
+            s[1] = series(handled("Unavailable"), counter(&[(4320, 0.0), (50, 18.0), (10, 0.0)]));
+            s
+        },
+        vec![(4378, ERROR_BUDGET_BURN, vec![])],
+    ));
+
+    let file = json!({"rule_files": ["rules.json"], "evaluation_interval": "1m", "tests": tests});
+    let test_path = dir.path().join("tests.json");
+    std::fs::write(&test_path, serde_json::to_string_pretty(&file).expect("json")).expect("write");
+    let out = std::process::Command::new(&promtool)
+        .arg("test")
+        .arg("rules")
+        .arg(&test_path)
+        .current_dir(dir.path())
+        .output()
+        .expect("promtool");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success(), "promtool test rules failed:\n{text}");
+}
