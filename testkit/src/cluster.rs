@@ -81,6 +81,10 @@ pub struct ClusterInfo {
     pub audit_log: PathBuf,
     /// cert-manager's CustomResourceDefinitions (a directory of YAML files).
     pub cert_manager_crds: PathBuf,
+    /// prometheus-operator's CustomResourceDefinitions (a directory of YAML files).
+    pub prometheus_operator_crds: PathBuf,
+    /// The prometheus-operator binary.
+    pub prometheus_operator: PathBuf,
 }
 
 impl ClusterInfo {
@@ -124,6 +128,8 @@ impl Cluster {
             name,
             workdir,
             cert_manager_crds: components.cert_manager_crds.clone(),
+            prometheus_operator_crds: components.prometheus_operator_crds.clone(),
+            prometheus_operator: components.prometheus_operator.clone(),
         };
         let watchdog = arm_watchdog(&components.kwokctl, &info)?;
         let mut cluster = Self { info, kwokctl: components.kwokctl.clone(), watchdog: Some(watchdog) };

@@ -28,6 +28,10 @@ pub struct Components {
     pub kwokctl: PathBuf,
     /// cert-manager's CRDs (a directory of YAML files).
     pub cert_manager_crds: PathBuf,
+    /// prometheus-operator's CRDs (a directory of YAML files).
+    pub prometheus_operator_crds: PathBuf,
+    /// prometheus-operator's operator binary.
+    pub prometheus_operator: PathBuf,
 }
 
 impl Components {
@@ -65,10 +69,18 @@ impl Components {
             kwok: kwok.join("kwok"),
             kwokctl: kwok.join("kwokctl"),
             cert_manager_crds: dir("cert-manager-crds")?,
+            prometheus_operator_crds: dir("prometheus-operator-crds")?,
+            prometheus_operator: dir("prometheus-operator")?.join("operator"),
         };
-        for p in
-            [&c.kube_apiserver, &c.kube_controller_manager, &c.kube_scheduler, &c.etcd, &c.kwok, &c.kwokctl]
-        {
+        for p in [
+            &c.kube_apiserver,
+            &c.kube_controller_manager,
+            &c.kube_scheduler,
+            &c.etcd,
+            &c.kwok,
+            &c.kwokctl,
+            &c.prometheus_operator,
+        ] {
             if !p.is_file() {
                 bail!("{} is missing after {}", p.display(), script.display());
             }

@@ -87,6 +87,22 @@ impl TestCluster {
             &["wait", "--for=condition=Established", "--timeout=60s", "crd/certificates.cert-manager.io"],
             None,
         )?;
+        // prometheus-operator's CRDs: the operator's ServiceMonitors and
+        // PrometheusRules meet the real schemas (tests that need them absent
+        // take the CRDs exclusively and put them back).
+        let po = cluster.info.prometheus_operator_crds.display().to_string();
+        cluster.kubectl(&["apply", "--server-side", "-f", &po], None)?;
+        cluster.kubectl(
+            &[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "crd/servicemonitors.monitoring.coreos.com",
+                "crd/prometheusrules.monitoring.coreos.com",
+                "crd/prometheuses.monitoring.coreos.com",
+            ],
+            None,
+        )?;
         let role = root.join("config/rbac/role.yaml");
         cluster.kubectl(&["apply", "--server-side", "-f", &role.display().to_string()], None)?;
         Ok(Self { cluster, crds: RwLock::new(()) })

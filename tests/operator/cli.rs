@@ -28,12 +28,15 @@ fn crd_command_prints_exactly_the_committed_crd() {
 }
 
 #[test]
-fn render_of_the_sample_prints_its_identity_its_redacted_certificate_its_sidecar_config_its_workload_and_its_monitoring() {
+fn render_of_the_sample_prints_its_identity_its_redacted_certificate_its_sidecar_config_its_workload_and_its_monitoring()
+ {
     let out = run(&["render", "-f", &repo("config/samples/user-service.yaml")]);
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     let yaml = String::from_utf8_lossy(&out.stdout);
     assert_eq!(yaml.matches("\n---\n").count() + usize::from(yaml.starts_with("---\n")), 9);
-    for kind in ["ServiceAccount", "Secret", "ConfigMap", "Deployment", "Service", "ServiceMonitor", "PrometheusRule"] {
+    for kind in
+        ["ServiceAccount", "Secret", "ConfigMap", "Deployment", "Service", "ServiceMonitor", "PrometheusRule"]
+    {
         assert!(yaml.contains(&format!("kind: {kind}\n")), "{kind}: {yaml}");
     }
     assert!(yaml.contains("kind: PodDisruptionBudget"), "2 replicas get a default budget");

@@ -242,7 +242,10 @@ fn rendered_config_maps() -> Vec<(String, Value)> {
     for (file, text) in &inputs {
         let yaml = grpc_operator::render::render_texts(&[(file.clone(), text.clone())]).expect("renders");
         let docs: Vec<Value> = serde_saphyr::from_multiple(&yaml).expect("YAML");
-        for doc in docs.into_iter().filter(|d| d["kind"] == "ConfigMap") {
+        // The sidecar's ConfigMap, not the dashboard's.
+        for doc in docs.into_iter().filter(|d| {
+            d["kind"] == "ConfigMap" && d["metadata"]["name"].as_str().is_some_and(|n| n.ends_with("-envoy"))
+        }) {
             out.push((format!("{file}: {}", doc["metadata"]["name"].as_str().unwrap_or_default()), doc));
         }
     }

@@ -11,7 +11,20 @@ use grpc_operator::monitoring::rules::{
 };
 use serde_json::{Value, json};
 
+use crate::harness::Harness;
 use crate::workload::tool;
+
+/// The ServiceMonitors of the test's namespace.
+pub(crate) fn service_monitor_api(h: &Harness) -> kube::Api<kube::api::DynamicObject> {
+    let ar = grpc_operator::children::service_monitor::monitoring_api("ServiceMonitor", "servicemonitors");
+    kube::Api::namespaced_with(h.client.clone(), h.ns(), &ar)
+}
+
+/// The PrometheusRules of the test's namespace.
+pub(crate) fn prometheus_rule_api(h: &Harness) -> kube::Api<kube::api::DynamicObject> {
+    let ar = grpc_operator::children::service_monitor::monitoring_api("PrometheusRule", "prometheusrules");
+    kube::Api::namespaced_with(h.client.clone(), h.ns(), &ar)
+}
 
 /// The rendered documents of `yaml`.
 fn render(yaml: &str) -> Vec<Value> {
@@ -338,4 +351,87 @@ fn every_alert_fires_when_it_should_and_stays_quiet_when_it_should_not() {
         .expect("promtool");
     let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "promtool test rules failed:\n{text}");
+}
+
+/// Puts prometheus-operator's CRDs back when dropped, even after a failed
+/// assertion.
+struct ReinstallPrometheusOperatorCrds(&'static grpc_operator_testkit::TestCluster);
+
+impl Drop for ReinstallPrometheusOperatorCrds {
+    fn drop(&mut self) {
+        let dir = self.0.info().prometheus_operator_crds.display().to_string();
+        let _ = self.0.kubectl(&["apply", "--server-side", "-f", &dir], None);
+        let _ = self.0.kubectl(
+            &[
+                "wait",
+                "--for=condition=Established",
+                "--timeout=60s",
+                "crd/servicemonitors.monitoring.coreos.com",
+                "crd/prometheusrules.monitoring.coreos.com",
+            ],
+            None,
+        );
+    }
+}
+
+#[tokio::test]
+async fn without_prometheus_operators_crds_monitoring_waits_for_them_and_everything_else_is_ready() {
+    let mut h = Harness::exclusive().await;
+    let reinstall = ReinstallPrometheusOperatorCrds(h.cluster);
+    h.cluster
+        .kubectl(
+            &[
+                "delete",
+                "crd",
+                "servicemonitors.monitoring.coreos.com",
+                "prometheusrules.monitoring.coreos.com",
+                "--wait=true",
+            ],
+            None,
+        )
+        .expect("prometheus-operator's CRDs removed");
+    h.start_controller().await;
+    crate::harness::create(&h, &crate::harness::sample("a")).await;
+    let obj = h.wait_condition("a", "MonitoringReady", "False", "CRDNotInstalled").await;
+    let message = crate::harness::condition(&obj, "MonitoringReady")
+        .and_then(|c| c["message"].as_str())
+        .unwrap_or_default()
+        .to_owned();
+    assert!(message.contains("monitoring.coreos.com/v1"), "{message}");
+    // Monitoring never gates serving.
+    h.wait_ready("a", "True", "Ready").await;
+
+    // Installed later: both objects appear without a restart.
+    drop(reinstall);
+    let (monitors, rules) = (service_monitor_api(&h), prometheus_rule_api(&h));
+    crate::harness::eventually(
+        "the ServiceMonitor and the PrometheusRule once the CRDs are back",
+        || async {
+            monitors.get_opt("a").await.ok()??;
+            rules.get_opt("a").await.ok()??;
+            Some(())
+        },
+    )
+    .await;
+    h.wait_condition("a", "MonitoringReady", "True", "Applied").await;
+
+    // Monitoring off: both pruned, and the condition goes away with them.
+    crate::harness::patch_spec(
+        &h,
+        "a",
+        json!({"monitoring": {"serviceMonitor": {"enabled": false}, "alerts": {"enabled": false}}}),
+    )
+    .await;
+    crate::harness::eventually("ServiceMonitor and PrometheusRule pruned", || async {
+        let sm = monitors.get_opt("a").await.ok()?;
+        let rule = rules.get_opt("a").await.ok()?;
+        (sm.is_none() && rule.is_none()).then_some(())
+    })
+    .await;
+    crate::harness::eventually("MonitoringReady gone", || async {
+        let obj = h.grpc_service("a").await?;
+        crate::harness::condition(&obj, "MonitoringReady").is_none().then_some(())
+    })
+    .await;
+    h.shutdown().await;
 }

@@ -18,6 +18,7 @@ use kube::api::{DeleteParams, Patch, PatchParams, PostParams};
 use serde_json::json;
 
 use crate::harness::{Harness, create, eventually, sample};
+use crate::monitoring::{prometheus_rule_api, service_monitor_api};
 
 fn perm(group: &str, resource: &str, verb: &str) -> Permission {
     (group.to_owned(), resource.to_owned(), verb.to_owned())
@@ -247,6 +248,41 @@ async fn run_lifecycle_and_compare(h: Harness, role_file: &str) {
     grpc.patch("user-service", &PatchParams::default(), &merge(&off)).await.expect("gRPC-Web off");
     eventually("the sidecar's ConfigMap pruned", || async {
         config_maps.get_opt("user-service-envoy").await.ok()?.is_none().then_some(())
+    })
+    .await;
+
+    // Monitoring (prometheus-operator's CRDs are on the test cluster): the
+    // ServiceMonitor and PrometheusRule exist by default; a changed interval
+    // patches the ServiceMonitor, the dashboard comes and goes with its
+    // ConfigMap, and monitoring off prunes both monitoring objects.
+    let monitors = service_monitor_api(&h);
+    let rules = prometheus_rule_api(&h);
+    eventually("the ServiceMonitor and the PrometheusRule", || async {
+        let sm = monitors.get_opt("user-service").await.ok()??;
+        rules.get_opt("user-service").await.ok()??;
+        Some(sm)
+    })
+    .await;
+    let monitoring = |m: serde_json::Value| spec(json!({ "monitoring": m }));
+    let changed = monitoring(json!({"serviceMonitor": {"interval": "15s"}, "dashboard": {"enabled": true}}));
+    grpc.patch("user-service", &PatchParams::default(), &merge(&changed))
+        .await
+        .expect("interval changed, dashboard on");
+    eventually("the ServiceMonitor patched and the dashboard created", || async {
+        let sm = monitors.get_opt("user-service").await.ok()??;
+        config_maps.get_opt("user-service-dashboard").await.ok()??;
+        (sm.data["spec"]["endpoints"][0]["interval"] == "15s").then_some(())
+    })
+    .await;
+    let off = monitoring(
+        json!({"serviceMonitor": {"enabled": false}, "alerts": {"enabled": false}, "dashboard": null}),
+    );
+    grpc.patch("user-service", &PatchParams::default(), &merge(&off)).await.expect("monitoring off");
+    eventually("ServiceMonitor, PrometheusRule and dashboard pruned", || async {
+        let sm = monitors.get_opt("user-service").await.ok()?;
+        let rule = rules.get_opt("user-service").await.ok()?;
+        let dashboard = config_maps.get_opt("user-service-dashboard").await.ok()?;
+        (sm.is_none() && rule.is_none() && dashboard.is_none()).then_some(())
     })
     .await;
 
