@@ -39,6 +39,23 @@ pub use faults::{Fault, FaultKind};
 pub use proxy::FaultProxy;
 pub use request_log::{RequestRecord, Verb};
 
+/// Waits until `crds` are Established. `kubectl wait` fails at once, rather
+/// than waiting, while a CRD just applied has no `status.conditions` yet.
+pub fn wait_established(cluster: &Cluster, crds: &[&str]) -> anyhow::Result<()> {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    let mut args = vec!["wait", "--for=condition=Established", "--timeout=60s"];
+    args.extend_from_slice(crds);
+    loop {
+        match cluster.kubectl(&args, None) {
+            Ok(_) => return Ok(()),
+            Err(e) if std::time::Instant::now() < deadline && e.to_string().contains("accessor error") => {
+                std::thread::sleep(std::time::Duration::from_millis(200));
+            }
+            Err(e) => return Err(e),
+        }
+    }
+}
+
 /// Name of the Role (and RoleBinding) of the operator's CA (`config/ca-rbac`).
 pub const CA_ROLE: &str = "grpc-operator-ca";
 
@@ -92,16 +109,13 @@ impl TestCluster {
         // take the CRDs exclusively and put them back).
         let po = cluster.info.prometheus_operator_crds.display().to_string();
         cluster.kubectl(&["apply", "--server-side", "-f", &po], None)?;
-        cluster.kubectl(
+        wait_established(
+            &cluster,
             &[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
                 "crd/servicemonitors.monitoring.coreos.com",
                 "crd/prometheusrules.monitoring.coreos.com",
                 "crd/prometheuses.monitoring.coreos.com",
             ],
-            None,
         )?;
         let role = root.join("config/rbac/role.yaml");
         cluster.kubectl(&["apply", "--server-side", "-f", &role.display().to_string()], None)?;
@@ -120,6 +134,11 @@ impl TestCluster {
     /// Runs kubectl as the cluster admin.
     pub fn kubectl(&self, args: &[&str], stdin: Option<&str>) -> anyhow::Result<String> {
         self.cluster.kubectl(args, stdin)
+    }
+
+    /// Waits until `crds` (`crd/<name>`) are Established.
+    pub fn wait_established(&self, crds: &[&str]) -> anyhow::Result<()> {
+        wait_established(&self.cluster, crds)
     }
 
     /// The admin's client configuration.

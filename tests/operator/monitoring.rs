@@ -361,16 +361,10 @@ impl Drop for ReinstallPrometheusOperatorCrds {
     fn drop(&mut self) {
         let dir = self.0.info().prometheus_operator_crds.display().to_string();
         let _ = self.0.kubectl(&["apply", "--server-side", "-f", &dir], None);
-        let _ = self.0.kubectl(
-            &[
-                "wait",
-                "--for=condition=Established",
-                "--timeout=60s",
-                "crd/servicemonitors.monitoring.coreos.com",
-                "crd/prometheusrules.monitoring.coreos.com",
-            ],
-            None,
-        );
+        let _ = self.0.wait_established(&[
+            "crd/servicemonitors.monitoring.coreos.com",
+            "crd/prometheusrules.monitoring.coreos.com",
+        ]);
     }
 }
 
