@@ -12,7 +12,7 @@ use grpc_operator::monitoring::rules::{
 use serde_json::{Value, json};
 
 use crate::harness::Harness;
-use crate::workload::tool;
+use crate::workload::{Creds, tool};
 
 /// The ServiceMonitors of the test's namespace.
 pub(crate) fn service_monitor_api(h: &Harness) -> kube::Api<kube::api::DynamicObject> {
@@ -428,4 +428,213 @@ async fn without_prometheus_operators_crds_monitoring_waits_for_them_and_everyth
     })
     .await;
     h.shutdown().await;
+}
+
+/// `value` percent-encoded for a URL query.
+fn urlencode(value: &str) -> String {
+    value
+        .bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => char::from(b).to_string(),
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+/// A GET to Prometheus's HTTP API (HTTP/1.0: no chunked body); the JSON body.
+async fn prometheus_api(addr: std::net::SocketAddr, path: &str) -> Option<Value> {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+    s.write_all(format!("GET {path} HTTP/1.0\r\nHost: prometheus\r\n\r\n").as_bytes()).await.ok()?;
+    let mut out = String::new();
+    s.read_to_string(&mut out).await.ok()?;
+    let (_, body) = out.split_once("\r\n\r\n")?;
+    serde_json::from_str(body).ok()
+}
+
+/// Prometheus (Debian's) on loopback with `config`, stopped on drop.
+struct Prometheus {
+    child: tokio::process::Child,
+    addr: std::net::SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+impl Prometheus {
+    async fn start(config: &str, rules: &[(&str, &Value)]) -> Self {
+        let dir = tempfile::tempdir().expect("tempdir");
+        for (file, rule) in rules {
+            write_rules(dir.path(), file, rule);
+        }
+        std::fs::write(dir.path().join("prometheus.yml"), config).expect("config");
+        let port = grpc_operator_testkit::ports::free_port();
+        let addr: std::net::SocketAddr = format!("127.0.0.1:{port}").parse().expect("addr");
+        let child = tokio::process::Command::new(tool("prometheus"))
+            .arg(format!("--config.file={}", dir.path().join("prometheus.yml").display()))
+            .arg(format!("--storage.tsdb.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address={addr}"))
+            .current_dir(dir.path())
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .kill_on_drop(true)
+            .spawn()
+            .expect("prometheus starts");
+        let p = Self { child, addr, _dir: dir };
+        crate::harness::eventually("Prometheus ready", || async {
+            let mut s = tokio::net::TcpStream::connect(addr).await.ok()?;
+            use tokio::io::{AsyncReadExt, AsyncWriteExt};
+            s.write_all(b"GET /-/ready HTTP/1.0\r\n\r\n").await.ok()?;
+            let mut out = String::new();
+            s.read_to_string(&mut out).await.ok()?;
+            out.starts_with("HTTP/1.0 200").then_some(())
+        })
+        .await;
+        p
+    }
+
+    async fn query(&self, promql: &str) -> Option<Vec<Value>> {
+        let body = prometheus_api(self.addr, &format!("/api/v1/query?query={}", urlencode(promql))).await?;
+        (body["status"] == "success").then(|| body["data"]["result"].as_array().cloned().unwrap_or_default())
+    }
+
+    /// Active alerts named `name`: (state, labels); `None` when the API did
+    /// not answer.
+    async fn alerts(&self, name: &str) -> Option<Vec<(String, Value)>> {
+        let body = prometheus_api(self.addr, "/api/v1/alerts").await?;
+        let alerts = body["data"]["alerts"].as_array()?;
+        Some(
+            alerts
+                .iter()
+                .filter(|a| a["labels"]["alertname"] == name)
+                .map(|a| (a["state"].as_str().unwrap_or_default().to_owned(), a["labels"].clone()))
+                .collect(),
+        )
+    }
+}
+
+impl Drop for Prometheus {
+    fn drop(&mut self) {
+        let _ = self.child.start_kill();
+    }
+}
+
+/// A self-signed certificate for `localhost` written as a kubelet would
+/// mount the workload's Secret (`tls.crt`, `tls.key`, `ca.crt`).
+fn server_tls(dir: &Path) {
+    let rcgen::CertifiedKey { cert, signing_key } =
+        rcgen::generate_simple_self_signed(vec!["localhost".to_owned()]).expect("certificate");
+    std::fs::write(dir.join("tls.crt"), cert.pem()).expect("write");
+    std::fs::write(dir.join("tls.key"), signing_key.serialize_pem()).expect("write");
+    std::fs::write(dir.join("ca.crt"), cert.pem()).expect("write");
+}
+
+#[tokio::test]
+async fn a_real_prometheus_scrapes_the_runtime_fires_and_resolves_the_error_alert_and_answers_every_dashboard_query()
+ {
+    // The GrpcService: server TLS (so the certificate panel has data), an
+    // SLO, the dashboard, and short `for` and scrape intervals for the test.
+    let yaml = service(
+        "svc",
+        "  tls: {mode: server}\n  monitoring: {serviceMonitor: {interval: 1s}, alerts: {for: 5s}, slo: {objective: 99.9}, dashboard: {enabled: true}}\n",
+    );
+    let docs = render(&yaml);
+    let rule = prometheus_rule(&docs).expect("rule");
+    let sm = docs.iter().find(|d| d["kind"] == "ServiceMonitor").expect("service monitor");
+    assert_eq!(sm["spec"]["endpoints"][0]["port"], "admin");
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    server_tls(dir.path());
+    let (grpc, admin) =
+        (grpc_operator_testkit::ports::free_port(), grpc_operator_testkit::ports::free_port());
+    let _runtime = tokio::process::Command::new(crate::workload::example_binary())
+        .env_clear()
+        .env("GRPC_PORT", grpc.to_string())
+        .env("ADMIN_PORT", admin.to_string())
+        .env("TLS_MODE", "server")
+        .env("TLS_DIR", dir.path())
+        .env("EXAMPLE_FAULT_INJECTION", "1")
+        .env("RUST_LOG", "warn")
+        .stdout(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .expect("the runtime example starts");
+
+    // The labels the ServiceMonitor's target gets from prometheus-operator
+    // (`job` from jobLabel, the target's namespace and pod, the endpoint).
+    let config = format!(
+        "global: {{scrape_interval: 1s, evaluation_interval: 1s}}\n\
+         rule_files: [rules.json]\n\
+         scrape_configs:\n\
+         - job_name: serviceMonitor/shop/svc/0\n\
+         \x20 static_configs:\n\
+         \x20 - targets: ['127.0.0.1:{admin}']\n\
+         \x20   labels: {{job: svc, namespace: shop, pod: svc-0, endpoint: admin, service: svc}}\n"
+    );
+    let prometheus = Prometheus::start(&config, &[("rules.json", &rule)]).await;
+    let ca = Creds::write(dir.path(), "client", &std::fs::read(dir.path().join("ca.crt")).expect("ca"), None);
+    let target: std::net::SocketAddr = format!("127.0.0.1:{grpc}").parse().expect("addr");
+    crate::harness::eventually("the runtime serves", || async {
+        let v = crate::workload::grpcio(target, "localhost", &ca, &[]).await;
+        (v["ok"] == true).then_some(())
+    })
+    .await;
+
+    // 20 calls/s succeed and 2/s fail with Unavailable (9%), for up to 60 s:
+    // the error-rate alert goes pending, then firing.
+    let load = |seconds: &str, interval_ms: &str, fail: Option<&str>| {
+        let mut args = vec!["--call", "loop", "--seconds", seconds, "--interval-ms", interval_ms];
+        let metadata;
+        if let Some(code) = fail {
+            metadata = format!("x-example-fail={code}");
+            args.extend(["--metadata", metadata.as_str()]);
+        }
+        let args: Vec<String> = args.into_iter().map(str::to_owned).collect();
+        let ca =
+            Creds::write(dir.path(), "client", &std::fs::read(dir.path().join("ca.crt")).expect("ca"), None);
+        tokio::spawn(async move {
+            let args: Vec<&str> = args.iter().map(String::as_str).collect();
+            crate::workload::grpcio(target, "localhost", &ca, &args).await
+        })
+    };
+    let ok_load = load("150", "50", None);
+    let failing = load("60", "500", Some("unavailable"));
+    let not_found = load("150", "200", Some("not_found"));
+    let firing = crate::harness::eventually("GrpcServiceErrorRateHigh firing", || async {
+        prometheus.alerts(ERROR_RATE_HIGH).await?.into_iter().find(|(state, _)| state == "firing")
+    })
+    .await;
+    assert_eq!(firing.1["grpc_method"], "GetUser", "{}", firing.1);
+    assert_eq!(firing.1["severity"], "critical");
+    // The errors stop (the failing caller is killed).
+    failing.abort();
+
+    // Every dashboard query returns data.
+    let svc = grpc_operator::reconcile::validate::validate(
+        &serde_saphyr::from_str(&yaml).expect("manifest"),
+        grpc_operator::reconcile::validate::Origin::Manifest,
+    )
+    .expect("valid");
+    for (panel, query) in
+        grpc_operator::monitoring::dashboard::panel_queries(&svc, svc.monitoring.alerts.as_ref(), "1m")
+    {
+        let result = crate::harness::eventually(&format!("data for {panel}: {query}"), || async {
+            prometheus.query(&query).await.filter(|r| !r.is_empty())
+        })
+        .await;
+        assert!(!result.is_empty(), "{panel}");
+    }
+    // The rules evaluate without errors.
+    let rules = prometheus_api(prometheus.addr, "/api/v1/rules").await.expect("rules");
+    let group = &rules["data"]["groups"][0];
+    for r in group["rules"].as_array().into_iter().flatten() {
+        assert_eq!(r["health"], "ok", "{r}");
+    }
+
+    // With the errors stopped (NotFound goes on: a client error), successes
+    // dilute the 5-minute ratio under 5% and the alert resolves.
+    crate::harness::eventually("GrpcServiceErrorRateHigh resolved", || async {
+        prometheus.alerts(ERROR_RATE_HIGH).await?.is_empty().then_some(())
+    })
+    .await;
+    ok_load.abort();
+    not_found.abort();
 }

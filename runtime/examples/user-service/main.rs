@@ -6,6 +6,10 @@
 //! grpcurl -plaintext 127.0.0.1:50051 list
 //! curl 127.0.0.1:9090/metrics
 //! ```
+//!
+//! With `EXAMPLE_FAULT_INJECTION=1`, `GetUser` fails with the code named in the
+//! `x-example-fail` metadata (`grpcurl -H 'x-example-fail: unavailable' ...`), to drive
+//! error-rate alerts and dashboards.
 
 mod service;
 
@@ -16,7 +20,10 @@ use service::pb::user_service_server::UserServiceServer;
 async fn main() -> std::process::ExitCode {
     let result = async {
         Server::from_env()?
-            .add_service(UserServiceServer::new(service::Users::with_seed()))
+            .add_service(UserServiceServer::new(
+                service::Users::with_seed()
+                    .with_faults(std::env::var("EXAMPLE_FAULT_INJECTION").is_ok_and(|v| v == "1")),
+            ))
             .file_descriptor_set(service::pb::FILE_DESCRIPTOR_SET)
             .bind()
             .await?

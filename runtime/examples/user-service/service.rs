@@ -32,6 +32,41 @@ struct Store {
 #[derive(Debug, Clone)]
 pub struct Users {
     store: Arc<Mutex<Store>>,
+    faults: bool,
+}
+
+/// Request metadata that makes `GetUser` fail with the named status code
+/// (`unavailable`, `internal`, `not_found`, any gRPC code name) once faults
+/// are enabled ([`Users::with_faults`]; the example reads
+/// `EXAMPLE_FAULT_INJECTION=1`). For driving alerts and dashboards in tests
+/// and demos; off by default, so no caller can make a real deployment fail.
+pub const FAULT_HEADER: &str = "x-example-fail";
+
+/// The code of a name as [`FAULT_HEADER`] takes it.
+fn code_named(name: &str) -> Option<tonic::Code> {
+    use tonic::Code;
+    let normalized: String =
+        name.chars().filter(|c| *c != '_' && *c != '-').collect::<String>().to_lowercase();
+    [
+        Code::Cancelled,
+        Code::Unknown,
+        Code::InvalidArgument,
+        Code::DeadlineExceeded,
+        Code::NotFound,
+        Code::AlreadyExists,
+        Code::PermissionDenied,
+        Code::ResourceExhausted,
+        Code::FailedPrecondition,
+        Code::Aborted,
+        Code::OutOfRange,
+        Code::Unimplemented,
+        Code::Internal,
+        Code::Unavailable,
+        Code::DataLoss,
+        Code::Unauthenticated,
+    ]
+    .into_iter()
+    .find(|c| format!("{c:?}").to_lowercase() == normalized)
 }
 
 impl Default for Users {
@@ -43,10 +78,23 @@ impl Default for Users {
 impl Users {
     /// A store holding `alice` (id 1, tag `admin`) and `bob` (id 2, tag `dev`).
     pub fn with_seed() -> Self {
-        let users = Users { store: Arc::new(Mutex::new(Store { users: BTreeMap::new(), next_id: 1 })) };
+        let users = Users {
+            store: Arc::new(Mutex::new(Store { users: BTreeMap::new(), next_id: 1 })),
+            faults: false,
+        };
         users.insert("alice".into(), vec!["admin".into()]);
         users.insert("bob".into(), vec!["dev".into()]);
         users
+    }
+
+    /// Honour [`FAULT_HEADER`] when `enabled`.
+    // Only the user-service example turns faults on; the other users of this
+    // module (tests, benchmarks, the JWT example) never do.
+    #[allow(dead_code)]
+    #[must_use]
+    pub fn with_faults(mut self, enabled: bool) -> Self {
+        self.faults = enabled;
+        self
     }
 
     fn insert(&self, name: String, tags: Vec<String>) -> User {
@@ -64,6 +112,12 @@ type UserStream = Pin<Box<dyn Stream<Item = Result<User, Status>> + Send>>;
 #[tonic::async_trait]
 impl UserService for Users {
     async fn get_user(&self, request: Request<GetUserRequest>) -> Result<Response<User>, Status> {
+        if self.faults
+            && let Some(code) =
+                request.metadata().get(FAULT_HEADER).and_then(|v| v.to_str().ok()).and_then(code_named)
+        {
+            return Err(Status::new(code, "failure injected by x-example-fail"));
+        }
         let id = request.get_ref().user_id;
         let store = self.store.lock().unwrap_or_else(PoisonError::into_inner);
         match store.users.get(&id) {
