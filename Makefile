@@ -5,7 +5,7 @@
 CARGO ?= cargo
 CRD_FILE := crds/grpcservices.grpcoperator.io.yaml
 
-.PHONY: all build test lint fmt crds envoy-descriptors render-sample test-all test-infra test-cluster e2e bench bench-tls bench-grpc-web bench-runtime bench-vs-go bench-h2-abuse run-example
+.PHONY: all build test lint fmt crds envoy-descriptors render-sample test-all test-infra test-cluster e2e bench bench-tls bench-grpc-web bench-monitoring bench-runtime bench-vs-go bench-h2-abuse run-example
 
 all: build
 
@@ -70,6 +70,10 @@ bench-tls:
 bench-grpc-web:
 	$(CARGO) build --release -p grpc-runtime --example user-service
 	$(CARGO) run --release -p grpc-operator --example grpc-web-bench -- --builds 20000 --seconds 8 --rounds 3
+
+## Monitoring: the generated rules of 1,000 GrpcServices in a real Prometheus.
+bench-monitoring:
+	$(CARGO) run --release -p grpc-operator --example monitoring-bench -- --services 1000 --minutes 3
 
 ## Runtime benchmark: the user service with the full chain vs bare tonic (see docs/benchmarks.md).
 bench-runtime:

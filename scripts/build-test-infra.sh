@@ -8,6 +8,7 @@
 #     kwok-<v>/{kwok,kwokctl}
 #     cert-manager-<v>/crds/*.yaml (CustomResourceDefinitions only)
 #     prometheus-operator-<v>/operator, and crds/*.yaml
+#     promtool-<v>/promtool
 #
 # A component is built only when its binaries are missing, so a fresh clone on
 # a machine that built them once starts in seconds. Prints the bin directory of
@@ -266,3 +267,23 @@ if [ ! -f "$po_out/monitoring.coreos.com_servicemonitors.yaml" ]; then
   log "copied prometheus-operator $PROMETHEUS_OPERATOR_VERSION CRDs"
 fi
 echo "prometheus-operator-crds=$po_out"
+
+# promtool, with every service discovery (Debian's lacks Kubernetes SD). The
+# main module has no replace directives, so `go install mod@version` works.
+pt_out="$cache/promtool-$PROMTOOL_VERSION"
+if [ ! -x "$pt_out/promtool" ]; then
+  need_go
+  mkdir -p "$cache"
+  exec {pt_lock}>"$cache/promtool.lock"
+  flock "$pt_lock"
+  if [ ! -x "$pt_out/promtool" ]; then
+    log "building promtool $PROMTOOL_VERSION into $pt_out (once per machine; about 8 min on 2 cores)"
+    start=$SECONDS
+    rm -rf "$pt_out.tmp.$$" && mkdir -p "$pt_out.tmp.$$"
+    GOBIN="$pt_out.tmp.$$" go install -trimpath -ldflags "-s -w" "github.com/prometheus/prometheus/cmd/promtool@$PROMTOOL_VERSION"
+    rm -rf "$pt_out" && mv "$pt_out.tmp.$$" "$pt_out"
+    log "built promtool $PROMTOOL_VERSION in $((SECONDS - start)) s"
+  fi
+  exec {pt_lock}>&-
+fi
+echo "promtool=$pt_out"

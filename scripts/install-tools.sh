@@ -17,6 +17,8 @@ command -v npm >/dev/null || need_apt+=(npm)
 # grpc-runtime's tests: a real Prometheus and promtool to scrape and check the
 # metrics, valgrind, h2load to load the server, protoc to cross-check descriptors.
 command -v prometheus >/dev/null && command -v promtool >/dev/null || need_apt+=(prometheus)
+# The Alertmanager example's checks (amtool check-config, config routes test).
+command -v amtool >/dev/null || need_apt+=(prometheus-alertmanager)
 command -v valgrind >/dev/null || need_apt+=(valgrind)
 command -v h2load >/dev/null || need_apt+=(nghttp2-client)
 command -v protoc >/dev/null || need_apt+=(protobuf-compiler)
@@ -45,16 +47,18 @@ if [ ${#need_apt[@]} -gt 0 ]; then
   fi
   apt-get update -qq
   apt-get install -y -qq --no-install-recommends "${need_apt[@]}" >/dev/null
-  if [[ " ${need_apt[*]} " == *" prometheus "* ]]; then
-    # Booted with systemd, the unit is enabled by the package: not on a test machine.
-    if [ -d /run/systemd/system ]; then systemctl disable --quiet prometheus.service || true; fi
-    if command -v pgrep >/dev/null && pgrep -u prometheus -x prometheus >/dev/null; then
-      echo "error: installing prometheus started its daemon; stop it (service prometheus stop)" >&2
-      exit 1
+  for daemon in prometheus prometheus-alertmanager; do
+    if [[ " ${need_apt[*]} " == *" $daemon "* ]]; then
+      # Booted with systemd, the unit is enabled by the package: not on a test machine.
+      if [ -d /run/systemd/system ]; then systemctl disable --quiet "$daemon.service" || true; fi
+      if command -v pgrep >/dev/null && pgrep -u prometheus -f "/usr/bin/$daemon" >/dev/null; then
+        echo "error: installing $daemon started its daemon; stop it (service $daemon stop)" >&2
+        exit 1
+      fi
     fi
-  fi
+  done
 fi
-for tool in prometheus promtool valgrind h2load protoc openssl chromium; do
+for tool in prometheus promtool amtool valgrind h2load protoc openssl chromium; do
   command -v "$tool" >/dev/null || { echo "error: $tool is missing after apt-get install" >&2; exit 1; }
 done
 

@@ -223,6 +223,10 @@ pub async fn run_controller(
         ))
     });
     metrics.observe_health(health.clone());
+    // Kinds' own watches (the monitoring kinds' Prometheus objects), once
+    // for every scope.
+    let background: Vec<tokio::task::JoinHandle<()>> =
+        opts.registry.kinds().iter().filter_map(|k| k.background(&client)).map(tokio::spawn).collect();
     let scopes: Vec<Option<String>> = if opts.namespaces.is_empty() {
         vec![None]
     } else {
@@ -246,6 +250,9 @@ pub async fn run_controller(
     }))
     .await;
     probe.abort();
+    for task in background {
+        task.abort();
+    }
     if let Some(task) = ca_manager {
         task.abort();
     }
@@ -364,6 +371,16 @@ async fn run_scope(
                 weak.upgrade().and_then(|ctx| ctx.kinds[index].store()).map(|store| store.state())
             }));
         }
+    }
+    // A kind's outside state changed (a Prometheus object's selectors):
+    // every GrpcService is checked again.
+    for mut changes in ctx.kinds.iter().filter_map(|k| k.kind.changes()) {
+        let mut all = reconcile_all.clone();
+        tasks.push(tokio::spawn(async move {
+            while changes.changed().await.is_ok() {
+                let _ = all.send(()).await;
+            }
+        }));
     }
     for index in (0..ctx.kinds.len()).filter(|i| !ctx.kinds[*i].kind.optional()) {
         let api = scoped_api(&ctx.client, scope.as_deref(), &ctx.kinds[index].api);
@@ -590,7 +607,7 @@ async fn discover_optional_kinds(
 }
 
 /// Whether the API server serves `api` (group/version and plural).
-async fn served(client: &Client, api: &ApiResource) -> Result<bool, kube::Error> {
+pub async fn served(client: &Client, api: &ApiResource) -> Result<bool, kube::Error> {
     match client.list_api_group_resources(&api.api_version).await {
         Ok(list) => Ok(list.resources.iter().any(|r| r.name == api.plural)),
         Err(kube::Error::Api(s)) if s.code == 404 => Ok(false),

@@ -280,6 +280,19 @@ pub trait ChildKind: Send + Sync + 'static {
         None
     }
 
+    /// A task the controller runs once for this kind for as long as it
+    /// runs (the monitoring kinds' watch of the cluster's Prometheus
+    /// objects); `None` for most kinds, and for a task another kind started.
+    fn background(&self, _client: &Client) -> Option<BoxFuture<'static, ()>> {
+        None
+    }
+
+    /// Changes whenever every GrpcService should be reconciled again for
+    /// this kind (a Prometheus object's selectors changed).
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        None
+    }
+
     /// This kind's verdict for its condition, from the live object (a cached
     /// copy or the server's answer to an apply; `None` when there is none)
     /// and what it prepared.
@@ -366,6 +379,8 @@ impl Registry {
     /// Every kind, with the CA the operator runs and `envoy_image` as the
     /// gRPC-Web sidecar's default image (`--envoy-image`).
     pub fn configured(trust: Arc<crate::pki::trust::Trust>, envoy_image: String) -> Self {
+        // One watch of the cluster's Prometheus objects for both monitoring kinds.
+        let selection = Arc::new(crate::monitoring::selection::Selection::default());
         Self {
             kinds: vec![
                 Arc::new(service_account::ServiceAccountKind),
@@ -376,8 +391,8 @@ impl Registry {
                 Arc::new(service::ServiceKind),
                 Arc::new(horizontal_pod_autoscaler::HorizontalPodAutoscalerKind),
                 Arc::new(pod_disruption_budget::PodDisruptionBudgetKind),
-                Arc::new(service_monitor::ServiceMonitorKind),
-                Arc::new(prometheus_rule::PrometheusRuleKind),
+                Arc::new(service_monitor::ServiceMonitorKind::new(Arc::clone(&selection))),
+                Arc::new(prometheus_rule::PrometheusRuleKind::new(selection)),
                 Arc::new(grafana_dashboard::GrafanaDashboardKind),
             ],
         }

@@ -2,18 +2,42 @@
 //! built by [`crate::monitoring::rules`] from the runtime's metric names. An
 //! optional kind, sharing `MonitoringReady` with the ServiceMonitor.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
+use kube::Client;
 use kube::api::DynamicObject;
 use kube::discovery::ApiResource;
 use serde_json::{Value, json};
 
 use super::service_monitor::{monitoring_api, monitoring_meta};
-use super::{BuildError, ChildKind, ConditionRole, ObservedChildren, Workload};
+use super::{
+    BuildError, ChildKind, ConditionRole, ObservedChildren, PrepareCx, PrepareError, Prepared, Workload,
+};
+use crate::monitoring::selection::{Selection, Snapshot, Target};
 use crate::monitoring::{GROUP, MONITORING_READY, rules};
 use crate::reconcile::status::Verdict;
 use crate::reconcile::validate::ValidatedService;
 
 /// The PrometheusRule kind.
-pub struct PrometheusRuleKind;
+pub struct PrometheusRuleKind {
+    selection: Arc<Selection>,
+}
+
+impl PrometheusRuleKind {
+    /// Checking selection against `selection`'s watch (shared with the
+    /// ServiceMonitor kind).
+    pub fn new(selection: Arc<Selection>) -> Self {
+        Self { selection }
+    }
+}
+
+/// The labels of the PrometheusRule of `svc`.
+pub fn labels(svc: &ValidatedService) -> BTreeMap<String, String> {
+    let own = svc.monitoring.alerts.as_ref().map(|a| a.labels.clone()).unwrap_or_default();
+    monitoring_meta(svc, &own).labels.unwrap_or_default()
+}
 
 impl ChildKind for PrometheusRuleKind {
     fn kind(&self) -> &'static str {
@@ -57,11 +81,31 @@ impl ChildKind for PrometheusRuleKind {
 
     fn verdict(
         &self,
-        _svc: &ValidatedService,
-        _observed: &ObservedChildren,
+        svc: &ValidatedService,
+        observed: &ObservedChildren,
         live: Option<&DynamicObject>,
     ) -> Option<Verdict> {
-        Some(crate::monitoring::selection::applied_verdict("PrometheusRule", live))
+        let snapshot = observed.prepared::<Snapshot>(self.kind());
+        Some(crate::monitoring::selection::verdict(
+            Target::PrometheusRule,
+            live,
+            snapshot,
+            &svc.namespace,
+            &labels(svc),
+        ))
+    }
+
+    // What the cluster's Prometheus objects select, as of this reconcile.
+    fn prepare<'a>(&'a self, _cx: PrepareCx<'a>) -> BoxFuture<'a, Result<Option<Prepared>, PrepareError>> {
+        Box::pin(futures::future::ready(Ok(Some(Arc::new(self.selection.snapshot()) as Prepared))))
+    }
+
+    fn background(&self, client: &Client) -> Option<BoxFuture<'static, ()>> {
+        self.selection.start(client)
+    }
+
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.selection.subscribe())
     }
 }
 

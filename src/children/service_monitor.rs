@@ -6,13 +6,21 @@
 //! `jobLabel: app.kubernetes.io/name` makes `job` the GrpcService's name,
 //! which is what the PrometheusRule's expressions select on.
 
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use futures::future::BoxFuture;
 use grpc_contract::admin::{ADMIN_PORT_NAME, METRICS_PATH};
+use kube::Client;
 use kube::api::DynamicObject;
 use kube::discovery::ApiResource;
 use serde_json::{Value, json};
 
 use super::labels::{NAME_LABEL, child_meta, selector_labels};
-use super::{BuildError, ChildKind, ConditionRole, ObservedChildren, Workload};
+use super::{
+    BuildError, ChildKind, ConditionRole, ObservedChildren, PrepareCx, PrepareError, Prepared, Workload,
+};
+use crate::monitoring::selection::{Selection, Snapshot, Target};
 use crate::monitoring::{GROUP, MONITORING_READY};
 use crate::reconcile::status::Verdict;
 use crate::reconcile::validate::ValidatedService;
@@ -23,7 +31,22 @@ pub const ENVOY_METRICS_PORT_NAME: &str = "envoy-metrics";
 pub const ENVOY_METRICS_PATH: &str = "/stats/prometheus";
 
 /// The ServiceMonitor kind.
-pub struct ServiceMonitorKind;
+pub struct ServiceMonitorKind {
+    selection: Arc<Selection>,
+}
+
+impl ServiceMonitorKind {
+    /// Checking selection against `selection`'s watch.
+    pub fn new(selection: Arc<Selection>) -> Self {
+        Self { selection }
+    }
+}
+
+/// The labels of the ServiceMonitor of `svc`.
+pub fn labels(svc: &ValidatedService) -> BTreeMap<String, String> {
+    let own = svc.monitoring.service_monitor.as_ref().map(|s| s.labels.clone()).unwrap_or_default();
+    monitoring_meta(svc, &own).labels.unwrap_or_default()
+}
 
 /// The monitoring.coreos.com/v1 API of `kind` (`plural`).
 pub fn monitoring_api(kind: &str, plural: &str) -> ApiResource {
@@ -115,11 +138,31 @@ impl ChildKind for ServiceMonitorKind {
 
     fn verdict(
         &self,
-        _svc: &ValidatedService,
-        _observed: &ObservedChildren,
+        svc: &ValidatedService,
+        observed: &ObservedChildren,
         live: Option<&DynamicObject>,
     ) -> Option<Verdict> {
-        Some(crate::monitoring::selection::applied_verdict("ServiceMonitor", live))
+        let snapshot = observed.prepared::<Snapshot>(self.kind());
+        Some(crate::monitoring::selection::verdict(
+            Target::ServiceMonitor,
+            live,
+            snapshot,
+            &svc.namespace,
+            &labels(svc),
+        ))
+    }
+
+    // What the cluster's Prometheus objects select, as of this reconcile.
+    fn prepare<'a>(&'a self, _cx: PrepareCx<'a>) -> BoxFuture<'a, Result<Option<Prepared>, PrepareError>> {
+        Box::pin(futures::future::ready(Ok(Some(Arc::new(self.selection.snapshot()) as Prepared))))
+    }
+
+    fn background(&self, client: &Client) -> Option<BoxFuture<'static, ()>> {
+        self.selection.start(client)
+    }
+
+    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
+        Some(self.selection.subscribe())
     }
 }
 

@@ -512,9 +512,10 @@ async fn pipeline(obj: &GrpcService, ctx: &Context) -> Result<(Outcome, Option<D
         };
         if let (Some(role), Some(verdict)) = (role, verdict) {
             match conditions.iter_mut().find(|c| c.type_ == role.type_) {
-                // Several kinds share a condition: the first failure wins;
+                // Several kinds share a condition: False beats Unknown beats
+                // True, the first of a rank wins;
                 // when all are fine, every kind's message is kept.
-                Some(c) if c.verdict.ok && !verdict.ok => c.verdict = verdict,
+                Some(c) if verdict.severity() > c.verdict.severity() => c.verdict = verdict,
                 Some(c) if c.verdict.ok && verdict.ok && !verdict.message.is_empty() => {
                     c.verdict.message = format!("{}; {}", c.verdict.message, verdict.message);
                 }

@@ -100,6 +100,8 @@ pub struct StatusError {
 pub struct Verdict {
     /// `True` or `False`.
     pub ok: bool,
+    /// `Unknown` (with `ok` false): the operator cannot tell.
+    pub unknown: bool,
     /// CamelCase reason.
     pub reason: &'static str,
     /// Human-readable detail; never secret material.
@@ -109,12 +111,27 @@ pub struct Verdict {
 impl Verdict {
     /// A true condition.
     pub fn ok(reason: &'static str, message: impl Into<String>) -> Self {
-        Self { ok: true, reason, message: message.into() }
+        Self { ok: true, unknown: false, reason, message: message.into() }
+    }
+
+    /// An `Unknown` condition.
+    pub fn unknown(reason: &'static str, message: impl Into<String>) -> Self {
+        Self { ok: false, unknown: true, reason, message: message.into() }
+    }
+
+    /// False beats Unknown beats True: the rank of the verdict that wins
+    /// when several kinds share a condition.
+    pub fn severity(&self) -> u8 {
+        match (self.ok, self.unknown) {
+            (true, _) => 0,
+            (false, true) => 1,
+            (false, false) => 2,
+        }
     }
 
     /// A false condition.
     pub fn not_ok(reason: &'static str, message: impl Into<String>) -> Self {
-        Self { ok: false, reason, message: message.into() }
+        Self { ok: false, unknown: false, reason, message: message.into() }
     }
 }
 
@@ -208,7 +225,12 @@ fn ready_verdict(kinds: &[Condition], gating: &[&str], synced: &Verdict) -> Verd
             reason::READY,
             gates.iter().map(|c| c.message.as_str()).filter(|m| !m.is_empty()).collect::<Vec<_>>().join("; "),
         ),
-        Some(c) => Verdict { ok: false, reason: static_reason(&c.reason), message: c.message.clone() },
+        Some(c) => Verdict {
+            ok: false,
+            unknown: c.status == "Unknown",
+            reason: static_reason(&c.reason),
+            message: c.message.clone(),
+        },
     }
 }
 
@@ -246,7 +268,11 @@ fn static_reason(r: &str) -> &'static str {
 }
 
 fn condition(previous: &[Condition], type_: &str, v: &Verdict, generation: i64, now: &Time) -> Condition {
-    let status = if v.ok { "True" } else { "False" };
+    let status = match (v.ok, v.unknown) {
+        (true, _) => "True",
+        (false, true) => "Unknown",
+        (false, false) => "False",
+    };
     let last_transition_time = previous
         .iter()
         .find(|c| c.type_ == type_ && c.status == status)
@@ -303,7 +329,7 @@ mod tests {
             synced: Verdict::ok(reason::RECONCILE_SUCCEEDED, ""),
             kinds: Some(vec![KindCondition {
                 type_: "DeploymentAvailable",
-                verdict: Verdict { ok, reason, message: "m".into() },
+                verdict: Verdict { ok, unknown: false, reason, message: "m".into() },
             }]),
             replicas: Some(2),
             ready_replicas: Some(if ok { 2 } else { 0 }),

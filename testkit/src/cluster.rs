@@ -85,6 +85,8 @@ pub struct ClusterInfo {
     pub prometheus_operator_crds: PathBuf,
     /// The prometheus-operator binary.
     pub prometheus_operator: PathBuf,
+    /// promtool with Kubernetes service discovery.
+    pub promtool: PathBuf,
 }
 
 impl ClusterInfo {
@@ -130,6 +132,7 @@ impl Cluster {
             cert_manager_crds: components.cert_manager_crds.clone(),
             prometheus_operator_crds: components.prometheus_operator_crds.clone(),
             prometheus_operator: components.prometheus_operator.clone(),
+            promtool: components.promtool.clone(),
         };
         let watchdog = arm_watchdog(&components.kwokctl, &info)?;
         let mut cluster = Self { info, kwokctl: components.kwokctl.clone(), watchdog: Some(watchdog) };

@@ -32,6 +32,8 @@ pub struct Components {
     pub prometheus_operator_crds: PathBuf,
     /// prometheus-operator's operator binary.
     pub prometheus_operator: PathBuf,
+    /// promtool with Kubernetes service discovery (built from its Go module).
+    pub promtool: PathBuf,
 }
 
 impl Components {
@@ -71,6 +73,7 @@ impl Components {
             cert_manager_crds: dir("cert-manager-crds")?,
             prometheus_operator_crds: dir("prometheus-operator-crds")?,
             prometheus_operator: dir("prometheus-operator")?.join("operator"),
+            promtool: dir("promtool")?.join("promtool"),
         };
         for p in [
             &c.kube_apiserver,
@@ -80,6 +83,7 @@ impl Components {
             &c.kwok,
             &c.kwokctl,
             &c.prometheus_operator,
+            &c.promtool,
         ] {
             if !p.is_file() {
                 bail!("{} is missing after {}", p.display(), script.display());

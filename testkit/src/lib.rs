@@ -29,7 +29,7 @@ use tokio::sync::{RwLock, RwLockReadGuard, RwLockWriteGuard};
 use anyhow::{Context as _, anyhow};
 use k8s_openapi::api::authentication::v1::{TokenRequest, TokenRequestSpec};
 use k8s_openapi::api::core::v1::{Namespace, ServiceAccount};
-use k8s_openapi::api::rbac::v1::{Role, RoleBinding, RoleRef, Subject};
+use k8s_openapi::api::rbac::v1::{ClusterRoleBinding, Role, RoleBinding, RoleRef, Subject};
 use kube::api::{Api, ObjectMeta, Patch, PatchParams, PostParams};
 use kube::config::{KubeConfigOptions, Kubeconfig};
 
@@ -55,6 +55,11 @@ pub fn wait_established(cluster: &Cluster, crds: &[&str]) -> anyhow::Result<()> 
         }
     }
 }
+
+/// The ClusterRole of the monitoring selection check
+/// (`config/monitoring-selection`); each test's operator account is bound to
+/// it by a ClusterRoleBinding `<role>-<namespace>`.
+pub const MONITORING_SELECTION_ROLE: &str = "grpc-operator-monitoring-selection";
 
 /// Name of the Role (and RoleBinding) of the operator's CA (`config/ca-rbac`).
 pub const CA_ROLE: &str = "grpc-operator-ca";
@@ -92,18 +97,12 @@ impl TestCluster {
         let root = repo_root();
         let crds = root.join("crds");
         cluster.kubectl(&["apply", "--server-side", "-f", &crds.display().to_string()], None)?;
-        cluster.kubectl(
-            &["wait", "--for=condition=Established", "--timeout=60s", "crd/grpcservices.grpcoperator.io"],
-            None,
-        )?;
+        wait_established(&cluster, &["crd/grpcservices.grpcoperator.io"])?;
         // cert-manager's CRDs (its controller cannot be built from published
         // modules): the operator's Certificates meet the real schema.
         let cm = cluster.info.cert_manager_crds.display().to_string();
         cluster.kubectl(&["apply", "--server-side", "-f", &cm], None)?;
-        cluster.kubectl(
-            &["wait", "--for=condition=Established", "--timeout=60s", "crd/certificates.cert-manager.io"],
-            None,
-        )?;
+        wait_established(&cluster, &["crd/certificates.cert-manager.io"])?;
         // prometheus-operator's CRDs: the operator's ServiceMonitors and
         // PrometheusRules meet the real schemas (tests that need them absent
         // take the CRDs exclusively and put them back).
@@ -119,6 +118,8 @@ impl TestCluster {
         )?;
         let role = root.join("config/rbac/role.yaml");
         cluster.kubectl(&["apply", "--server-side", "-f", &role.display().to_string()], None)?;
+        let selection = root.join("config/monitoring-selection/role.yaml");
+        cluster.kubectl(&["apply", "--server-side", "-f", &selection.display().to_string()], None)?;
         Ok(Self { cluster, crds: RwLock::new(()) })
     }
 
@@ -223,6 +224,28 @@ impl TestCluster {
         };
         Api::<RoleBinding>::namespaced(client.clone(), namespace)
             .patch(CA_ROLE, &ssa, &Patch::Apply(&with_type_meta(&ca_binding)?))
+            .await?;
+        // The monitoring selection check's read-only ClusterRole
+        // (config/monitoring-selection), bound cluster-wide as the
+        // cluster-wide install does.
+        let selection = ClusterRoleBinding {
+            metadata: ObjectMeta {
+                name: Some(format!("{MONITORING_SELECTION_ROLE}-{namespace}")),
+                ..ObjectMeta::default()
+            },
+            role_ref: RoleRef {
+                api_group: Some("rbac.authorization.k8s.io".into()),
+                kind: "ClusterRole".into(),
+                name: MONITORING_SELECTION_ROLE.into(),
+            },
+            subjects: binding.subjects.clone(),
+        };
+        Api::<ClusterRoleBinding>::all(client.clone())
+            .patch(
+                &format!("{MONITORING_SELECTION_ROLE}-{namespace}"),
+                &ssa,
+                &Patch::Apply(&with_type_meta(&selection)?),
+            )
             .await?;
         let request = TokenRequest {
             spec: Some(TokenRequestSpec { expiration_seconds: Some(24 * 3600), ..Default::default() }),

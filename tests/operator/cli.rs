@@ -148,12 +148,9 @@ async fn run_reports_a_missing_crd_then_serves_admin_endpoints_and_stops_on_sigt
     .await
     .expect("the operator exits promptly without its CRD")
     .expect("runs");
-    let restored = cluster.kubectl(&["apply", "--server-side", "-f", &crd_file], None).and_then(|_| {
-        cluster.kubectl(
-            &["wait", "--for=condition=Established", "--timeout=60s", "crd/grpcservices.grpcoperator.io"],
-            None,
-        )
-    });
+    let restored = cluster
+        .kubectl(&["apply", "--server-side", "-f", &crd_file], None)
+        .and_then(|_| cluster.wait_established(&["crd/grpcservices.grpcoperator.io"]));
     assert_eq!(out.status.code(), Some(1), "{}", String::from_utf8_lossy(&out.stderr));
     assert!(String::from_utf8_lossy(&out.stderr).contains("kubectl apply -f crds/"));
     restored.expect("CRD re-created");

@@ -407,7 +407,8 @@ async fn without_prometheus_operators_crds_monitoring_waits_for_them_and_everyth
         },
     )
     .await;
-    h.wait_condition("a", "MonitoringReady", "True", "Applied").await;
+    // No Prometheus object selects them (this test runs alone on the cluster).
+    h.wait_condition("a", "MonitoringReady", "False", "NotSelectedByAnyPrometheus").await;
 
     // Monitoring off: both pruned, and the condition goes away with them.
     crate::harness::patch_spec(
@@ -637,4 +638,271 @@ async fn a_real_prometheus_scrapes_the_runtime_fires_and_resolves_the_error_aler
     .await;
     ok_load.abort();
     not_found.abort();
+}
+
+/// The Prometheuses of the test's namespace.
+fn prometheus_api_of(h: &Harness) -> kube::Api<kube::api::DynamicObject> {
+    let ar = grpc_operator::monitoring::selection::SELECTING_KINDS[0].api();
+    kube::Api::namespaced_with(h.client.clone(), h.ns(), &ar)
+}
+
+/// A `Prometheus` named `name` selecting ServiceMonitors and rules labelled
+/// `release=<release>` in its own namespace.
+async fn create_prometheus(h: &Harness, name: &str, release: &str) {
+    let obj: kube::api::DynamicObject = serde_json::from_value(json!({
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "Prometheus",
+        "metadata": {"name": name, "namespace": h.ns()},
+        "spec": {
+            "replicas": 1,
+            "serviceMonitorSelector": {"matchLabels": {"release": release}},
+            "ruleSelector": {"matchLabels": {"release": release}},
+        },
+    }))
+    .expect("Prometheus");
+    prometheus_api_of(h).create(&kube::api::PostParams::default(), &obj).await.expect("Prometheus created");
+}
+
+fn condition_message(obj: &Value, type_: &str) -> String {
+    crate::harness::condition(obj, type_).and_then(|c| c["message"].as_str()).unwrap_or_default().to_owned()
+}
+
+#[tokio::test]
+async fn monitoring_ready_names_the_missing_labels_until_a_prometheus_selects_and_follows_its_changes() {
+    let h = Harness::start().await;
+    let release = h.ns().to_owned();
+    create_prometheus(&h, "k8s", &release).await;
+    crate::harness::create(&h, &crate::harness::sample("a")).await;
+    let obj = h.wait_condition("a", "MonitoringReady", "False", "NotSelectedByAnyPrometheus").await;
+    let message = condition_message(&obj, "MonitoringReady");
+    assert!(
+        message.contains(&format!(
+            "Prometheus {release}/k8s selects ServiceMonitors labelled release={release}"
+        )) && message.contains("spec.monitoring.labels"),
+        "{message}"
+    );
+
+    // The label it asks for: selected, both objects.
+    crate::harness::patch_spec(&h, "a", json!({"monitoring": {"labels": {"release": release}}})).await;
+    let obj = h.wait_condition("a", "MonitoringReady", "True", "Selected").await;
+    let message = condition_message(&obj, "MonitoringReady");
+    assert!(
+        message.contains("ServiceMonitor is selected by Prometheus")
+            && message.contains("PrometheusRule is selected"),
+        "{message}"
+    );
+
+    // The Prometheus changes its selector: re-checked without a spec change.
+    let patch = json!({"spec": {"serviceMonitorSelector": {"matchLabels": {"release": "elsewhere"}}}});
+    prometheus_api_of(&h)
+        .patch("k8s", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+        .await
+        .expect("selector changed");
+    let obj = h.wait_condition("a", "MonitoringReady", "False", "NotSelectedByAnyPrometheus").await;
+    assert!(condition_message(&obj, "MonitoringReady").contains("release=elsewhere"), "{obj}");
+    h.shutdown().await;
+}
+
+#[tokio::test]
+async fn an_operator_that_may_not_read_prometheus_objects_says_selection_unknown() {
+    let mut h = Harness::without_controller().await;
+    // As a namespaced install without config/monitoring-selection.
+    let bindings: kube::Api<k8s_openapi::api::rbac::v1::ClusterRoleBinding> =
+        kube::Api::all(h.client.clone());
+    bindings
+        .delete(
+            &format!("{}-{}", grpc_operator_testkit::MONITORING_SELECTION_ROLE, h.ns()),
+            &kube::api::DeleteParams::default(),
+        )
+        .await
+        .expect("selection binding removed");
+    h.start_controller().await;
+    crate::harness::create(&h, &crate::harness::sample("a")).await;
+    let obj = h.wait_condition("a", "MonitoringReady", "Unknown", "SelectionUnknown").await;
+    assert!(condition_message(&obj, "MonitoringReady").contains("forbidden"), "{obj}");
+    h.wait_ready("a", "True", "Ready").await;
+    h.shutdown().await;
+}
+
+/// The admin's API server address and client TLS files, for a Go client
+/// that takes them as flags.
+fn admin_tls_files(h: &Harness, dir: &Path) -> (String, [std::path::PathBuf; 3]) {
+    let text = std::fs::read_to_string(h.cluster.kubeconfig()).expect("kubeconfig");
+    let kubeconfig: Value = serde_saphyr::from_str(&text).expect("kubeconfig YAML");
+    let cluster = &kubeconfig["clusters"][0]["cluster"];
+    let user = &kubeconfig["users"][0]["user"];
+    let file = |name: &str, from: &Value, path: &str| {
+        let out = dir.join(name);
+        if let Some(p) = from[path].as_str() {
+            std::fs::copy(p, &out).expect("copy");
+        } else {
+            use base64::Engine as _;
+            let data = from[format!("{path}-data")].as_str().unwrap_or_default();
+            let bytes = base64::engine::general_purpose::STANDARD.decode(data.trim()).expect("base64");
+            std::fs::write(&out, bytes).expect("write");
+        }
+        out
+    };
+    (
+        cluster["server"].as_str().expect("server").to_owned(),
+        [
+            file("ca.crt", cluster, "certificate-authority"),
+            file("admin.crt", user, "client-certificate"),
+            file("admin.key", user, "client-key"),
+        ],
+    )
+}
+
+#[tokio::test]
+async fn the_real_prometheus_operator_scrapes_our_service_monitor_and_loads_our_rules() {
+    let h = Harness::start().await;
+    let release = h.ns().to_owned();
+    crate::harness::create(&h, &crate::harness::sample("a")).await;
+    crate::harness::patch_spec(
+        &h,
+        "a",
+        json!({"monitoring": {"labels": {"release": release}, "slo": {"objective": 99.9}}}),
+    )
+    .await;
+    create_prometheus(&h, "k8s", &release).await;
+
+    let dir = tempfile::tempdir().expect("tempdir");
+    let (server, [ca, cert, key]) = admin_tls_files(&h, dir.path());
+    let port = grpc_operator_testkit::ports::free_port();
+    let log = std::fs::File::create(dir.path().join("prometheus-operator.log")).expect("log");
+    let _operator = tokio::process::Command::new(&h.cluster.info().prometheus_operator)
+        .arg(format!("--apiserver={server}"))
+        .arg(format!("--ca-file={}", ca.display()))
+        .arg(format!("--cert-file={}", cert.display()))
+        .arg(format!("--key-file={}", key.display()))
+        .arg(format!("--namespaces={}", h.ns()))
+        .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+        .arg("--feature-gates=StatusForConfigurationResources=true")
+        .arg("--kubelet-endpoints=false")
+        .stdout(log.try_clone().expect("log"))
+        .stderr(log)
+        .kill_on_drop(true)
+        .spawn()
+        .expect("prometheus-operator starts");
+    let log_text = || std::fs::read_to_string(dir.path().join("prometheus-operator.log")).unwrap_or_default();
+
+    // The scrape configuration it generates: our ServiceMonitor's job, and
+    // valid for promtool.
+    let secrets = h.api::<k8s_openapi::api::core::v1::Secret>();
+    let gz = crate::harness::eventually("prometheus-operator's generated configuration", || async {
+        let secret = secrets.get_opt("prometheus-k8s").await.ok()??;
+        let gz = secret.data?.get("prometheus.yaml.gz")?.0.clone();
+        (!gz.is_empty()).then_some(gz)
+    })
+    .await;
+    let gz_path = dir.path().join("prometheus.yaml.gz");
+    std::fs::write(&gz_path, &gz).expect("write");
+    let out = std::process::Command::new("gzip").arg("-dkf").arg(&gz_path).output().expect("gzip");
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    let config_path = dir.path().join("prometheus.yaml");
+    let config = std::fs::read_to_string(&config_path).expect("config");
+    let job = format!("serviceMonitor/{}/a/0", h.ns());
+    assert!(
+        config.contains(&job),
+        "{job} missing from the generated configuration:\n{config}\n{}",
+        log_text()
+    );
+    // promtool of Prometheus 3 (built from its Go module): Debian's lacks
+    // Kubernetes service discovery.
+    let out = std::process::Command::new(&h.cluster.info().promtool)
+        .args(["check", "config", "--syntax-only"])
+        .arg(&config_path)
+        .output()
+        .expect("promtool");
+    assert!(
+        out.status.success(),
+        "promtool check config: {}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    // The rules pass its own validation: they reach the rule files it mounts.
+    let config_maps = h.api::<k8s_openapi::api::core::v1::ConfigMap>();
+    let group = format!("grpcservice.{}.a", h.ns());
+    crate::harness::eventually("our rule group in prometheus-operator's rule files", || async {
+        let cm = config_maps.get_opt("prometheus-k8s-rulefiles-0").await.ok()??;
+        cm.data?
+            .values()
+            .any(|v| v.contains(&group) && v.contains("GrpcServiceErrorBudgetBurn"))
+            .then_some(())
+    })
+    .await;
+
+    // It reports on our objects (status.bindings), and the condition says so.
+    let monitors = service_monitor_api(&h);
+    crate::harness::eventually("prometheus-operator's binding on the ServiceMonitor", || async {
+        let sm = monitors.get_opt("a").await.ok()??;
+        let bindings = sm.data.pointer("/status/bindings")?.as_array()?.clone();
+        bindings.iter().any(|b| b["name"] == "k8s").then_some(())
+    })
+    .await;
+    let obj = h.wait_condition("a", "MonitoringReady", "True", "Selected").await;
+    assert!(condition_message(&obj, "MonitoringReady").contains("k8s"), "{obj}");
+
+    // A selector that no longer matches: not selected, by its own account or ours.
+    let patch = json!({"spec": {"serviceMonitorSelector": {"matchLabels": {"release": "elsewhere"}},
+                                "ruleSelector": {"matchLabels": {"release": "elsewhere"}}}});
+    prometheus_api_of(&h)
+        .patch("k8s", &kube::api::PatchParams::default(), &kube::api::Patch::Merge(&patch))
+        .await
+        .expect("selector changed");
+    h.wait_condition("a", "MonitoringReady", "False", "NotSelectedByAnyPrometheus").await;
+    h.shutdown().await;
+}
+
+#[test]
+fn the_alertmanager_example_passes_amtool_and_routes_by_severity_and_namespace() {
+    let amtool = tool("amtool");
+    let config = grpc_operator_testkit::repo_root().join("config/alertmanager/alertmanager.yaml");
+    let out = std::process::Command::new(&amtool).arg("check-config").arg(&config).output().expect("amtool");
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    assert!(out.status.success() && text.contains("SUCCESS"), "{text}");
+    // Labels as the generated alerts carry them.
+    for (labels, receiver) in [
+        (
+            ["alertname=GrpcServiceErrorRateHigh", "severity=critical", "namespace=shop", "job=user-service"],
+            "shop-pager",
+        ),
+        (
+            [
+                "alertname=GrpcServicePanicsRecovered",
+                "severity=warning",
+                "namespace=shop",
+                "job=user-service",
+            ],
+            "shop-tickets",
+        ),
+        (
+            ["alertname=GrpcServiceTargetDown", "severity=critical", "namespace=billing", "job=invoices"],
+            "platform-pager",
+        ),
+        (
+            [
+                "alertname=GrpcServiceCertificateExpiring",
+                "severity=warning",
+                "namespace=billing",
+                "job=invoices",
+            ],
+            "platform-tickets",
+        ),
+    ] {
+        let out = std::process::Command::new(&amtool)
+            .args(["config", "routes", "test"])
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--verify.receivers={receiver}"))
+            .args(labels)
+            .output()
+            .expect("amtool");
+        assert!(
+            out.status.success(),
+            "{labels:?} should reach {receiver}: {}{}",
+            String::from_utf8_lossy(&out.stdout),
+            String::from_utf8_lossy(&out.stderr)
+        );
+    }
 }

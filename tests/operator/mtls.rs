@@ -872,10 +872,7 @@ impl Drop for ReinstallCertManager {
     fn drop(&mut self) {
         let dir = self.0.info().cert_manager_crds.display().to_string();
         let _ = self.0.kubectl(&["apply", "--server-side", "-f", &dir], None);
-        let _ = self.0.kubectl(
-            &["wait", "--for=condition=Established", "--timeout=60s", "crd/certificates.cert-manager.io"],
-            None,
-        );
+        let _ = self.0.wait_established(&["crd/certificates.cert-manager.io"]);
     }
 }
 

@@ -312,6 +312,12 @@ async fn run_lifecycle_and_compare(h: Harness, role_file: &str) {
     let mut granted = audit::permissions_granted(&role).expect("role parses");
     // The CA's Role in the operator's namespace (the test namespace here).
     granted.extend(audit::permissions_granted(&read_repo_file(CA_ROLE_FILE)).expect("CA role parses"));
+    // The monitoring selection check's read-only ClusterRole (bound to every
+    // test's operator account, as the cluster-wide install binds it).
+    granted.extend(
+        audit::permissions_granted(&read_repo_file("config/monitoring-selection/role.yaml"))
+            .expect("selection role parses"),
+    );
     // Checked by admission on the children's ownerReferences, never requested
     // itself; the blockOwnerDeletion assertion above shows it was needed.
     // Likewise delete on Deployments and Services: checked when an orphan is
