@@ -906,3 +906,47 @@ fn the_alertmanager_example_passes_amtool_and_routes_by_severity_and_namespace()
         );
     }
 }
+
+#[tokio::test]
+async fn generated_monitoring_objects_pass_strict_validation_against_prometheus_operators_crds() {
+    // The operator's server-side apply does not ask for strict field
+    // validation, so a misspelt field would be dropped silently; here every
+    // generated ServiceMonitor, PrometheusRule and dashboard ConfigMap is
+    // dry-run applied with unknown fields refused.
+    let h = Harness::start().await;
+    let inputs = rule_inputs();
+    let mut checked: std::collections::BTreeMap<String, usize> = std::collections::BTreeMap::new();
+    for (name, yaml) in &inputs {
+        for mut doc in render(yaml) {
+            let kind = doc["kind"].as_str().unwrap_or_default().to_owned();
+            let dashboard = kind == "ConfigMap"
+                && doc["metadata"]["name"].as_str().is_some_and(|n| n.ends_with("-dashboard"));
+            if !(kind == "ServiceMonitor" || kind == "PrometheusRule" || dashboard) {
+                continue;
+            }
+            doc["metadata"]["namespace"] = json!(h.ns());
+            if let Some(meta) = doc["metadata"].as_object_mut() {
+                meta.remove("ownerReferences");
+            }
+            let text = serde_json::to_string(&doc).expect("json");
+            let out = h.cluster.kubectl(
+                &[
+                    "apply",
+                    "--server-side",
+                    "--dry-run=server",
+                    "--validate=strict",
+                    "--field-manager=grpc-operator",
+                    "-f",
+                    "-",
+                ],
+                Some(&text),
+            );
+            assert!(out.is_ok(), "{name}: {kind} refused: {out:?}");
+            *checked.entry(kind).or_default() += 1;
+        }
+    }
+    assert_eq!(checked.get("ServiceMonitor"), Some(&inputs.len()), "{checked:?}");
+    assert_eq!(checked.get("PrometheusRule"), Some(&inputs.len()), "{checked:?}");
+    assert!(checked.get("ConfigMap").is_some_and(|n| *n >= 1), "the sample's dashboard: {checked:?}");
+    h.shutdown().await;
+}

@@ -42,31 +42,14 @@ pub struct Users {
 /// and demos; off by default, so no caller can make a real deployment fail.
 pub const FAULT_HEADER: &str = "x-example-fail";
 
-/// The code of a name as [`FAULT_HEADER`] takes it.
+/// The code of a name as [`FAULT_HEADER`] takes it: a `grpc_code` label
+/// value in any case, `_` and `-` ignored (`unavailable`, `not_found`).
 fn code_named(name: &str) -> Option<tonic::Code> {
-    use tonic::Code;
     let normalized: String =
         name.chars().filter(|c| *c != '_' && *c != '-').collect::<String>().to_lowercase();
-    [
-        Code::Cancelled,
-        Code::Unknown,
-        Code::InvalidArgument,
-        Code::DeadlineExceeded,
-        Code::NotFound,
-        Code::AlreadyExists,
-        Code::PermissionDenied,
-        Code::ResourceExhausted,
-        Code::FailedPrecondition,
-        Code::Aborted,
-        Code::OutOfRange,
-        Code::Unimplemented,
-        Code::Internal,
-        Code::Unavailable,
-        Code::DataLoss,
-        Code::Unauthenticated,
-    ]
-    .into_iter()
-    .find(|c| format!("{c:?}").to_lowercase() == normalized)
+    let index = grpc_contract::metrics::ALL_CODES.iter().position(|c| c.to_lowercase() == normalized)?;
+    // ALL_CODES is in numeric order of the codes.
+    i32::try_from(index).ok().map(tonic::Code::from)
 }
 
 impl Default for Users {
