@@ -354,7 +354,9 @@ pub const SLO_WINDOW_PATTERN: &str = r"^([7-9]|[1-8][0-9]|90)d$";
 /// Pattern of a label value (at most 63 characters; may be empty).
 pub const LABEL_VALUE_PATTERN: &str = r"^(([A-Za-z0-9][-A-Za-z0-9_.]*)?[A-Za-z0-9])?$";
 /// Pattern of a runbook base URL.
-pub const RUNBOOK_URL_PATTERN: &str = r"^https?://[^\s]+$";
+/// (No braces: Prometheus renders annotations as templates, and a stray
+/// `{{` would make the whole PrometheusRule invalid.)
+pub const RUNBOOK_URL_PATTERN: &str = r"^https?://[^\s{}]+$";
 /// The largest finite bucket of `grpc_server_handling_seconds`: a p99 above
 /// it cannot be told apart from `+Inf`.
 pub const MAX_LATENCY_P99_SECONDS: f64 = 10.0;
@@ -396,13 +398,14 @@ pub struct Monitoring {
 /// port `/metrics`, and the `envoy-metrics` port with the gRPC-Web sidecar.
 #[derive(Serialize, Deserialize, Clone, Debug, PartialEq, Default, KubeSchema)]
 #[serde(rename_all = "camelCase")]
-#[x_kube(validation = Rule::new("!has(self.interval) || duration(self.interval) >= duration('1s')").message("interval must be at least 1s").field_path(".interval").reason(Reason::FieldValueInvalid))]
+#[x_kube(validation = Rule::new("!has(self.interval) || (duration(self.interval) >= duration('1s') && duration(self.interval) <= duration('2m'))").message("interval must be between 1s and 2m: the alerts' 5-minute rates need at least two samples").field_path(".interval").reason(Reason::FieldValueInvalid))]
 #[x_kube(validation = Rule::new("!has(self.scrapeTimeout) || (duration(self.scrapeTimeout) >= duration('1s') && duration(self.scrapeTimeout) <= duration(has(self.interval) ? self.interval : '30s'))").message("scrapeTimeout must be at least 1s and at most interval: Prometheus refuses a timeout longer than the interval").field_path(".scrapeTimeout").reason(Reason::FieldValueInvalid))]
 pub struct ServiceMonitorSettings {
     /// Create the ServiceMonitor. Default true.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub enabled: Option<bool>,
-    /// Scrape interval (`30s`, `1m`). Default `30s`.
+    /// Scrape interval (`30s`, `1m`), at most `2m`: the alerts' rates over 5
+    /// minutes need two samples. Default `30s`.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     #[schemars(length(min = 2, max = 16), pattern(PROMETHEUS_DURATION_PATTERN))]
     pub interval: Option<String>,

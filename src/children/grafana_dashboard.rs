@@ -24,6 +24,11 @@ pub fn config_map_name(name: &str) -> String {
     format!("{name}-dashboard")
 }
 
+/// The ConfigMap's key, the file name in the Grafana sidecar's directory.
+pub fn data_key(svc: &ValidatedService) -> String {
+    format!("{}_{}.json", svc.namespace, svc.name)
+}
+
 impl ChildKind for GrafanaDashboardKind {
     fn kind(&self) -> &'static str {
         "GrafanaDashboard"
@@ -66,7 +71,9 @@ impl ChildKind for GrafanaDashboardKind {
             "apiVersion": "v1",
             "kind": "ConfigMap",
             "metadata": meta,
-            "data": {format!("{}.json", svc.name): text},
+            // One file per key in the Grafana sidecar's directory: the
+            // namespace keeps same-named services apart.
+            "data": {data_key(svc): text},
         }))
     }
 
@@ -92,12 +99,14 @@ mod tests {
         assert_eq!(cm["metadata"]["labels"]["grafana_dashboard"], "1");
         assert_eq!(cm["metadata"]["annotations"]["grafana_folder"], "shop");
         let model: serde_json::Value =
-            serde_json::from_str(cm["data"]["user-service.json"].as_str().unwrap_or_default()).expect("json");
+            serde_json::from_str(cm["data"]["shop_user-service.json"].as_str().unwrap_or_default())
+                .expect("json");
         let uid = model["uid"].as_str().unwrap_or_default().to_owned();
         assert!(uid.len() <= 40 && uid.starts_with("grpcsvc-"), "{uid}");
         obj.metadata.namespace = Some("other".into());
         let other = build(&obj, "GrafanaDashboard").expect("wanted");
-        assert!(!other["data"]["user-service.json"].as_str().unwrap_or_default().contains(&uid));
+        let other_model = other["data"]["other_user-service.json"].as_str().unwrap_or_default();
+        assert!(!other_model.is_empty() && !other_model.contains(&uid), "{other}");
         insta::assert_yaml_snapshot!(model);
     }
 }

@@ -104,9 +104,8 @@ impl ChildKind for PrometheusRuleKind {
         self.selection.start(client)
     }
 
-    fn changes(&self) -> Option<tokio::sync::watch::Receiver<u64>> {
-        Some(self.selection.subscribe())
-    }
+    // The ServiceMonitor kind forwards the shared watch's changes; a second
+    // subscriber would reconcile everything twice per change.
 }
 
 #[cfg(test)]

@@ -174,7 +174,9 @@ fn latency(svc: &ValidatedService, alerts: &ValidAlerts) -> Value {
     let calls =
         sum_by(&BY_METHOD, &rate(&unary(m::SERVER_HANDLING_SECONDS, HistogramSeries::Count, ns, name), "5m"));
     let expr = format!(
-        "{} > {}\nand on ({})\n  {calls} >= {}",
+        // `>=`: at the largest allowed threshold (10 s, the last finite
+        // bucket) a p99 in the +Inf bucket reads exactly 10.
+        "{} >= {}\nand on ({})\n  {calls} >= {}",
         histogram_quantile(0.99, &sum_by(&by_le, &buckets)),
         number(alerts.latency_p99_seconds),
         BY_METHOD.join(", "),
@@ -191,7 +193,7 @@ fn latency(svc: &ValidatedService, alerts: &ValidAlerts) -> Value {
                 "{{{{ $labels.grpc_service }}}}/{{{{ $labels.grpc_method }}}} of {name} is slow"
             ),
             description: format!(
-                "The p99 latency of unary calls to {{{{ $labels.grpc_service }}}}/{{{{ $labels.grpc_method }}}} on GrpcService {ns}/{name} is {{{{ $value | humanizeDuration }}}} over the last 5 minutes; the threshold is {}s.",
+                "The p99 latency of unary calls to {{{{ $labels.grpc_service }}}}/{{{{ $labels.grpc_method }}}} on GrpcService {ns}/{name} is {{{{ $value | humanizeDuration }}}} over the last 5 minutes; the threshold is {}s (10s means at least 10s).",
                 number(alerts.latency_p99_seconds)
             ),
             extra_labels: Vec::new(),

@@ -579,7 +579,7 @@ pub fn verdict(
     let Some(live) = live else {
         return Verdict::not_ok(reason::NOT_FOUND, format!("the {kind} does not exist yet"));
     };
-    if let Some(v) = bindings_verdict(kind, live) {
+    if let Some(v) = bindings_verdict(kind, live, snapshot) {
         return v;
     }
     match snapshot {
@@ -589,10 +589,33 @@ pub fn verdict(
 }
 
 /// The verdict of `live`'s `status.bindings`, when it has any: rejected by
-/// a Prometheus, or selected.
-pub fn bindings_verdict(kind: &str, live: &DynamicObject) -> Option<Verdict> {
+/// a Prometheus, or selected. A binding naming an object `snapshot` lists as
+/// gone is stale (prometheus-operator stopped, or its feature gate was
+/// turned off, after it wrote it) and does not count.
+pub fn bindings_verdict(kind: &str, live: &DynamicObject, snapshot: Option<&Snapshot>) -> Option<Verdict> {
     let kept = crate::children::kept(live);
-    let bindings = kept.pointer("/status/bindings").and_then(Value::as_array).cloned().unwrap_or_default();
+    let current = |b: &Value| {
+        let Some(snapshot) = snapshot else { return true };
+        let Some(k) = SELECTING_KINDS.iter().find(|k| b["resource"].as_str() == Some(k.plural)) else {
+            return true;
+        };
+        match snapshot.sources.get(k.kind) {
+            Some(Source::Listed(objects)) => objects.iter().any(|o| {
+                b["namespace"].as_str() == Some(o.namespace.as_str())
+                    && b["name"].as_str() == Some(o.name.as_str())
+            }),
+            Some(Source::NotServed) => false,
+            _ => true,
+        }
+    };
+    let bindings: Vec<Value> = kept
+        .pointer("/status/bindings")
+        .and_then(Value::as_array)
+        .into_iter()
+        .flatten()
+        .filter(|b| current(b))
+        .cloned()
+        .collect();
     let name = |b: &Value| {
         format!(
             "{} {}/{}",
@@ -659,6 +682,12 @@ mod tests {
         }]}));
         let v = verdict(Target::ServiceMonitor, Some(&accepted), Some(&Snapshot::default()), "shop", &labels);
         assert_eq!((v.ok, v.reason), (true, reason::SELECTED));
+        // The Prometheus it names is gone: the binding is stale, the selectors decide.
+        let mut gone = Snapshot::default();
+        gone.sources.insert("Prometheus", Source::Listed(Vec::new()));
+        gone.sources.insert("PrometheusAgent", Source::NotServed);
+        let v = verdict(Target::ServiceMonitor, Some(&accepted), Some(&gone), "shop", &labels);
+        assert_eq!((v.ok, v.reason), (false, reason::NOT_SELECTED_BY_ANY_PROMETHEUS), "{}", v.message);
 
         let none = live(serde_json::json!({}));
         let v = verdict(Target::ServiceMonitor, Some(&none), Some(&Snapshot::default()), "shop", &labels);

@@ -977,8 +977,11 @@ fn check_monitoring(
     check_labels(errs, "spec.monitoring.serviceMonitor.labels", &sm.labels);
     let interval = sm.interval.clone().unwrap_or_else(|| mon::DEFAULT_INTERVAL.to_owned());
     let interval_seconds = duration(errs, "spec.monitoring.serviceMonitor.interval", &interval);
-    if interval_seconds.is_some_and(|s| s < 1) {
-        errs.push("spec.monitoring.serviceMonitor.interval", "Invalid value: must be at least 1s");
+    if interval_seconds.is_some_and(|s| !(1..=120).contains(&s)) {
+        errs.push(
+            "spec.monitoring.serviceMonitor.interval",
+            format!("Invalid value: {interval:?}: must be between 1s and 2m: the alerts' 5-minute rates need at least two samples"),
+        );
     }
     if let Some(timeout) = &sm.scrape_timeout {
         let t = duration(errs, "spec.monitoring.serviceMonitor.scrapeTimeout", timeout);
@@ -1028,12 +1031,12 @@ fn check_monitoring(
     }
     let runbook = a.runbook_base_url.clone().unwrap_or_else(|| mon::DEFAULT_RUNBOOK_BASE_URL.to_owned());
     if !(runbook.starts_with("https://") || runbook.starts_with("http://"))
-        || runbook.chars().any(char::is_whitespace)
+        || runbook.chars().any(|c| c.is_whitespace() || c == '{' || c == '}')
         || runbook.len() > 512
     {
         errs.push(
             "spec.monitoring.alerts.runbookBaseURL",
-            format!("Invalid value: {runbook:?}: must be an http(s) URL without spaces"),
+            format!("Invalid value: {runbook:?}: must be an http(s) URL without spaces or braces (annotations are templates)"),
         );
     }
     let alerts_enabled = a.enabled.unwrap_or(true);

@@ -518,6 +518,15 @@ impl Drop for Prometheus {
     }
 }
 
+/// The validated GrpcService of a manifest.
+fn svc_of(yaml: &str) -> grpc_operator::reconcile::validate::ValidatedService {
+    grpc_operator::reconcile::validate::validate(
+        &serde_saphyr::from_str(yaml).expect("manifest"),
+        grpc_operator::reconcile::validate::Origin::Manifest,
+    )
+    .expect("valid")
+}
+
 /// A self-signed certificate for `localhost` written as a kubelet would
 /// mount the workload's Secret (`tls.crt`, `tls.key`, `ca.crt`).
 fn server_tls(dir: &Path) {
@@ -605,15 +614,28 @@ async fn a_real_prometheus_scrapes_the_runtime_fires_and_resolves_the_error_aler
     .await;
     assert_eq!(firing.1["grpc_method"], "GetUser", "{}", firing.1);
     assert_eq!(firing.1["severity"], "critical");
+    // The dashboard's error-ratio panel shows them, on GetUser.
+    let ratio = grpc_operator::monitoring::dashboard::panel_queries(&svc_of(&yaml), None, "1m")
+        .into_iter()
+        .find(|(panel, _)| panel.starts_with("Server-error ratio"))
+        .map(|(_, q)| q)
+        .expect("error-ratio panel");
+    crate::harness::eventually("the error-ratio panel above 0 for GetUser", || async {
+        let result = prometheus.query(&ratio).await?;
+        result
+            .iter()
+            .any(|r| {
+                r["metric"]["grpc_method"] == "GetUser"
+                    && r["value"][1].as_str().and_then(|v| v.parse::<f64>().ok()).is_some_and(|v| v > 0.0)
+            })
+            .then_some(())
+    })
+    .await;
     // The errors stop (the failing caller is killed).
     failing.abort();
 
     // Every dashboard query returns data.
-    let svc = grpc_operator::reconcile::validate::validate(
-        &serde_saphyr::from_str(&yaml).expect("manifest"),
-        grpc_operator::reconcile::validate::Origin::Manifest,
-    )
-    .expect("valid");
+    let svc = svc_of(&yaml);
     for (panel, query) in
         grpc_operator::monitoring::dashboard::panel_queries(&svc, svc.monitoring.alerts.as_ref(), "1m")
     {
@@ -807,6 +829,14 @@ async fn the_real_prometheus_operator_scrapes_our_service_monitor_and_loads_our_
         "{job} missing from the generated configuration:\n{config}\n{}",
         log_text()
     );
+    // `job` is the Service's app.kubernetes.io/name (jobLabel), the
+    // GrpcService's name every rule selects on.
+    let relabels_job =
+        config.match_indices("__meta_kubernetes_service_label_app_kubernetes_io_name").any(|(i, m)| {
+            let after = &config[i + m.len()..config.len().min(i + m.len() + 40)];
+            after.trim_start().starts_with("target_label: job")
+        });
+    assert!(relabels_job, "jobLabel does not become job:\n{config}");
     // promtool of Prometheus 3 (built from its Go module): Debian's lacks
     // Kubernetes service discovery.
     let out = std::process::Command::new(&h.cluster.info().promtool)
