@@ -52,7 +52,7 @@ pub struct Panel {
 pub fn panels(svc: &ValidatedService, alerts: Option<&ValidAlerts>) -> Vec<Panel> {
     let by_method = [m::LABEL_SERVICE, m::LABEL_METHOD];
     let handled = application(templated(m::SERVER_HANDLED_TOTAL));
-    let errors = handled.clone().with(m::LABEL_CODE, Op::Re, promql::alternatives(m::SERVER_ERROR_CODES));
+    let errors = handled.clone().with(m::LABEL_CODE, Op::Re, m::server_error_code_regex());
     let buckets = templated(&format!("{}_bucket", m::SERVER_HANDLING_SECONDS)).eq(m::LABEL_TYPE, "unary");
     let buckets = application(buckets);
     let quantile =

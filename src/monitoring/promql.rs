@@ -182,7 +182,7 @@ pub fn handled(namespace: &str, name: &str) -> Selector {
 
 /// [`handled`] with a server-error code.
 pub fn server_errors(namespace: &str, name: &str) -> Selector {
-    handled(namespace, name).with(m::LABEL_CODE, Op::Re, alternatives(m::SERVER_ERROR_CODES))
+    handled(namespace, name).with(m::LABEL_CODE, Op::Re, m::server_error_code_regex())
 }
 
 #[cfg(test)]

@@ -101,13 +101,12 @@ fn alert(alerts: &ValidAlerts, a: Alert<'_>) -> Value {
     for (k, v) in a.extra_labels {
         labels.insert(k.to_owned(), json!(v));
     }
-    let runbook = if alerts.runbook_base_url.ends_with('#') || alerts.runbook_base_url.ends_with('/') {
+    let base = &alerts.runbook_base_url;
+    let runbook = match base.chars().last() {
         // GitHub heading anchors are lower case.
-        let anchor =
-            if alerts.runbook_base_url.ends_with('#') { a.name.to_lowercase() } else { a.name.to_owned() };
-        format!("{}{anchor}", alerts.runbook_base_url)
-    } else {
-        format!("{}/{}", alerts.runbook_base_url, a.name)
+        Some('#') => format!("{base}{}", a.name.to_lowercase()),
+        Some('/') => format!("{base}{}", a.name),
+        _ => format!("{base}/{}", a.name),
     };
     let mut rule = json!({
         "alert": a.name,
